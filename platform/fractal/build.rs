@@ -1,0 +1,20 @@
+//! Compiles the platform's own contracts (`proto/fractal/...`) with a pure-Rust protobuf
+//! compiler, so building needs no `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        root.join("fractal/platform/v1/envelope.proto"),
+        root.join("fractal/platform/v1/fault.proto"),
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let descriptors = protox::compile(&files, [&root])?;
+    prost_build::Config::new()
+        .enable_type_names()
+        .compile_fds(descriptors)?;
+    Ok(())
+}

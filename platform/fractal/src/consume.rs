@@ -1,0 +1,705 @@
+//! The consumer runtime: a durable pull consumer on the hub's event stream that hands each
+//! event to the handler registered for its type.
+//!
+//! - Events with the same partition key are handled one at a time, in stream order; events
+//!   with different keys run concurrently on `concurrency` lanes.
+//! - A handler succeeds, fails with a [`HandlerError::Retryable`] error (tried again on the
+//!   same lane after a backoff, so later events of the key wait), or fails with a
+//!   [`HandlerError::Permanent`] error.
+//! - After `max_deliveries` attempts, at once for a permanent error, and for a message that is
+//!   not a well-formed event, the message becomes a [fault](crate::fault) and is then
+//!   acknowledged. Only a handled or faulted message is ever acknowledged.
+//! - On shutdown the runtime stops fetching, lets running handlers finish, releases queued
+//!   events for redelivery and returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use futures::StreamExt as _;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::{Problems, Validate, join};
+use crate::event::Event;
+use crate::fault::{FaultKind, FaultRecorder, Origin};
+use crate::metrics::{ConsumerLabels, PLATFORM, TypeLabels};
+use crate::{Hub, telemetry, wire};
+
+/// How a service consumes its hub's events.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsumerConfig {
+    /// Name of the durable consumer; defaults to the service's name. Two processes with the
+    /// same name share the work.
+    #[serde(default)]
+    pub durable: Option<String>,
+    /// Where a new durable consumer starts: `all` replays the whole event lake, `new` starts
+    /// with events published from now on.
+    #[serde(default)]
+    pub start: Start,
+    /// How many partition keys are handled at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How many messages may be delivered and not yet acknowledged, across all lanes.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: usize,
+    /// How many messages one pull asks for.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// How long the hub waits for an acknowledgement before delivering again, in seconds. A
+    /// handler must finish within it.
+    #[serde(default = "default_ack_wait_secs")]
+    pub ack_wait_secs: u64,
+    /// Attempts before an event whose handler keeps failing becomes a fault.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u64,
+    /// Delay before the first retry, in milliseconds; doubled on each attempt.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest delay between retries, in milliseconds; must be shorter than `ack_wait_secs`.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// How often the consumer's lag is read for the metrics, in seconds.
+    #[serde(default = "default_lag_poll_secs")]
+    pub lag_poll_secs: u64,
+}
+
+/// Where a new durable consumer starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// From the first event in the stream.
+    #[default]
+    All,
+    /// From events published after it was created.
+    New,
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+fn default_max_ack_pending() -> usize {
+    1024
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_ack_wait_secs() -> u64 {
+    30
+}
+fn default_max_deliveries() -> u64 {
+    5
+}
+fn default_retry_initial_ms() -> u64 {
+    200
+}
+fn default_retry_max_ms() -> u64 {
+    10_000
+}
+fn default_lag_poll_secs() -> u64 {
+    10
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            durable: None,
+            start: Start::All,
+            concurrency: default_concurrency(),
+            max_ack_pending: default_max_ack_pending(),
+            batch: default_batch(),
+            ack_wait_secs: default_ack_wait_secs(),
+            max_deliveries: default_max_deliveries(),
+            retry_initial_ms: default_retry_initial_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            lag_poll_secs: default_lag_poll_secs(),
+        }
+    }
+}
+
+impl Validate for ConsumerConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        if let Some(durable) = &self.durable {
+            problems.check(join(path, "durable"), wire::check_token(durable));
+        }
+        let positive = [
+            ("concurrency", self.concurrency as u64),
+            ("max_ack_pending", self.max_ack_pending as u64),
+            ("batch", self.batch as u64),
+            ("ack_wait_secs", self.ack_wait_secs),
+            ("max_deliveries", self.max_deliveries),
+            ("retry_initial_ms", self.retry_initial_ms),
+            ("lag_poll_secs", self.lag_poll_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problems.add(join(path, key), "must be at least 1");
+            }
+        }
+        if self.retry_max_ms < self.retry_initial_ms {
+            problems.add(
+                join(path, "retry_max_ms"),
+                "must not be shorter than retry_initial_ms",
+            );
+        }
+        if self.retry_max_ms >= self.ack_wait_secs.saturating_mul(1000) {
+            problems.add(
+                join(path, "retry_max_ms"),
+                "must be shorter than ack_wait_secs, or the hub redelivers during the wait",
+            );
+        }
+    }
+}
+
+/// Why a handler did not handle an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth trying again later (a dependency is down, a conflict).
+    #[error("{0}")]
+    Retryable(Box<dyn std::error::Error + Send + Sync>),
+    /// Trying again cannot help (the event is invalid for this handler).
+    #[error("{0}")]
+    Permanent(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl HandlerError {
+    /// A retryable error from anything that describes it.
+    pub fn retryable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        HandlerError::Retryable(error.into())
+    }
+
+    /// A permanent error from anything that describes it.
+    pub fn permanent(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        HandlerError::Permanent(error.into())
+    }
+}
+
+/// A payload that does not decode as its contract will not decode on a retry either.
+impl From<crate::event::DecodeError> for HandlerError {
+    fn from(error: crate::event::DecodeError) -> Self {
+        HandlerError::Permanent(Box::new(error))
+    }
+}
+
+/// The consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// A handler was registered for a type that is not a valid event type.
+    #[error("event type {0}")]
+    InvalidType(String),
+    /// No handler is registered.
+    #[error("consumer `{0}` has no handlers")]
+    NoHandlers(String),
+    /// The hub refused to create the consumer or to deliver messages.
+    #[error("consumer `{consumer}` on stream `{stream}`: {source}")]
+    Hub {
+        /// The durable consumer.
+        consumer: String,
+        /// The stream.
+        stream: String,
+        /// What the hub said.
+        source: async_nats::Error,
+    },
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+type BoxHandler = Arc<dyn Fn(Event) -> BoxFuture + Send + Sync>;
+
+struct Registered {
+    handler: BoxHandler,
+    handled: Counter,
+    failed: Counter,
+    seconds: Histogram,
+}
+
+/// A service's consumer: which event types it handles and how.
+pub struct Consumer {
+    hub: Hub,
+    service: String,
+    config: ConsumerConfig,
+    handlers: HashMap<String, Registered>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("service", &self.service)
+            .field("types", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// A consumer for `service` (a single token, also the default durable name).
+    pub fn new(hub: &Hub, service: &str, config: ConsumerConfig) -> Self {
+        Consumer {
+            hub: hub.clone(),
+            service: service.to_owned(),
+            config,
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Handles events of `event_type` (internal or external) with `handler`.
+    pub fn on<F, Fut>(mut self, event_type: &str, handler: F) -> Self
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let labels = TypeLabels {
+            service: self.service.clone(),
+            event_type: event_type.to_owned(),
+        };
+        let registered = Registered {
+            handler: Arc::new(move |event| Box::pin(handler(event))),
+            handled: PLATFORM.handled.get_or_create(&labels).clone(),
+            failed: PLATFORM.failed.get_or_create(&labels).clone(),
+            seconds: PLATFORM.handler_seconds.get_or_create(&labels).clone(),
+        };
+        self.handlers.insert(event_type.to_owned(), registered);
+        self
+    }
+
+    /// The durable consumer's name.
+    pub fn durable(&self) -> &str {
+        self.config.durable.as_deref().unwrap_or(&self.service)
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumeError> {
+        if self.handlers.is_empty() {
+            return Err(ConsumeError::NoHandlers(self.service));
+        }
+        for event_type in self.handlers.keys() {
+            wire::check_name(event_type).map_err(ConsumeError::InvalidType)?;
+        }
+        let durable = self.durable().to_owned();
+        let stream_name = self.hub.events_stream().to_owned();
+        let hub_error = |source: async_nats::Error| ConsumeError::Hub {
+            consumer: durable.clone(),
+            stream: stream_name.clone(),
+            source,
+        };
+        let stream = self
+            .hub
+            .jetstream()
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| hub_error(e.into()))?;
+        let mut filter_subjects: Vec<String> = self
+            .handlers
+            .keys()
+            .map(|t| wire::event_filter(t))
+            .collect();
+        filter_subjects.sort();
+        let (filter_subject, filter_subjects) = if filter_subjects.len() == 1 {
+            (filter_subjects.remove(0), Vec::new())
+        } else {
+            (String::new(), filter_subjects)
+        };
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(durable.clone()),
+                description: Some(format!("Fractal service `{}`", self.service)),
+                filter_subject,
+                filter_subjects,
+                deliver_policy: match self.config.start {
+                    Start::All => DeliverPolicy::All,
+                    Start::New => DeliverPolicy::New,
+                },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(self.config.ack_wait_secs),
+                // The runtime counts deliveries and turns the last one into a fault; the hub
+                // must never give up on a message by itself.
+                max_deliver: -1,
+                max_ack_pending: self.config.max_ack_pending as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| hub_error(e.into()))?;
+        tracing::info!(
+            service = %self.service,
+            consumer = %durable,
+            stream = %stream_name,
+            types = ?self.handlers.keys().collect::<Vec<_>>(),
+            "Consumer started."
+        );
+
+        let lanes = self.config.concurrency.max(1);
+        let shared = Arc::new(Shared {
+            faults: FaultRecorder::new(&self.hub, &self.service, &durable),
+            client: self.hub.client().clone(),
+            service: self.service,
+            durable: durable.clone(),
+            stream: stream_name.clone(),
+            handlers: self.handlers,
+            config: self.config.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let lane_capacity = (self.config.max_ack_pending / lanes).max(1);
+        let mut senders = Vec::with_capacity(lanes);
+        let mut workers = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::channel(lane_capacity);
+            senders.push(tx);
+            workers.push(tokio::spawn(lane(rx, shared.clone())));
+        }
+        let lag = tokio::spawn(poll_lag(
+            consumer.clone(),
+            ConsumerLabels {
+                stream: stream_name,
+                consumer: durable,
+            },
+            Duration::from_secs(self.config.lag_poll_secs),
+            shutdown.clone(),
+        ));
+
+        let hasher = RandomState::new();
+        let mut messages = None;
+        loop {
+            let stream = match &mut messages {
+                Some(stream) => stream,
+                None => match consumer
+                    .stream()
+                    .max_messages_per_batch(self.config.batch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await
+                {
+                    Ok(stream) => messages.insert(stream),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot pull from the hub; retrying.");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let lane = match message.headers.as_ref().and_then(|h| h.get(wire::KEY)) {
+                        Some(key) => hasher.hash_one(key.as_str()),
+                        None => hasher.hash_one(message.subject.as_str()),
+                    } as usize
+                        % lanes;
+                    if senders[lane].send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Pull from the hub failed; continuing.");
+                }
+                None => {
+                    messages = None;
+                }
+            }
+        }
+        // Stop pulling; messages the hub already sent but nobody took are redelivered after
+        // the ack wait.
+        drop(messages);
+        drop(senders);
+        for worker in workers {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "A consumer lane panicked.");
+            }
+        }
+        lag.abort();
+        if let Err(e) = shared.client.flush().await {
+            tracing::warn!(error = %e, "Could not flush acknowledgements.");
+        }
+        tracing::info!(service = %shared.service, "Consumer stopped.");
+        Ok(())
+    }
+}
+
+struct Shared {
+    service: String,
+    durable: String,
+    stream: String,
+    handlers: HashMap<String, Registered>,
+    config: ConsumerConfig,
+    faults: FaultRecorder,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+}
+
+async fn lane(mut rx: mpsc::Receiver<async_nats::jetstream::Message>, shared: Arc<Shared>) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => break,
+            message = rx.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        handle(&shared, message).await;
+    }
+    // Release what was queued but not started, so another instance can take it at once.
+    rx.close();
+    while let Some(message) = rx.recv().await {
+        if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(error = %e, "Could not release a message.");
+        }
+    }
+}
+
+async fn handle(shared: &Shared, message: async_nats::jetstream::Message) {
+    let (stream_sequence, delivered) = match message.info() {
+        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+        Err(e) => {
+            tracing::error!(error = %e, subject = %message.subject, "Message without JetStream metadata.");
+            return;
+        }
+    };
+    let origin = |deliveries| Origin {
+        stream: &shared.stream,
+        sequence: stream_sequence,
+        deliveries,
+    };
+    let event = match Event::decode(&message.subject, message.headers.as_ref(), &message.payload) {
+        Ok(event) => event,
+        Err(e) => {
+            let event_type = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(wire::TYPE))
+                .map(|v| v.as_str());
+            let reason = format!("not a well-formed event: {e}");
+            fault(
+                shared,
+                &message,
+                origin(delivered),
+                FaultKind::Malformed,
+                &reason,
+                event_type,
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(registered) = shared.handlers.get(&event.event_type) else {
+        let reason = format!("no handler for event type `{}`", event.event_type);
+        let event_type = Some(event.event_type.as_str());
+        fault(
+            shared,
+            &message,
+            origin(delivered),
+            FaultKind::Unhandled,
+            &reason,
+            event_type,
+        )
+        .await;
+        return;
+    };
+    let max = shared.config.max_deliveries;
+    let mut attempt = delivered;
+    if attempt > max {
+        // Delivered again and again without an acknowledgement: the process handling it died
+        // each time. Stop before it takes this one down too.
+        let reason = format!("delivered {attempt} times without being acknowledged");
+        let event_type = Some(event.event_type.as_str());
+        fault(
+            shared,
+            &message,
+            origin(attempt),
+            FaultKind::RetriesExhausted,
+            &reason,
+            event_type,
+        )
+        .await;
+        return;
+    }
+    loop {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = format!("process {}", message.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.consumer.group.name = %shared.durable,
+            messaging.message.id = %event.id,
+            fractal.event.type = %event.event_type,
+            fractal.partition_key = %event.key,
+            fractal.delivery = attempt,
+        );
+        telemetry::continue_trace(&span, message.headers.as_ref());
+        let started = Instant::now();
+        let result = (registered.handler)(event.clone()).instrument(span).await;
+        registered.seconds.observe(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(()) => {
+                registered.handled.inc();
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(error = %e, id = %event.id, "Could not acknowledge; the event will be delivered again.");
+                }
+                return;
+            }
+            Err(HandlerError::Permanent(e)) => {
+                let reason = e.to_string();
+                let event_type = Some(event.event_type.as_str());
+                fault(
+                    shared,
+                    &message,
+                    origin(attempt),
+                    FaultKind::Permanent,
+                    &reason,
+                    event_type,
+                )
+                .await;
+                return;
+            }
+            Err(HandlerError::Retryable(e)) => e,
+        };
+        registered.failed.inc();
+        if attempt >= max {
+            let reason = format!("failed {attempt} times; last error: {error}");
+            let event_type = Some(event.event_type.as_str());
+            fault(
+                shared,
+                &message,
+                origin(attempt),
+                FaultKind::RetriesExhausted,
+                &reason,
+                event_type,
+            )
+            .await;
+            return;
+        }
+        let delay = backoff(&shared.config, attempt);
+        tracing::warn!(
+            service = %shared.service,
+            id = %event.id,
+            event_type = %event.event_type,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %error,
+            "Handler failed; retrying."
+        );
+        // Keep the hub from redelivering while this lane waits.
+        let _ = message.ack_with(AckKind::Progress).await;
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                return;
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// Records a fault, then acknowledges the original. If the fault cannot be stored the original
+/// is released for redelivery instead: nothing is acknowledged that was not kept.
+async fn fault(
+    shared: &Shared,
+    message: &async_nats::jetstream::Message,
+    origin: Origin<'_>,
+    kind: FaultKind,
+    reason: &str,
+    event_type: Option<&str>,
+) {
+    match shared
+        .faults
+        .record(message, origin, kind, reason, event_type)
+        .await
+    {
+        Ok(()) => {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, "Could not acknowledge a faulted message.");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, subject = %message.subject, "Could not record a fault; the message will be delivered again.");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+fn backoff(config: &ConsumerConfig, attempt: u64) -> Duration {
+    let shift = attempt.saturating_sub(1).min(20) as u32;
+    let ms = config
+        .retry_initial_ms
+        .saturating_mul(1u64 << shift)
+        .min(config.retry_max_ms);
+    Duration::from_millis(ms)
+}
+
+async fn poll_lag(
+    mut consumer: consumer::PullConsumer,
+    labels: ConsumerLabels,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let gauge = PLATFORM.pending.get_or_create(&labels).clone();
+    loop {
+        match consumer.info().await {
+            Ok(info) => {
+                gauge.set(info.num_pending as i64);
+            }
+            Err(e) => tracing::debug!(error = %e, "Could not read consumer lag."),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_limit() {
+        let config = ConsumerConfig {
+            retry_initial_ms: 100,
+            retry_max_ms: 1000,
+            ..Default::default()
+        };
+        let delays: Vec<u64> = (1..=6)
+            .map(|a| backoff(&config, a).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn config_problems_are_all_reported() {
+        let config = ConsumerConfig {
+            concurrency: 0,
+            retry_max_ms: 60_000,
+            durable: Some("a.b".into()),
+            ..Default::default()
+        };
+        let mut problems = Problems::default();
+        config.validate("consumer", &mut problems);
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "consumer.durable",
+                "consumer.concurrency",
+                "consumer.retry_max_ms"
+            ]
+        );
+    }
+}

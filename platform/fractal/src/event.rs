@@ -1,0 +1,395 @@
+//! Events as they travel: [`NewEvent`] is what a service publishes, [`Event`] is what a handler
+//! receives. Both map onto the wire as a protobuf [`Envelope`] body plus the headers of
+//! [`crate::wire`], so that routing and tracing never need to decode the body.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use prost::Message as _;
+use ulid::Ulid;
+
+use crate::proto::Envelope;
+use crate::wire::{self, Scope};
+
+/// An event to publish: a typed payload with its type, partition key and scope.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub(crate) id: Ulid,
+    pub(crate) scope: Scope,
+    pub(crate) event_type: String,
+    pub(crate) key: String,
+    pub(crate) time: SystemTime,
+    pub(crate) tags: HashMap<String, String>,
+    pub(crate) payload_type: String,
+    pub(crate) payload: Bytes,
+}
+
+impl NewEvent {
+    /// An internal event of `event_type` about the aggregate `key`, carrying `payload`.
+    pub fn new<M: prost::Name>(event_type: &str, key: impl Into<String>, payload: &M) -> Self {
+        Self::from_parts(
+            Scope::Internal,
+            event_type,
+            key,
+            M::full_name(),
+            payload.encode_to_vec().into(),
+        )
+    }
+
+    /// An external event (a contract that bridges may relay to other hubs).
+    pub fn external<M: prost::Name>(event_type: &str, key: impl Into<String>, payload: &M) -> Self {
+        Self::new(event_type, key, payload).scope(Scope::External)
+    }
+
+    /// An event whose payload is already encoded; `payload_type` is its fully qualified
+    /// message name. Used by tools that publish simulated events from JSON.
+    pub fn from_parts(
+        scope: Scope,
+        event_type: &str,
+        key: impl Into<String>,
+        payload_type: impl Into<String>,
+        payload: Bytes,
+    ) -> Self {
+        Self {
+            id: Ulid::new(),
+            scope,
+            event_type: event_type.to_owned(),
+            key: key.into(),
+            time: SystemTime::now(),
+            tags: HashMap::new(),
+            payload_type: payload_type.into(),
+            payload,
+        }
+    }
+
+    /// Sets the scope.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Sets the time the fact happened (default: now).
+    pub fn at(mut self, time: SystemTime) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Sets the id. Publishing twice with the same id stores the event once.
+    pub fn with_id(mut self, id: Ulid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Adds a free label.
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(name.into(), value.into());
+        self
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> Ulid {
+        self.id
+    }
+
+    /// The subject the event is published on.
+    pub fn subject(&self) -> String {
+        wire::event_subject(self.scope, &self.event_type)
+    }
+
+    /// Encodes the event as a body and the headers every hub expects, as published by `source`
+    /// into `hub`.
+    pub(crate) fn encode(self, source: &str, hub: &str) -> (HeaderMap, Bytes) {
+        let id = self.id.to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::MSG_ID, id.as_str());
+        headers.insert(wire::TYPE, self.event_type.as_str());
+        headers.insert(wire::KEY, self.key.as_str());
+        headers.insert(wire::ORIGIN, hub);
+        headers.insert(wire::PATH, hub);
+        let envelope = Envelope {
+            id,
+            r#type: self.event_type,
+            time: Some(self.time.into()),
+            partition_key: self.key,
+            source: source.to_owned(),
+            tags: self.tags,
+            payload_type: self.payload_type,
+            payload: self.payload.to_vec(),
+        };
+        (headers, envelope.encode_to_vec().into())
+    }
+}
+
+/// An event as a handler receives it: the envelope's fields, the provenance headers and the
+/// raw payload, which [`Event::payload`] decodes as its contract.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Unique, sortable id.
+    pub id: String,
+    /// Event type (`order.placed`).
+    pub event_type: String,
+    /// Internal or external.
+    pub scope: Scope,
+    /// When the fact happened.
+    pub time: SystemTime,
+    /// The aggregate the event belongs to.
+    pub key: String,
+    /// Who produced it (`<subsystem>/<service>`).
+    pub source: String,
+    /// Free labels.
+    pub tags: HashMap<String, String>,
+    /// Fully qualified name of the payload message.
+    pub payload_type: String,
+    /// The payload, encoded.
+    pub payload: Bytes,
+    /// The hub where the event was first published.
+    pub origin: String,
+    /// Every hub the event has been stored in, the origin first.
+    pub path: Vec<String>,
+}
+
+/// Why a message is not a well-formed Fractal event.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    /// A required header is absent.
+    #[error("header `{0}` is missing")]
+    MissingHeader(&'static str),
+    /// A header disagrees with the body.
+    #[error("header `{header}` is `{header_value}` but the envelope says `{body_value}`")]
+    HeaderMismatch {
+        /// The header.
+        header: &'static str,
+        /// Its value.
+        header_value: String,
+        /// What the envelope says.
+        body_value: String,
+    },
+    /// The subject is not an event subject.
+    #[error("subject `{0}` is not an event subject (events.<internal|external>.<type>)")]
+    Subject(String),
+    /// The body is not a protobuf envelope.
+    #[error("body is not a fractal.platform.v1.Envelope: {0}")]
+    Body(#[from] prost::DecodeError),
+    /// The envelope decoded but lacks a required field.
+    #[error("envelope field `{0}` is empty")]
+    EmptyField(&'static str),
+    /// The payload is not the message the reader expects.
+    #[error("payload is a `{actual}`, expected a `{expected}`")]
+    PayloadType {
+        /// The message the reader expects.
+        expected: String,
+        /// The message the envelope names.
+        actual: String,
+    },
+    /// The payload does not decode as its message.
+    #[error("payload does not decode as `{message}`: {source}")]
+    Payload {
+        /// The message.
+        message: String,
+        /// Why.
+        source: prost::DecodeError,
+    },
+}
+
+impl Event {
+    /// Decodes a message read from a hub's event stream.
+    pub fn decode(
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: &[u8],
+    ) -> Result<Self, DecodeError> {
+        let (scope, subject_type) = wire::parse_event_subject(subject)
+            .ok_or_else(|| DecodeError::Subject(subject.into()))?;
+        let header = |name: &'static str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+                .ok_or(DecodeError::MissingHeader(name))
+        };
+        let msg_id = header(wire::MSG_ID)?;
+        let type_header = header(wire::TYPE)?;
+        let envelope = Envelope::decode(body)?;
+        let agree = |header: &'static str, header_value: &str, body_value: &str| {
+            if header_value == body_value {
+                Ok(())
+            } else {
+                Err(DecodeError::HeaderMismatch {
+                    header,
+                    header_value: header_value.into(),
+                    body_value: body_value.into(),
+                })
+            }
+        };
+        if envelope.id.is_empty() {
+            return Err(DecodeError::EmptyField("id"));
+        }
+        if envelope.r#type.is_empty() {
+            return Err(DecodeError::EmptyField("type"));
+        }
+        if envelope.payload_type.is_empty() {
+            return Err(DecodeError::EmptyField("payload_type"));
+        }
+        agree(wire::MSG_ID, msg_id, &envelope.id)?;
+        agree(wire::TYPE, type_header, &envelope.r#type)?;
+        if subject_type != envelope.r#type {
+            return Err(DecodeError::Subject(subject.into()));
+        }
+        let time = envelope
+            .time
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .ok_or(DecodeError::EmptyField("time"))?;
+        let origin = header(wire::ORIGIN).unwrap_or_default().to_owned();
+        let path = header(wire::PATH)
+            .map(|p| p.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(Event {
+            id: envelope.id,
+            event_type: envelope.r#type,
+            scope,
+            time,
+            key: envelope.partition_key,
+            source: envelope.source,
+            tags: envelope.tags,
+            payload_type: envelope.payload_type,
+            payload: envelope.payload.into(),
+            origin,
+            path,
+        })
+    }
+
+    /// Decodes the payload as the contract `M`, checking that it is the message the envelope
+    /// names.
+    pub fn payload<M: prost::Message + prost::Name + Default>(&self) -> Result<M, DecodeError> {
+        let expected = M::full_name();
+        if self.payload_type != expected {
+            return Err(DecodeError::PayloadType {
+                expected,
+                actual: self.payload_type.clone(),
+            });
+        }
+        M::decode(self.payload.as_ref()).map_err(|source| DecodeError::Payload {
+            message: expected,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::distr::{Alphanumeric, SampleString};
+    use rand::{Rng, RngCore};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::OriginalMessage;
+
+    fn random_string(rng: &mut impl Rng, max: usize) -> String {
+        let len = rng.random_range(1..=max);
+        Alphanumeric.sample_string(rng, len)
+    }
+
+    #[test]
+    fn round_trip_over_random_contents() {
+        let mut rng = rand::rng();
+        for _ in 0..500 {
+            // Any message will do as a payload; this one has strings, bytes and numbers.
+            let mut body = vec![0; rng.random_range(0..512)];
+            rng.fill_bytes(&mut body);
+            let payload = OriginalMessage {
+                stream: random_string(&mut rng, 20),
+                stream_sequence: rng.random(),
+                subject: random_string(&mut rng, 40),
+                headers: vec![],
+                body,
+            };
+            let event_type = format!("t{}.x", rng.random_range(0..1000));
+            let key = random_string(&mut rng, 30);
+            let time = SystemTime::UNIX_EPOCH
+                + Duration::from_nanos(rng.random_range(0..4_000_000_000_000_000_000));
+            let scope = if rng.random() {
+                Scope::Internal
+            } else {
+                Scope::External
+            };
+            let mut new = NewEvent::new(&event_type, key.clone(), &payload)
+                .scope(scope)
+                .at(time);
+            for _ in 0..rng.random_range(0..4) {
+                new = new.tag(random_string(&mut rng, 8), random_string(&mut rng, 8));
+            }
+            let tags = new.tags.clone();
+            let id = new.id();
+            let subject = new.subject();
+            let (headers, body) = new.encode("sub/svc", "hub-a");
+
+            let event = Event::decode(&subject, Some(&headers), &body).expect("decodes");
+            assert_eq!(event.id, id.to_string());
+            assert_eq!(event.event_type, event_type);
+            assert_eq!(event.scope, scope);
+            assert_eq!(event.time, time);
+            assert_eq!(event.key, key);
+            assert_eq!(event.source, "sub/svc");
+            assert_eq!(event.tags, tags);
+            assert_eq!(event.origin, "hub-a");
+            assert_eq!(event.path, vec!["hub-a".to_string()]);
+            assert_eq!(
+                event.payload::<OriginalMessage>().expect("payload"),
+                payload
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut rng = rand::rng();
+        let new = NewEvent::new("a.b", "k", &OriginalMessage::default());
+        let subject = new.subject();
+        let (headers, _) = new.encode("s", "h");
+        let mut errors = 0;
+        for _ in 0..1000 {
+            let mut body = vec![0; rng.random_range(0..256)];
+            rng.fill_bytes(&mut body);
+            if Event::decode(&subject, Some(&headers), &body).is_err() {
+                errors += 1;
+            }
+        }
+        assert_eq!(errors, 1000);
+        assert_eq!(
+            Event::decode(&subject, None, b"").unwrap_err(),
+            DecodeError::MissingHeader(wire::MSG_ID)
+        );
+        assert!(matches!(
+            Event::decode("orders.placed", Some(&headers), b""),
+            Err(DecodeError::Subject(_))
+        ));
+    }
+
+    #[test]
+    fn headers_must_agree_with_the_body() {
+        let new = NewEvent::new("a.b", "k", &OriginalMessage::default());
+        let subject = new.subject();
+        let (mut headers, body) = new.encode("s", "h");
+        headers.insert(wire::MSG_ID, "another");
+        assert!(matches!(
+            Event::decode(&subject, Some(&headers), &body),
+            Err(DecodeError::HeaderMismatch {
+                header: wire::MSG_ID,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn payload_type_is_checked() {
+        let new = NewEvent::new("a.b", "k", &OriginalMessage::default());
+        let subject = new.subject();
+        let (headers, body) = new.encode("s", "h");
+        let event = Event::decode(&subject, Some(&headers), &body).expect("decodes");
+        assert!(matches!(
+            event.payload::<crate::proto::Fault>(),
+            Err(DecodeError::PayloadType { .. })
+        ));
+    }
+}

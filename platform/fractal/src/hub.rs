@@ -1,0 +1,572 @@
+//! A connection to one hub: a NATS JetStream deployment owned by one subsystem.
+//!
+//! [`Hub::connect`] authenticates with whatever the hub asks for, reconnects forever with
+//! backoff, and [`Hub::provision`] creates or updates the hub's two streams (events and faults)
+//! so that calling it from every service at start-up is safe.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, ConnectOptions};
+use serde::Deserialize;
+
+use crate::config::{Problems, Secret, Validate, join};
+use crate::wire;
+
+/// How to reach a hub and what its streams look like.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HubConfig {
+    /// Name of the hub, a single lower-case token (`ordering`). It is recorded in the
+    /// provenance of every event published to it.
+    pub name: String,
+    /// Server URLs (`nats://host:4222`, or `tls://...`); more than one for a cluster.
+    #[serde(default = "default_urls")]
+    pub urls: Vec<String>,
+    /// How to authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// TLS settings; absent means TLS is used only if a URL says `tls://`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How long to wait for the first connection before reporting failure, in seconds. The
+    /// client keeps reconnecting in the background after that.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Timeout for JetStream requests and publish acknowledgements, in seconds.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// The stream that stores every event published to the hub: the event lake.
+    #[serde(default = "default_events_stream")]
+    pub events: StreamConfig,
+    /// The stream that stores faults.
+    #[serde(default = "default_faults_stream")]
+    pub faults: StreamConfig,
+}
+
+fn default_urls() -> Vec<String> {
+    vec!["nats://127.0.0.1:4222".into()]
+}
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_request_timeout_secs() -> u64 {
+    10
+}
+fn default_events_stream() -> StreamConfig {
+    StreamConfig::named("EVENTS")
+}
+fn default_faults_stream() -> StreamConfig {
+    StreamConfig::named("FAULTS")
+}
+
+impl HubConfig {
+    /// A hub at `url` with default streams and no authentication.
+    pub fn local(name: &str, url: &str) -> Self {
+        HubConfig {
+            name: name.into(),
+            urls: vec![url.into()],
+            auth: AuthConfig::None,
+            tls: None,
+            connect_timeout_secs: default_connect_timeout_secs(),
+            request_timeout_secs: default_request_timeout_secs(),
+            events: default_events_stream(),
+            faults: default_faults_stream(),
+        }
+    }
+}
+
+impl Validate for HubConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        problems.check(join(path, "name"), wire::check_token(&self.name));
+        if self.urls.is_empty() {
+            problems.add(join(path, "urls"), "at least one server URL is needed");
+        }
+        for (i, raw) in self.urls.iter().enumerate() {
+            let at = format!("{}[{i}]", join(path, "urls"));
+            match url::Url::parse(raw) {
+                Ok(url) if !matches!(url.scheme(), "nats" | "tls" | "ws" | "wss") => problems.add(
+                    at,
+                    format!(
+                        "`{raw}` has scheme `{}`; use nats://, tls://, ws:// or wss://",
+                        url.scheme()
+                    ),
+                ),
+                Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+                    problems.add(at, format!("`{raw}` names no host"))
+                }
+                Ok(_) => {}
+                Err(e) => problems.add(at, format!("`{raw}` is not a URL: {e}")),
+            }
+        }
+        self.auth.validate(&join(path, "auth"), problems);
+        if let Some(tls) = &self.tls {
+            tls.validate(&join(path, "tls"), problems);
+        }
+        if self.connect_timeout_secs == 0 {
+            problems.add(join(path, "connect_timeout_secs"), "must be at least 1");
+        }
+        if self.request_timeout_secs == 0 {
+            problems.add(join(path, "request_timeout_secs"), "must be at least 1");
+        }
+        self.events.validate(&join(path, "events"), problems);
+        self.faults.validate(&join(path, "faults"), problems);
+        if self.events.name == self.faults.name {
+            problems.add(
+                join(path, "faults.name"),
+                "the faults stream needs a name of its own",
+            );
+        }
+    }
+}
+
+/// How to authenticate to a hub. Secrets can be given inline (best from the environment, e.g.
+/// `FRACTAL_HUB__AUTH__PASSWORD`) or as a file that holds them.
+#[derive(Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// No authentication.
+    #[default]
+    None,
+    /// User and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password, inline.
+        password: Option<Secret>,
+        /// A file whose content is the password.
+        password_file: Option<PathBuf>,
+    },
+    /// A bearer token.
+    Token {
+        /// The token, inline.
+        token: Option<Secret>,
+        /// A file whose content is the token.
+        token_file: Option<PathBuf>,
+    },
+    /// An NKey seed.
+    Nkey {
+        /// The seed, inline.
+        seed: Option<Secret>,
+        /// A file whose content is the seed.
+        seed_file: Option<PathBuf>,
+    },
+    /// A `.creds` file (JWT and NKey seed), as issued by an operator.
+    Creds {
+        /// Path of the credentials file.
+        path: PathBuf,
+    },
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthConfig::None => f.write_str("None"),
+            AuthConfig::UserPassword { user, .. } => write!(f, "UserPassword({user})"),
+            AuthConfig::Token { .. } => f.write_str("Token(..)"),
+            AuthConfig::Nkey { .. } => f.write_str("Nkey(..)"),
+            AuthConfig::Creds { path } => write!(f, "Creds({})", path.display()),
+        }
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        let one_of = |problems: &mut Problems, inline: bool, file: bool, key: &str| {
+            if inline == file {
+                problems.add(
+                    path.to_owned(),
+                    format!("give exactly one of `{key}` and `{key}_file`"),
+                );
+            }
+        };
+        match self {
+            AuthConfig::None => {}
+            AuthConfig::UserPassword {
+                user,
+                password,
+                password_file,
+            } => {
+                if user.is_empty() {
+                    problems.add(join(path, "user"), "must not be empty");
+                }
+                one_of(
+                    problems,
+                    password.is_some(),
+                    password_file.is_some(),
+                    "password",
+                );
+            }
+            AuthConfig::Token { token, token_file } => {
+                one_of(problems, token.is_some(), token_file.is_some(), "token")
+            }
+            AuthConfig::Nkey { seed, seed_file } => {
+                one_of(problems, seed.is_some(), seed_file.is_some(), "seed")
+            }
+            AuthConfig::Creds { path: file } => {
+                if file.as_os_str().is_empty() {
+                    problems.add(join(path, "path"), "must not be empty");
+                }
+            }
+        }
+    }
+}
+
+/// TLS towards a hub.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsConfig {
+    /// Refuse to connect without TLS.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// PEM file of the certificate authorities to trust, in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl TlsConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.add(
+                path.to_owned(),
+                "`cert_file` and `key_file` go together for mutual TLS",
+            );
+        }
+    }
+}
+
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// On disk: survives restarts. The right choice for an event lake.
+    File,
+    /// In memory: lost on restart.
+    Memory,
+}
+
+/// Retention and limits of one of a hub's streams.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamConfig {
+    /// Stream name.
+    pub name: String,
+    /// Where messages are stored.
+    #[serde(default = "default_storage")]
+    pub storage: Storage,
+    /// Replicas in a clustered hub (1, 3 or 5).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Age after which messages are removed, in seconds; 0 keeps them forever (an event lake).
+    #[serde(default)]
+    pub max_age_secs: u64,
+    /// Size after which the oldest messages are removed, in bytes; -1 for no limit.
+    #[serde(default = "default_unlimited")]
+    pub max_bytes: i64,
+    /// Count after which the oldest messages are removed; -1 for no limit.
+    #[serde(default = "default_unlimited")]
+    pub max_messages: i64,
+    /// How long JetStream remembers message ids to drop duplicates, in seconds.
+    #[serde(default = "default_duplicate_window_secs")]
+    pub duplicate_window_secs: u64,
+}
+
+fn default_storage() -> Storage {
+    Storage::File
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_unlimited() -> i64 {
+    -1
+}
+fn default_duplicate_window_secs() -> u64 {
+    // A day: long enough that a bridge or service that was down for hours still has its
+    // retries recognised as duplicates.
+    24 * 60 * 60
+}
+
+impl StreamConfig {
+    /// A file-backed stream with no limits.
+    pub fn named(name: &str) -> Self {
+        StreamConfig {
+            name: name.into(),
+            storage: default_storage(),
+            replicas: default_replicas(),
+            max_age_secs: 0,
+            max_bytes: default_unlimited(),
+            max_messages: default_unlimited(),
+            duplicate_window_secs: default_duplicate_window_secs(),
+        }
+    }
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.name.is_empty()
+            || self
+                .name
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        {
+            problems.add(
+                join(path, "name"),
+                format!(
+                    "`{}` is not a stream name (no spaces, `.`, `*`, `>`, `/`)",
+                    self.name
+                ),
+            );
+        }
+        if ![1, 3, 5].contains(&self.replicas) {
+            problems.add(join(path, "replicas"), "must be 1, 3 or 5");
+        }
+        if self.max_bytes == 0 || self.max_bytes < -1 {
+            problems.add(
+                join(path, "max_bytes"),
+                "must be positive, or -1 for no limit",
+            );
+        }
+        if self.max_messages == 0 || self.max_messages < -1 {
+            problems.add(
+                join(path, "max_messages"),
+                "must be positive, or -1 for no limit",
+            );
+        }
+        if self.duplicate_window_secs == 0 {
+            problems.add(join(path, "duplicate_window_secs"), "must be at least 1");
+        }
+        if self.max_age_secs != 0 && self.duplicate_window_secs > self.max_age_secs {
+            problems.add(
+                join(path, "duplicate_window_secs"),
+                "must not be longer than max_age_secs",
+            );
+        }
+    }
+
+    fn to_nats(&self, subjects: &str) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: vec![subjects.to_owned()],
+            storage: match self.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.replicas,
+            max_age: Duration::from_secs(self.max_age_secs),
+            max_bytes: self.max_bytes,
+            max_messages: self.max_messages,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The kind of a [`HubError`], for callers that react differently to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubErrorKind {
+    /// Credentials or TLS files could not be read.
+    Credentials,
+    /// The hub could not be reached or refused the connection.
+    Connect,
+    /// The hub refused to create or update a stream.
+    Provision,
+}
+
+/// An operation on a hub failed.
+#[derive(Debug, thiserror::Error)]
+#[error("hub `{hub}`: {message}")]
+pub struct HubError {
+    kind: HubErrorKind,
+    hub: String,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl HubError {
+    fn new(
+        kind: HubErrorKind,
+        hub: &str,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        HubError {
+            kind,
+            hub: hub.into(),
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> HubErrorKind {
+        self.kind
+    }
+}
+
+/// A live connection to a hub.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    name: String,
+    client: Client,
+    jetstream: jetstream::Context,
+    events_stream: String,
+    faults_stream: String,
+    config: HubConfig,
+}
+
+impl Hub {
+    /// Connects to the hub. Fails if the first connection cannot be made within
+    /// `connect_timeout_secs`; once connected, the client reconnects forever with backoff.
+    pub async fn connect(config: &HubConfig) -> Result<Hub, HubError> {
+        let hub = config.name.as_str();
+        let secret =
+            |inline: &Option<Secret>, file: &Option<PathBuf>| -> Result<String, HubError> {
+                match (inline, file) {
+                    (Some(s), _) => Ok(s.expose().to_owned()),
+                    (None, Some(path)) => std::fs::read_to_string(path)
+                        .map(|s| s.trim().to_owned())
+                        .map_err(|e| {
+                            HubError::new(
+                                HubErrorKind::Credentials,
+                                hub,
+                                format!("cannot read `{}`", path.display()),
+                                e,
+                            )
+                        }),
+                    (None, None) => Ok(String::new()),
+                }
+            };
+        let mut options = ConnectOptions::new()
+            .name(format!("fractal:{hub}"))
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(config.connect_timeout_secs))
+            .request_timeout(Some(Duration::from_secs(config.request_timeout_secs)))
+            .event_callback({
+                let hub = hub.to_owned();
+                move |event| {
+                    let hub = hub.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                tracing::info!(hub, "Connected to hub.")
+                            }
+                            async_nats::Event::Disconnected => {
+                                tracing::warn!(hub, "Disconnected from hub; reconnecting.")
+                            }
+                            other => tracing::debug!(hub, event = %other, "Hub connection event."),
+                        }
+                    }
+                }
+            });
+        options = match &config.auth {
+            AuthConfig::None => options,
+            AuthConfig::UserPassword {
+                user,
+                password,
+                password_file,
+            } => options.user_and_password(user.clone(), secret(password, password_file)?),
+            AuthConfig::Token { token, token_file } => options.token(secret(token, token_file)?),
+            AuthConfig::Nkey { seed, seed_file } => options.nkey(secret(seed, seed_file)?),
+            AuthConfig::Creds { path } => options.credentials_file(path).await.map_err(|e| {
+                HubError::new(
+                    HubErrorKind::Credentials,
+                    hub,
+                    format!("cannot read credentials `{}`", path.display()),
+                    e,
+                )
+            })?,
+        };
+        if let Some(tls) = &config.tls {
+            options = options.require_tls(tls.required);
+            if let Some(ca) = &tls.ca_file {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let urls: Vec<async_nats::ServerAddr> = config
+            .urls
+            .iter()
+            .map(|u| u.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| HubError::new(HubErrorKind::Connect, hub, "bad server URL", e))?;
+        let client = options.connect(urls).await.map_err(|e| {
+            HubError::new(
+                HubErrorKind::Connect,
+                hub,
+                format!("cannot connect to {}", config.urls.join(", ")),
+                e,
+            )
+        })?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(config.request_timeout_secs))
+            .build(client.clone());
+        Ok(Hub {
+            name: config.name.clone(),
+            client,
+            jetstream,
+            events_stream: config.events.name.clone(),
+            faults_stream: config.faults.name.clone(),
+            config: config.clone(),
+        })
+    }
+
+    /// Creates the hub's streams, or updates them to match the configuration. Safe to call
+    /// from every process at start-up.
+    pub async fn provision(&self) -> Result<(), HubError> {
+        let events = format!("{}.>", wire::EVENTS_PREFIX);
+        let faults = format!("{}.>", wire::FAULTS_PREFIX);
+        for (config, subjects) in [(&self.config.events, events), (&self.config.faults, faults)] {
+            self.jetstream
+                .create_or_update_stream(config.to_nats(&subjects))
+                .await
+                .map_err(|e| {
+                    HubError::new(
+                        HubErrorKind::Provision,
+                        &self.name,
+                        format!("cannot create or update stream `{}`", config.name),
+                        e,
+                    )
+                })?;
+        }
+        tracing::info!(hub = %self.name, events = %self.events_stream, faults = %self.faults_stream, "Hub streams provisioned.");
+        Ok(())
+    }
+
+    /// Whether the connection is up right now: the readiness signal.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The hub's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of the stream that stores the hub's events.
+    pub fn events_stream(&self) -> &str {
+        &self.events_stream
+    }
+
+    /// The name of the stream that stores the hub's faults.
+    pub fn faults_stream(&self) -> &str {
+        &self.faults_stream
+    }
+
+    /// The underlying NATS client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+}

@@ -1,0 +1,53 @@
+//! Fractal: a platform for event-first systems built from autonomous subsystems.
+//!
+//! Every subsystem owns a [`Hub`] (a NATS JetStream deployment). Its services publish events
+//! with a [`Publisher`], react to them with a [`Consumer`], and keep what they could not process
+//! as [faults](fault). Events are facts: the hub's event stream keeps them for good and any
+//! consumer can replay them.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use fractal::{Consumer, ConsumerConfig, Hub, HubConfig, NewEvent, Publisher};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let hub = Hub::connect(&HubConfig::local("ordering", "nats://127.0.0.1:4222")).await?;
+//! hub.provision().await?;
+//! let publisher = Publisher::new(&hub, "ordering/checkout");
+//! # let order = fractal::proto::Header::default();
+//! publisher.publish(NewEvent::external("order.placed", "order-1", &order)).await?;
+//!
+//! Consumer::new(&hub, "kitchen", ConsumerConfig::default())
+//!     .on("order.placed", |event| async move {
+//!         let order: fractal::proto::Header = event.payload()?;
+//!         # let _ = order;
+//!         Ok(())
+//!     })
+//!     .run(CancellationToken::new())
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod consume;
+pub mod event;
+pub mod fault;
+pub mod hub;
+pub mod metrics;
+pub mod publish;
+pub mod service;
+pub mod telemetry;
+pub mod wire;
+
+/// The platform's protobuf types (`fractal.platform.v1`).
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/fractal.platform.v1.rs"));
+}
+
+pub use consume::{Consumer, ConsumerConfig, HandlerError};
+pub use event::{DecodeError, Event, NewEvent};
+pub use hub::{Hub, HubConfig};
+pub use publish::{Published, Publisher};
+pub use wire::Scope;

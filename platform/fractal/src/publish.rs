@@ -1,0 +1,206 @@
+//! Publishing events to a hub, with the event id as `Nats-Msg-Id` so that a retried publish is
+//! stored once, and the trace context in the headers so that consumers continue the trace.
+
+use std::collections::VecDeque;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsKind};
+use async_nats::jetstream::publish::PublishAck;
+use tracing::Instrument as _;
+use ulid::Ulid;
+
+use crate::event::NewEvent;
+use crate::metrics::{PLATFORM, TypeLabels};
+use crate::{Hub, telemetry, wire};
+
+/// How many publishes `publish_all` keeps awaiting their acknowledgement at once.
+const PIPELINE_WINDOW: usize = 1024;
+
+/// Publishes events to one hub on behalf of one service.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    hub: Hub,
+    source: String,
+}
+
+/// An event the hub has stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The event's id.
+    pub id: Ulid,
+    /// Its sequence number in the hub's event stream.
+    pub sequence: u64,
+    /// Whether the hub already had an event with this id (nothing new was stored).
+    pub duplicate: bool,
+}
+
+/// The kind of a [`PublishError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishErrorKind {
+    /// The event type or subject is not valid.
+    InvalidEvent,
+    /// The hub did not acknowledge in time (it may still have stored the event: publish again
+    /// with the same id).
+    TimedOut,
+    /// The hub refused the event (no stream for the subject, limits reached...).
+    Refused,
+    /// The event is larger than the hub accepts.
+    TooLarge,
+}
+
+/// The hub did not store an event.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing event {id} on `{subject}` failed: {message}")]
+pub struct PublishError {
+    kind: PublishErrorKind,
+    id: Ulid,
+    subject: String,
+    message: String,
+}
+
+impl PublishError {
+    fn new(kind: PublishErrorKind, id: Ulid, subject: &str, message: impl ToString) -> Self {
+        PublishError {
+            kind,
+            id,
+            subject: subject.to_owned(),
+            message: message.to_string(),
+        }
+    }
+
+    fn from_nats(
+        id: Ulid,
+        subject: &str,
+        error: async_nats::jetstream::context::PublishError,
+    ) -> Self {
+        let kind = match error.kind() {
+            NatsKind::TimedOut => PublishErrorKind::TimedOut,
+            NatsKind::MaxPayloadExceeded => PublishErrorKind::TooLarge,
+            _ => PublishErrorKind::Refused,
+        };
+        PublishError::new(kind, id, subject, error)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> PublishErrorKind {
+        self.kind
+    }
+
+    /// The id of the event that was not published.
+    pub fn id(&self) -> Ulid {
+        self.id
+    }
+}
+
+struct Pending {
+    ack: PublishAckFuture,
+    id: Ulid,
+    subject: String,
+    labels: TypeLabels,
+}
+
+impl Pending {
+    async fn wait(self) -> Result<Published, PublishError> {
+        let ack: PublishAck = self
+            .ack
+            .await
+            .map_err(|e| PublishError::from_nats(self.id, &self.subject, e))?;
+        if !ack.duplicate {
+            PLATFORM.published.get_or_create(&self.labels).inc();
+        }
+        Ok(Published {
+            id: self.id,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+impl Publisher {
+    /// A publisher for `source` (`<subsystem>/<service>`), recorded in every envelope.
+    pub fn new(hub: &Hub, source: &str) -> Self {
+        Publisher {
+            hub: hub.clone(),
+            source: source.to_owned(),
+        }
+    }
+
+    /// The hub this publisher writes to.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Publishes one event and waits until the hub has stored it.
+    pub async fn publish(&self, event: NewEvent) -> Result<Published, PublishError> {
+        self.send(event).await?.wait().await
+    }
+
+    /// Publishes events in order without waiting for each acknowledgement before sending the
+    /// next; returns once the hub has stored all of them, or at the first error (events
+    /// before it are stored; publishing again with the same ids is safe).
+    pub async fn publish_all(
+        &self,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> Result<Vec<Published>, PublishError> {
+        let events = events.into_iter();
+        let mut published = Vec::with_capacity(events.size_hint().0);
+        let mut pending = VecDeque::with_capacity(PIPELINE_WINDOW);
+        for event in events {
+            if pending.len() == PIPELINE_WINDOW {
+                if let Some(oldest) = pending.pop_front() {
+                    published.push(Pending::wait(oldest).await?);
+                }
+            }
+            pending.push_back(self.send(event).await?);
+        }
+        for p in pending {
+            published.push(p.wait().await?);
+        }
+        Ok(published)
+    }
+
+    async fn send(&self, event: NewEvent) -> Result<Pending, PublishError> {
+        let id = event.id;
+        let subject = event.subject();
+        if let Err(e) = wire::check_name(&event.event_type) {
+            return Err(PublishError::new(
+                PublishErrorKind::InvalidEvent,
+                id,
+                &subject,
+                format!("event type {e}"),
+            ));
+        }
+        let labels = TypeLabels {
+            service: self.source.clone(),
+            event_type: event.event_type.clone(),
+        };
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("publish {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "publish",
+            messaging.destination.name = %subject,
+            messaging.message.id = %id,
+            fractal.event.type = %event.event_type,
+            fractal.partition_key = %event.key,
+        );
+        let (mut headers, body) = event.encode(&self.source, self.hub.name());
+        telemetry::inject(&span, &mut headers);
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .payload(body);
+        let ack = self
+            .hub
+            .jetstream()
+            .send_publish(subject.clone(), publish)
+            .instrument(span)
+            .await
+            .map_err(|e| PublishError::from_nats(id, &subject, e))?;
+        Ok(Pending {
+            ack,
+            id,
+            subject,
+            labels,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! Logs and traces: a `tracing` subscriber for every program, OpenTelemetry export over OTLP
+//! (gRPC) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the W3C trace context carried in NATS
+//! headers so that one trace crosses every hub and bridge.
+
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::Deserialize;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{Problems, Validate, join};
+
+/// How a program logs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogConfig {
+    /// Filter in `RUST_LOG` syntax (`info`, `fractal=debug,info`). `RUST_LOG` wins if set.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// Line format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Line format of the logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Validate for LogConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        if let Err(e) = EnvFilter::builder().parse(&self.level) {
+            problems.add(
+                join(path, "level"),
+                format!("`{}` is not a log filter: {e}", self.level),
+            );
+        }
+    }
+}
+
+/// Keeps the trace exporter alive; dropping it flushes the spans not yet sent.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("Could not flush traces: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber for a program named `service_name`
+/// (`<subsystem>-<service>`; `OTEL_SERVICE_NAME` wins if set). Must be called inside a Tokio
+/// runtime when traces are exported.
+pub fn init(
+    service_name: &str,
+    log: &LogConfig,
+) -> Result<TelemetryGuard, Box<dyn std::error::Error + Send + Sync>> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::builder().parse(env)?,
+        _ => EnvFilter::builder().parse(&log.level)?,
+    };
+    let fmt = match log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+    };
+    let endpoint_set = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty()));
+    let provider = if endpoint_set {
+        let name = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| service_name.to_owned());
+        Some(otlp_provider(&name)?)
+    } else {
+        None
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("fractal")));
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// A tracer provider that exports spans over OTLP gRPC to the endpoint the standard
+/// environment variables name.
+pub fn otlp_provider(
+    service_name: &str,
+) -> Result<SdkTracerProvider, Box<dyn std::error::Error + Send + Sync>> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// Writes the trace context of `span` into `headers` (`traceparent`, `tracestate`).
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = span.context();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+}
+
+/// Reads the trace context from `headers`.
+pub fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
+    match headers {
+        Some(headers) => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// Makes `span` a child of the trace context carried in `headers`, if any.
+pub fn continue_trace(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let parent = extract(headers);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
