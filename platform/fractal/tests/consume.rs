@@ -1,0 +1,462 @@
+//! The consumer runtime against a real hub: ordering, retries, faults, shutdown and crashes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fractal::fault::FaultKind;
+use fractal::proto::{Fault, Header};
+use fractal::{Consumer, ConsumerConfig, Event, HandlerError, Hub, NewEvent};
+use fractal_testkit::{NatsServer, eventually, simulate, stream_messages};
+use prost::Message as _;
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+
+fn numbered(event_type: &str, key: &str, n: usize) -> NewEvent {
+    let payload = Header {
+        name: key.into(),
+        value: n.to_string(),
+    };
+    NewEvent::new(event_type, key, &payload)
+}
+
+fn number(event: &Event) -> usize {
+    event
+        .payload::<Header>()
+        .expect("payload")
+        .value
+        .parse()
+        .expect("a number")
+}
+
+fn fast_retries() -> ConsumerConfig {
+    ConsumerConfig {
+        retry_initial_ms: 10,
+        retry_max_ms: 50,
+        ..Default::default()
+    }
+}
+
+async fn faults(hub: &Hub) -> Vec<Fault> {
+    stream_messages(hub, hub.faults_stream())
+        .await
+        .iter()
+        .map(|m| Fault::decode(m.payload.as_ref()).expect("a fault"))
+        .collect()
+}
+
+fn spawn(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let run = consumer.run(token.clone());
+    let handle = tokio::spawn(async move { run.await.expect("consumer runs") });
+    (token, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_is_handled_in_order_and_keys_run_concurrently() {
+    const KEYS: usize = 50;
+    const PER_KEY: usize = 200;
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    // Interleave keys so that every batch mixes them.
+    let events = (0..PER_KEY)
+        .flat_map(|n| (0..KEYS).map(move |k| numbered("item.added", &format!("key-{k}"), n)));
+    simulate(&hub, events).await;
+
+    let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let consumer = Consumer::new(&hub, "orderly", ConsumerConfig::default()).on("item.added", {
+        let (seen, running, peak) = (seen.clone(), running.clone(), peak.clone());
+        move |event| {
+            let (seen, running, peak) = (seen.clone(), running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                let delay = rand::rng().random_range(0..300);
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+                seen.lock()
+                    .unwrap()
+                    .entry(event.key.clone())
+                    .or_default()
+                    .push(number(&event));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    eventually(Duration::from_secs(60), "every event handled", || async {
+        let count: usize = seen.lock().unwrap().values().map(Vec::len).sum();
+        (count >= KEYS * PER_KEY).then_some(())
+    })
+    .await;
+    token.cancel();
+    handle.await.expect("stopped");
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), KEYS);
+    for (key, numbers) in seen.iter() {
+        assert_eq!(*numbers, (0..PER_KEY).collect::<Vec<_>>(), "order of {key}");
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) > 1,
+        "keys were handled concurrently"
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_failure_is_retried_until_handled() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    simulate(&hub, [numbered("flaky.thing", "k", 1)]).await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let consumer = Consumer::new(&hub, "flaky", fast_retries()).on("flaky.thing", {
+        let attempts = attempts.clone();
+        move |_event| {
+            let attempts = attempts.clone();
+            async move {
+                if attempts.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(HandlerError::retryable("store unavailable"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    eventually(Duration::from_secs(10), "third attempt", || async {
+        (attempts.load(Ordering::SeqCst) == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel();
+    handle.await.expect("stopped");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert!(faults(&hub).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_always_failing_handler_makes_exactly_one_fault() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let published = simulate(&hub, [numbered("doomed.thing", "k", 7)]).await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let config = ConsumerConfig {
+        max_deliveries: 3,
+        ..fast_retries()
+    };
+    let consumer = Consumer::new(&hub, "doomed", config).on("doomed.thing", {
+        let attempts = attempts.clone();
+        move |_event| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                Err(HandlerError::retryable("always down"))
+            }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    let fault = eventually(Duration::from_secs(10), "a fault", || async {
+        faults(&hub).await.pop()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel();
+    handle.await.expect("stopped");
+
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(faults(&hub).await.len(), 1, "exactly one fault");
+    assert_eq!(fault.kind(), FaultKind::RetriesExhausted);
+    assert_eq!(fault.deliveries, 3);
+    assert_eq!(fault.service, "doomed");
+    assert!(fault.reason.contains("always down"), "{}", fault.reason);
+    let original = fault.original.expect("original kept");
+    assert_eq!(original.subject, "events.internal.doomed.thing");
+    assert_eq!(original.stream_sequence, published[0].sequence);
+    let headers = fractal::fault::header_map(&original.headers);
+    let event =
+        Event::decode(&original.subject, Some(&headers), &original.body).expect("original intact");
+    assert_eq!(event.id, published[0].id.to_string());
+    assert_eq!(number(&event), 7);
+    let subjects: Vec<_> = stream_messages(&hub, hub.faults_stream())
+        .await
+        .into_iter()
+        .map(|m| m.subject.to_string())
+        .collect();
+    assert_eq!(subjects, ["faults.doomed.doomed.thing"]);
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_a_fault_at_once_and_the_key_keeps_flowing() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    simulate(&hub, (0..5).map(|n| numbered("picky.thing", "k", n))).await;
+    let handled: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let consumer = Consumer::new(&hub, "picky", fast_retries()).on("picky.thing", {
+        let handled = handled.clone();
+        move |event| {
+            let handled = handled.clone();
+            async move {
+                let n = number(&event);
+                handled.lock().unwrap().push(n);
+                if n == 2 {
+                    return Err(HandlerError::permanent("two is not allowed"));
+                }
+                Ok(())
+            }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    eventually(Duration::from_secs(10), "all five", || async {
+        (handled.lock().unwrap().len() == 5).then_some(())
+    })
+    .await;
+    let faults = eventually(Duration::from_secs(10), "the fault", || async {
+        let f = faults(&hub).await;
+        (!f.is_empty()).then_some(f)
+    })
+    .await;
+    token.cancel();
+    handle.await.expect("stopped");
+    assert_eq!(
+        *handled.lock().unwrap(),
+        [0, 1, 2, 3, 4],
+        "tried once each, in order"
+    );
+    assert_eq!(faults.len(), 1);
+    assert_eq!(faults[0].kind(), FaultKind::Permanent);
+    assert_eq!(faults[0].deliveries, 1);
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_a_fault() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "garbage-1");
+    headers.insert("Fractal-Type", "odd.thing");
+    hub.jetstream()
+        .publish_with_headers(
+            "events.internal.odd.thing",
+            headers,
+            "not protobuf \u{1}\u{2}".into(),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    simulate(&hub, [numbered("odd.thing", "k", 1)]).await;
+    let handled = Arc::new(AtomicU32::new(0));
+    let consumer = Consumer::new(&hub, "strict", fast_retries()).on("odd.thing", {
+        let handled = handled.clone();
+        move |_event| {
+            let handled = handled.clone();
+            async move {
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    let fault = eventually(Duration::from_secs(10), "a fault", || async {
+        faults(&hub).await.pop()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the good event", || async {
+        (handled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    token.cancel();
+    handle.await.expect("stopped");
+    assert_eq!(fault.kind(), FaultKind::Malformed);
+    assert!(
+        fault.reason.contains("not a well-formed event"),
+        "{}",
+        fault.reason
+    );
+    let original = fault.original.expect("original");
+    assert_eq!(original.body, b"not protobuf \x01\x02");
+}
+
+/// Runs a consumer on a runtime of its own, so that dropping the runtime kills it abruptly:
+/// no handler finishes, nothing is acknowledged or released, its connection is cut.
+fn run_killable(url: String, seen: Arc<Mutex<Vec<String>>>) -> tokio::runtime::Runtime {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.spawn(async move {
+        let hub = Hub::connect(&fractal::HubConfig::local("alpha", &url))
+            .await
+            .expect("connects");
+        let config = ConsumerConfig {
+            ack_wait_secs: 2,
+            retry_max_ms: 100,
+            ..Default::default()
+        };
+        Consumer::new(&hub, "survivor", config)
+            .on("step.done", move |event| {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    seen.lock().expect("lock").push(event.id);
+                    Ok(())
+                }
+            })
+            .run(CancellationToken::new())
+            .await
+            .expect("consumer runs");
+    });
+    runtime
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumer_loses_nothing_after_restart() {
+    const EVENTS: usize = 3000;
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let published = simulate(
+        &hub,
+        (0..EVENTS).map(|n| numbered("step.done", &format!("k{}", n % 40), n)),
+    )
+    .await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let first = run_killable(server.url(), seen.clone());
+    eventually(Duration::from_secs(30), "some progress", || async {
+        (seen.lock().unwrap().len() > EVENTS / 3).then_some(())
+    })
+    .await;
+    first.shutdown_background();
+    let handled_before = seen.lock().unwrap().len();
+    assert!(handled_before < EVENTS, "killed mid-stream");
+
+    let second = run_killable(server.url(), seen.clone());
+    let expected: HashSet<String> = published.iter().map(|p| p.id.to_string()).collect();
+    eventually(Duration::from_secs(60), "every event handled", || async {
+        let seen: HashSet<String> = seen.lock().unwrap().iter().cloned().collect();
+        (seen == expected).then_some(())
+    })
+    .await;
+    second.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_acknowledges_only_what_was_handled() {
+    const EVENTS: usize = 2000;
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    simulate(
+        &hub,
+        (0..EVENTS).map(|n| numbered("job.queued", &format!("k{}", n % 25), n)),
+    )
+    .await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let consumer = || {
+        let config = ConsumerConfig {
+            ack_wait_secs: 2,
+            retry_max_ms: 100,
+            ..Default::default()
+        };
+        Consumer::new(&hub, "graceful", config).on("job.queued", {
+            let seen = seen.clone();
+            move |event| {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                    seen.lock().unwrap().push(event.id);
+                    Ok(())
+                }
+            }
+        })
+    };
+    let (token, handle) = spawn(consumer());
+    eventually(Duration::from_secs(30), "some progress", || async {
+        (seen.lock().unwrap().len() > EVENTS / 4).then_some(())
+    })
+    .await;
+    token.cancel();
+    handle.await.expect("stopped");
+    assert!(seen.lock().unwrap().len() < EVENTS, "stopped mid-stream");
+
+    let (token, handle) = spawn(consumer());
+    eventually(Duration::from_secs(60), "every event handled", || async {
+        (seen.lock().unwrap().len() >= EVENTS).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel();
+    handle.await.expect("stopped");
+    let seen = seen.lock().unwrap();
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), EVENTS);
+    assert_eq!(
+        seen.len(),
+        EVENTS,
+        "nothing handled twice: nothing was acknowledged unhandled, nothing handled was left unacknowledged"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_reports_health_readiness_and_metrics() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
+
+    let mut server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    simulate(&hub, [numbered("metered.thing", "k", 1)]).await;
+    let consumer =
+        Consumer::new(&hub, "metered", fast_retries()).on("metered.thing", |_e| async { Ok(()) });
+    let (token, handle) = spawn(consumer);
+    let admin = fractal::admin::AdminConfig {
+        listen: "127.0.0.1:0".into(),
+    };
+    let readiness = fractal::admin::Readiness::default().hub(&hub);
+    let addr = fractal::admin::serve(&admin, readiness, token.clone())
+        .await
+        .expect("listens");
+
+    assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let metrics = eventually(Duration::from_secs(10), "handled metric", || async {
+        let m = get(addr, "/metrics").await;
+        m.contains(
+            r#"fractal_events_handled_total{service="metered",event_type="metered.thing"} 1"#,
+        )
+        .then_some(m)
+    })
+    .await;
+    assert!(
+        metrics.contains("fractal_handler_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fractal_events_published_total"),
+        "{metrics}"
+    );
+
+    server.kill();
+    let not_ready = eventually(Duration::from_secs(10), "not ready", || async {
+        let r = get(addr, "/readyz").await;
+        r.starts_with("HTTP/1.1 503").then_some(r)
+    })
+    .await;
+    assert!(
+        not_ready.contains("hub `alpha` is not connected"),
+        "{not_ready}"
+    );
+    token.cancel();
+    handle.await.expect("stopped");
+}
