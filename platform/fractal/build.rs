@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, [&root])?;
     prost_build::Config::new()
         .enable_type_names()
+        // The payload is handed to handlers without copying it.
+        .bytes([".fractal.platform.v1.Envelope.payload"])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -12,20 +12,21 @@
 //! - On shutdown the runtime stops fetching, lets running handlers finish, releases queued
 //!   events for redelivery and returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
+use std::task::Poll;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -334,8 +335,7 @@ impl Consumer {
             "Consumer started."
         );
 
-        let lanes = self.config.concurrency.max(1);
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             faults: FaultRecorder::new(&self.hub, &self.service, &durable),
             client: self.hub.client().clone(),
             service: self.service,
@@ -344,15 +344,7 @@ impl Consumer {
             handlers: self.handlers,
             config: self.config.clone(),
             shutdown: shutdown.clone(),
-        });
-        let lane_capacity = (self.config.max_ack_pending / lanes).max(1);
-        let mut senders = Vec::with_capacity(lanes);
-        let mut workers = Vec::with_capacity(lanes);
-        for _ in 0..lanes {
-            let (tx, rx) = mpsc::channel(lane_capacity);
-            senders.push(tx);
-            workers.push(tokio::spawn(lane(rx, shared.clone())));
-        }
+        };
         let lag = tokio::spawn(poll_lag(
             consumer.clone(),
             ConsumerLabels {
@@ -362,11 +354,13 @@ impl Consumer {
             Duration::from_secs(self.config.lag_poll_secs),
             shutdown.clone(),
         ));
+        let mut lanes = Lanes::new(self.config.concurrency);
 
-        let hasher = RandomState::new();
+        // One task pulls messages and drives every running handler: no hand-off between tasks
+        // on the hot path. A handler that needs a CPU of its own can spawn.
         let mut messages = None;
         loop {
-            let stream = match &mut messages {
+            let pulling = match &mut messages {
                 Some(stream) => stream,
                 None => match consumer
                     .stream()
@@ -386,39 +380,38 @@ impl Consumer {
                     }
                 },
             };
-            let next = tokio::select! {
+            let room = lanes.queued < self.config.max_ack_pending;
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                next = stream.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let lane = match message.headers.as_ref().and_then(|h| h.get(wire::KEY)) {
-                        Some(key) => hasher.hash_one(key.as_str()),
-                        None => hasher.hash_one(message.subject.as_str()),
-                    } as usize
-                        % lanes;
-                    if senders[lane].send(message).await.is_err() {
-                        break;
+                Some(lane) = lanes.running.next() => {
+                    if let Some(message) = lanes.finished(lane) {
+                        lanes.start(lane, handle(&shared, message));
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Pull from the hub failed; continuing.");
-                }
-                None => {
-                    messages = None;
-                }
+                next = pulling.next(), if room => match next {
+                    Some(Ok(message)) => {
+                        let lane = lanes.lane_of(&message);
+                        if let Some(message) = lanes.enqueue(lane, message) {
+                            lanes.start(lane, handle(&shared, message));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Pull from the hub failed; continuing.");
+                    }
+                    None => messages = None,
+                },
             }
         }
-        // Stop pulling; messages the hub already sent but nobody took are redelivered after
-        // the ack wait.
+        // Stop pulling: messages the hub sent that were not taken are redelivered after the
+        // ack wait. Release the queued ones now, and let running handlers finish.
         drop(messages);
-        drop(senders);
-        for worker in workers {
-            if let Err(e) = worker.await {
-                tracing::error!(error = %e, "A consumer lane panicked.");
+        for message in lanes.queues.iter_mut().flat_map(|q| q.drain(..)) {
+            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(error = %e, "Could not release a message.");
             }
         }
+        while lanes.running.next().await.is_some() {}
         lag.abort();
         // Send the last acknowledgements; a hub that is down gets them redelivered instead.
         match tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await {
@@ -442,28 +435,83 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
-async fn lane(mut rx: mpsc::Receiver<async_nats::jetstream::Message>, shared: Arc<Shared>) {
-    loop {
-        let message = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => break,
-            message = rx.recv() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        handle(&shared, message).await;
-    }
-    // Release what was queued but not started, so another instance can take it at once.
-    rx.close();
-    while let Some(message) = rx.recv().await {
-        if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-            tracing::debug!(error = %e, "Could not release a message.");
+type Message = async_nats::jetstream::Message;
+
+/// Partition keys hash onto lanes; a lane runs one handler at a time and queues the rest of
+/// its messages in arrival order, which is what keeps each key in order.
+struct Lanes<F> {
+    hasher: RandomState,
+    busy: Vec<bool>,
+    queues: Vec<VecDeque<Message>>,
+    /// Messages in all lanes, running ones included.
+    queued: usize,
+    running: FuturesUnordered<LaneRun<F>>,
+}
+
+impl<F: Future<Output = ()>> Lanes<F> {
+    fn new(count: usize) -> Self {
+        let count = count.max(1);
+        Lanes {
+            hasher: RandomState::new(),
+            busy: vec![false; count],
+            queues: (0..count).map(|_| VecDeque::new()).collect(),
+            queued: 0,
+            running: FuturesUnordered::new(),
         }
+    }
+
+    fn lane_of(&self, message: &Message) -> usize {
+        let hash = match message.headers.as_ref().and_then(|h| h.get(wire::KEY)) {
+            Some(key) => self.hasher.hash_one(key.as_str()),
+            None => self.hasher.hash_one(message.subject.as_str()),
+        };
+        (hash % self.busy.len() as u64) as usize
+    }
+
+    /// Queues `message`; hands it back when its lane is idle and it should start now.
+    fn enqueue(&mut self, lane: usize, message: Message) -> Option<Message> {
+        self.queued += 1;
+        if self.busy[lane] {
+            self.queues[lane].push_back(message);
+            None
+        } else {
+            Some(message)
+        }
+    }
+
+    fn start(&mut self, lane: usize, run: F) {
+        self.busy[lane] = true;
+        self.running.push(LaneRun {
+            lane,
+            run: Box::pin(run),
+        });
+    }
+
+    /// Marks the lane's running message done; returns the next one to start, if any.
+    fn finished(&mut self, lane: usize) -> Option<Message> {
+        self.queued -= 1;
+        let next = self.queues[lane].pop_front();
+        self.busy[lane] = next.is_some();
+        next
     }
 }
 
-async fn handle(shared: &Shared, message: async_nats::jetstream::Message) {
+/// One running handler, tagged with its lane.
+struct LaneRun<F> {
+    lane: usize,
+    run: Pin<Box<F>>,
+}
+
+impl<F: Future<Output = ()>> Future for LaneRun<F> {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+        let lane = self.lane;
+        self.run.as_mut().poll(cx).map(|()| lane)
+    }
+}
+
+async fn handle(shared: &Shared, message: Message) {
     let (stream_sequence, delivered) = match message.info() {
         Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
         Err(e) => {
@@ -476,7 +524,7 @@ async fn handle(shared: &Shared, message: async_nats::jetstream::Message) {
         sequence: stream_sequence,
         deliveries,
     };
-    let event = match Event::decode(&message.subject, message.headers.as_ref(), &message.payload) {
+    let event = match Event::decode(&message.subject, message.headers.as_ref(), message.payload.clone()) {
         Ok(event) => event,
         Err(e) => {
             let event_type = message

@@ -3,6 +3,7 @@
 //! [`crate::wire`], so that routing and tracing never need to decode the body.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_nats::HeaderMap;
@@ -116,16 +117,28 @@ impl NewEvent {
             source: source.to_owned(),
             tags: self.tags,
             payload_type: self.payload_type,
-            payload: self.payload.to_vec(),
+            payload: self.payload,
         };
         (headers, envelope.encode_to_vec().into())
     }
 }
 
 /// An event as a handler receives it: the envelope's fields, the provenance headers and the
-/// raw payload, which [`Event::payload`] decodes as its contract.
+/// raw payload, which [`EventData::payload`] decodes as its contract. Cloning is cheap.
 #[derive(Debug, Clone)]
-pub struct Event {
+pub struct Event(Arc<EventData>);
+
+impl std::ops::Deref for Event {
+    type Target = EventData;
+
+    fn deref(&self) -> &EventData {
+        &self.0
+    }
+}
+
+/// What an [`Event`] carries.
+#[derive(Debug)]
+pub struct EventData {
     /// Unique, sortable id.
     pub id: String,
     /// Event type (`order.placed`).
@@ -194,11 +207,11 @@ pub enum DecodeError {
 }
 
 impl Event {
-    /// Decodes a message read from a hub's event stream.
+    /// Decodes a message read from a hub's event stream. The payload shares `body`'s memory.
     pub fn decode(
         subject: &str,
         headers: Option<&HeaderMap>,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<Self, DecodeError> {
         let (scope, subject_type) = wire::parse_event_subject(subject)
             .ok_or_else(|| DecodeError::Subject(subject.into()))?;
@@ -244,7 +257,7 @@ impl Event {
         let path = header(wire::PATH)
             .map(|p| p.split(',').map(str::to_owned).collect())
             .unwrap_or_default();
-        Ok(Event {
+        Ok(Event(Arc::new(EventData {
             id: envelope.id,
             event_type: envelope.r#type,
             scope,
@@ -253,12 +266,14 @@ impl Event {
             source: envelope.source,
             tags: envelope.tags,
             payload_type: envelope.payload_type,
-            payload: envelope.payload.into(),
+            payload: envelope.payload,
             origin,
             path,
-        })
+        })))
     }
+}
 
+impl EventData {
     /// Decodes the payload as the contract `M`, checking that it is the message the envelope
     /// names.
     pub fn payload<M: prost::Message + prost::Name + Default>(&self) -> Result<M, DecodeError> {
@@ -324,7 +339,7 @@ mod tests {
             let subject = new.subject();
             let (headers, body) = new.encode("sub/svc", "hub-a");
 
-            let event = Event::decode(&subject, Some(&headers), &body).expect("decodes");
+            let event = Event::decode(&subject, Some(&headers), body.clone()).expect("decodes");
             assert_eq!(event.id, id.to_string());
             assert_eq!(event.event_type, event_type);
             assert_eq!(event.scope, scope);
@@ -351,17 +366,17 @@ mod tests {
         for _ in 0..1000 {
             let mut body = vec![0; rng.random_range(0..256)];
             rng.fill_bytes(&mut body);
-            if Event::decode(&subject, Some(&headers), &body).is_err() {
+            if Event::decode(&subject, Some(&headers), Bytes::from(body)).is_err() {
                 errors += 1;
             }
         }
         assert_eq!(errors, 1000);
         assert_eq!(
-            Event::decode(&subject, None, b"").unwrap_err(),
+            Event::decode(&subject, None, Bytes::new()).unwrap_err(),
             DecodeError::MissingHeader(wire::MSG_ID)
         );
         assert!(matches!(
-            Event::decode("orders.placed", Some(&headers), b""),
+            Event::decode("orders.placed", Some(&headers), Bytes::new()),
             Err(DecodeError::Subject(_))
         ));
     }
@@ -373,7 +388,7 @@ mod tests {
         let (mut headers, body) = new.encode("s", "h");
         headers.insert(wire::MSG_ID, "another");
         assert!(matches!(
-            Event::decode(&subject, Some(&headers), &body),
+            Event::decode(&subject, Some(&headers), body.clone()),
             Err(DecodeError::HeaderMismatch {
                 header: wire::MSG_ID,
                 ..
@@ -386,7 +401,7 @@ mod tests {
         let new = NewEvent::new("a.b", "k", &OriginalMessage::default());
         let subject = new.subject();
         let (headers, body) = new.encode("s", "h");
-        let event = Event::decode(&subject, Some(&headers), &body).expect("decodes");
+        let event = Event::decode(&subject, Some(&headers), body.clone()).expect("decodes");
         assert!(matches!(
             event.payload::<crate::proto::Fault>(),
             Err(DecodeError::PayloadType { .. })

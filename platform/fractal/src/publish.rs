@@ -1,10 +1,12 @@
 //! Publishing events to a hub, with the event id as `Nats-Msg-Id` so that a retried publish is
 //! stored once, and the trace context in the headers so that consumers continue the trace.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsKind};
 use async_nats::jetstream::publish::PublishAck;
+use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument as _;
 use ulid::Ulid;
 
@@ -20,6 +22,8 @@ const PIPELINE_WINDOW: usize = 1024;
 pub struct Publisher {
     hub: Hub,
     source: String,
+    /// The `published` counter of each event type, looked up once per type.
+    counters: Arc<RwLock<HashMap<String, Counter>>>,
 }
 
 /// An event the hub has stored.
@@ -95,7 +99,7 @@ struct Pending {
     ack: PublishAckFuture,
     id: Ulid,
     subject: String,
-    labels: TypeLabels,
+    published: Counter,
 }
 
 impl Pending {
@@ -105,7 +109,7 @@ impl Pending {
             .await
             .map_err(|e| PublishError::from_nats(self.id, &self.subject, e))?;
         if !ack.duplicate {
-            PLATFORM.published.get_or_create(&self.labels).inc();
+            self.published.inc();
         }
         Ok(Published {
             id: self.id,
@@ -121,6 +125,7 @@ impl Publisher {
         Publisher {
             hub: hub.clone(),
             source: source.to_owned(),
+            counters: Arc::default(),
         }
     }
 
@@ -169,10 +174,7 @@ impl Publisher {
                 format!("event type {e}"),
             ));
         }
-        let labels = TypeLabels {
-            service: self.source.clone(),
-            event_type: event.event_type.clone(),
-        };
+        let published = self.counter(&event.event_type);
         let span = tracing::info_span!(
             "publish",
             otel.name = format!("publish {subject}"),
@@ -200,7 +202,25 @@ impl Publisher {
             ack,
             id,
             subject,
-            labels,
+            published,
         })
+    }
+
+    fn counter(&self, event_type: &str) -> Counter {
+        let read = self.counters.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = read.get(event_type) {
+            return counter.clone();
+        }
+        drop(read);
+        let labels = TypeLabels {
+            service: self.source.clone(),
+            event_type: event_type.to_owned(),
+        };
+        let counter = PLATFORM.published.get_or_create(&labels).clone();
+        self.counters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(event_type.to_owned(), counter.clone());
+        counter
     }
 }

@@ -177,7 +177,7 @@ async fn an_always_failing_handler_makes_exactly_one_fault() {
     assert_eq!(original.stream_sequence, published[0].sequence);
     let headers = fractal::fault::header_map(&original.headers);
     let event =
-        Event::decode(&original.subject, Some(&headers), &original.body).expect("original intact");
+        Event::decode(&original.subject, Some(&headers), original.body.clone().into()).expect("original intact");
     assert_eq!(event.id, published[0].id.to_string());
     assert_eq!(number(&event), 7);
     let subjects: Vec<_> = stream_messages(&hub, hub.faults_stream())
@@ -302,7 +302,7 @@ fn run_killable(url: String, seen: Arc<Mutex<Vec<String>>>) -> tokio::runtime::R
                 let seen = seen.clone();
                 async move {
                     tokio::time::sleep(Duration::from_micros(200)).await;
-                    seen.lock().expect("lock").push(event.id);
+                    seen.lock().expect("lock").push(event.id.clone());
                     Ok(())
                 }
             })
@@ -367,7 +367,7 @@ async fn graceful_shutdown_acknowledges_only_what_was_handled() {
                 let seen = seen.clone();
                 async move {
                     tokio::time::sleep(Duration::from_micros(300)).await;
-                    seen.lock().unwrap().push(event.id);
+                    seen.lock().unwrap().push(event.id.clone());
                     Ok(())
                 }
             }

@@ -50,7 +50,7 @@ async fn pipelined_publishes_keep_their_order() {
     let event = fractal::Event::decode(
         &stored[7].subject,
         stored[7].headers.as_ref(),
-        &stored[7].payload,
+        stored[7].payload.clone(),
     )
     .expect("decodes");
     assert_eq!(event.scope, Scope::External);
