@@ -1,1 +1,65 @@
-fn main() {}
+//! `fractal-bridge --config bridge.toml [--check]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use fractal::config::{Sources, load};
+use fractal_bridge::BridgeConfig;
+
+/// Relays selected external events from one hub to another, checking each against its contract.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The bridge's TOML configuration. Environment variables prefixed `BRIDGE_` (with `__`
+    /// for nesting) override it.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the configuration (including every route's contract) and exit without
+    /// connecting anywhere.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config: BridgeConfig = match load(&Sources {
+        file: Some(&args.config),
+        env_prefix: "BRIDGE_",
+    }) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: bridge `{}` from hub `{}` to hub `{}` with {} route{} is valid.",
+            args.config.display(),
+            config.name,
+            config.source.name,
+            config.target.name,
+            config.routes.len(),
+            if config.routes.len() == 1 { "" } else { "s" }
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fractal-bridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(config: BridgeConfig) -> anyhow::Result<()> {
+    let _telemetry = fractal::telemetry::init(&format!("bridge-{}", config.name), &config.log)
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("cannot set up telemetry")?;
+    let shutdown = fractal::service::shutdown_on_signal();
+    fractal_bridge::run(config, shutdown).await
+}

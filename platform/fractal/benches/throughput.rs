@@ -74,7 +74,11 @@ async fn platform_publish(publisher: &Publisher, event_type: &str, n: usize) -> 
 }
 
 async fn raw_consume(hub: &Hub, name: &str, subject: &str, n: usize) -> Duration {
-    let stream = hub.jetstream().get_stream(hub.events_stream()).await.unwrap();
+    let stream = hub
+        .jetstream()
+        .get_stream(hub.events_stream())
+        .await
+        .unwrap();
     let started = Instant::now();
     let consumer = stream
         .create_consumer(pull::Config {
@@ -135,7 +139,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
 
@@ -161,11 +168,19 @@ async fn main() {
     for round in 1..=rounds {
         let raw_subject = format!("events.internal.bench.raw{round}");
         let platform_type = format!("bench.platform{round}");
-        let raw_pub = rate(n, raw_publish(&hub, &raw_subject, n, raw_body.clone()).await);
+        let raw_pub = rate(
+            n,
+            raw_publish(&hub, &raw_subject, n, raw_body.clone()).await,
+        );
         let platform_pub = rate(n, platform_publish(&publisher, &platform_type, n).await);
-        let raw_con = rate(n, raw_consume(&hub, &format!("raw{round}"), &raw_subject, n).await);
-        let runtime_con =
-            rate(n, platform_consume(&hub, &format!("runtime{round}"), &platform_type, n).await);
+        let raw_con = rate(
+            n,
+            raw_consume(&hub, &format!("raw{round}"), &raw_subject, n).await,
+        );
+        let runtime_con = rate(
+            n,
+            platform_consume(&hub, &format!("runtime{round}"), &platform_type, n).await,
+        );
         pub_ratios.push(platform_pub / raw_pub);
         con_ratios.push(runtime_con / raw_con);
         println!(

@@ -16,8 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
@@ -524,7 +524,11 @@ async fn handle(shared: &Shared, message: Message) {
         sequence: stream_sequence,
         deliveries,
     };
-    let event = match Event::decode(&message.subject, message.headers.as_ref(), message.payload.clone()) {
+    let event = match Event::decode(
+        &message.subject,
+        message.headers.as_ref(),
+        message.payload.clone(),
+    ) {
         Ok(event) => event,
         Err(e) => {
             let event_type = message

@@ -540,6 +540,28 @@ impl Hub {
         Ok(())
     }
 
+    /// Creates the hub's streams where they are missing, leaving existing ones as their owner
+    /// configured them. For guests of a hub, such as bridges.
+    pub async fn ensure_streams(&self) -> Result<(), HubError> {
+        for (config, prefix) in [
+            (&self.config.events, wire::EVENTS_PREFIX),
+            (&self.config.faults, wire::FAULTS_PREFIX),
+        ] {
+            self.jetstream
+                .get_or_create_stream(config.to_nats(&format!("{prefix}.>")))
+                .await
+                .map_err(|e| {
+                    HubError::new(
+                        HubErrorKind::Provision,
+                        &self.name,
+                        format!("cannot find or create stream `{}`", config.name),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// Whether the connection is up right now: the readiness signal.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

@@ -176,8 +176,12 @@ async fn an_always_failing_handler_makes_exactly_one_fault() {
     assert_eq!(original.subject, "events.internal.doomed.thing");
     assert_eq!(original.stream_sequence, published[0].sequence);
     let headers = fractal::fault::header_map(&original.headers);
-    let event =
-        Event::decode(&original.subject, Some(&headers), original.body.clone().into()).expect("original intact");
+    let event = Event::decode(
+        &original.subject,
+        Some(&headers),
+        original.body.clone().into(),
+    )
+    .expect("original intact");
     assert_eq!(event.id, published[0].id.to_string());
     assert_eq!(number(&event), 7);
     let subjects: Vec<_> = stream_messages(&hub, hub.faults_stream())

@@ -1,0 +1,221 @@
+//! Running the bridge program against real hubs.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fractal::proto::Header;
+use fractal::{Event, Hub, NewEvent};
+use fractal_testkit::{NatsServer, eventually, free_port, stream_messages};
+
+/// A bridge process, killable and restartable.
+pub struct Bridge {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    pub admin_port: u16,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+/// The `[[routes]]` and settings of a bridge config, after the hubs.
+pub fn config(
+    name: &str,
+    source: (&str, &NatsServer),
+    target: (&str, &NatsServer),
+    rest: &str,
+    admin_port: u16,
+) -> String {
+    format!(
+        "name = \"{name}\"\n\n[source]\nname = \"{}\"\nurls = [\"{}\"]\n\n[target]\nname = \"{}\"\nurls = [\"{}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{rest}\n",
+        source.0,
+        source.1.url(),
+        target.0,
+        target.1.url()
+    )
+}
+
+/// A route relaying `types` that must carry `fractal.platform.v1.Header`.
+pub fn route(name: &str, types: &[&str]) -> String {
+    let types: Vec<String> = types.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "[[routes]]\nname = \"{name}\"\ntypes = [{}]\ncontract = \"fractal.platform.v1.Header\"\n",
+        types.join(", ")
+    )
+}
+
+impl Bridge {
+    /// Starts `fractal-bridge` from `source` to `target` with `rest` (routes, relay settings).
+    pub fn start(
+        name: &str,
+        source: (&str, &NatsServer),
+        target: (&str, &NatsServer),
+        rest: &str,
+    ) -> Bridge {
+        Self::start_with_env(name, source, target, rest, &[])
+    }
+
+    pub fn start_with_env(
+        name: &str,
+        source: (&str, &NatsServer),
+        target: (&str, &NatsServer),
+        rest: &str,
+        env: &[(&str, &str)],
+    ) -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = free_port();
+        let config = dir.path().join("bridge.toml");
+        std::fs::write(
+            &config,
+            self::config(name, source, target, rest, admin_port),
+        )
+        .unwrap();
+        let mut bridge = Bridge {
+            child: None,
+            log: dir.path().join("bridge.log"),
+            config,
+            admin_port,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _dir: dir,
+        };
+        bridge.spawn();
+        bridge
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fractal-bridge"))
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("fractal-bridge starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.take().expect("running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let mut child = child;
+        child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Peak resident memory of the process so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path of the admin endpoint.
+    pub async fn admin(&self, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+            .await
+            .ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    }
+
+    /// The value of a metric line starting with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let metrics = self.admin("/metrics").await?;
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An external event of `event_type` for key `key` numbered `n`.
+pub fn numbered(event_type: &str, key: &str, n: usize) -> NewEvent {
+    let payload = Header {
+        name: key.into(),
+        value: n.to_string(),
+    };
+    NewEvent::external(event_type, key, &payload)
+}
+
+/// Every event in the hub's event stream, decoded, in stream order.
+pub async fn events(hub: &Hub) -> Vec<Event> {
+    stream_messages(hub, hub.events_stream())
+        .await
+        .into_iter()
+        .map(|m| Event::decode(&m.subject, m.headers.as_ref(), m.payload).expect("well-formed"))
+        .collect()
+}
+
+/// Waits until the hub's event stream holds `count` messages.
+pub async fn wait_for_count(hub: &Hub, count: u64, timeout: Duration) {
+    let what = format!("{count} events on hub `{}`", hub.name());
+    eventually(timeout, &what, || async {
+        let mut stream = hub.jetstream().get_stream(hub.events_stream()).await.ok()?;
+        let have = stream.info().await.ok()?.state.messages;
+        (have >= count).then_some(())
+    })
+    .await;
+}
+
+/// Asserts that in `events` the numbers of each key increase.
+pub fn assert_per_key_order(events: &[Event]) {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for event in events {
+        let n: usize = event.payload::<Header>().unwrap().value.parse().unwrap();
+        if let Some(previous) = last.insert(&event.key, n) {
+            assert!(previous < n, "key {} has {n} after {previous}", event.key);
+        }
+    }
+}
