@@ -49,6 +49,14 @@ pub(crate) struct Route {
     last_relay: AtomicI64,
 }
 
+/// Why a consumer session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    /// Reopen the consumer from the last acknowledged event.
+    Resume,
+}
+
 /// What became of one source message.
 enum Outcome {
     Relayed { duplicate: bool },
@@ -92,44 +100,79 @@ impl Route {
         }
     }
 
-    /// Creates the route's durable consumer, retrying until the source hub answers.
+    fn consumer_config(&self, deliver_policy: DeliverPolicy) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.durable.clone()),
+            description: Some(format!(
+                "Fractal bridge `{}` route `{}` to hub `{}`",
+                self.bridge,
+                self.config.name,
+                self.target.name()
+            )),
+            filter_subjects: self.config.subjects(),
+            deliver_policy,
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_secs(self.relay.ack_wait_secs),
+            max_deliver: -1,
+            max_ack_pending: (self.relay.max_in_flight + self.relay.batch) as i64,
+            ..Default::default()
+        }
+    }
+
+    /// Opens the route's durable consumer so that it delivers, in order, everything after the
+    /// last acknowledged event. A consumer left with unacknowledged deliveries (a crash, a lost
+    /// delivery) would otherwise deliver newer events first and redeliver the older ones only
+    /// after the ack wait; acknowledging the newer ones would then acknowledge the older ones
+    /// unrelayed. Such a consumer is recreated from its acknowledgement floor instead.
+    async fn open(&self) -> Result<PullConsumer, async_nats::Error> {
+        let stream = self
+            .source
+            .jetstream()
+            .get_stream(self.source.events_stream())
+            .await?;
+        let existing = match stream.consumer_info(&self.durable).await {
+            Ok(info) => Some(info),
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let policy = match existing {
+            None => match self.relay.start {
+                Start::All => DeliverPolicy::All,
+                Start::New => DeliverPolicy::New,
+            },
+            Some(info) => {
+                let same_filter = info.config.filter_subjects == self.config.subjects();
+                if info.num_ack_pending == 0 && same_filter {
+                    return Ok(stream.get_consumer(&self.durable).await?);
+                }
+                let resume = info.ack_floor.stream_sequence + 1;
+                tracing::info!(
+                    route = %self.config.name,
+                    unacknowledged = info.num_ack_pending,
+                    resume_at = resume,
+                    "Resuming the route from its last acknowledged event."
+                );
+                stream.delete_consumer(&self.durable).await?;
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: resume,
+                }
+            }
+        };
+        Ok(stream.create_consumer(self.consumer_config(policy)).await?)
+    }
+
+    /// Opens the consumer, retrying until the source hub answers.
     async fn consumer(&self, shutdown: &CancellationToken) -> Option<PullConsumer> {
         let mut delay = Duration::from_millis(200);
         loop {
-            let created = async {
-                let stream = self
-                    .source
-                    .jetstream()
-                    .get_stream(self.source.events_stream())
-                    .await?;
-                let consumer = stream
-                    .create_consumer(pull::Config {
-                        durable_name: Some(self.durable.clone()),
-                        description: Some(format!(
-                            "Fractal bridge `{}` route `{}` to hub `{}`",
-                            self.bridge,
-                            self.config.name,
-                            self.target.name()
-                        )),
-                        filter_subjects: self.config.subjects(),
-                        deliver_policy: match self.relay.start {
-                            Start::All => DeliverPolicy::All,
-                            Start::New => DeliverPolicy::New,
-                        },
-                        ack_policy: AckPolicy::All,
-                        ack_wait: Duration::from_secs(self.relay.ack_wait_secs),
-                        max_deliver: -1,
-                        max_ack_pending: (self.relay.max_in_flight + self.relay.batch) as i64,
-                        ..Default::default()
-                    })
-                    .await?;
-                Ok::<_, async_nats::Error>(consumer)
-            }
-            .await;
-            match created {
+            match self.open().await {
                 Ok(consumer) => return Some(consumer),
                 Err(e) => {
-                    tracing::warn!(route = %self.config.name, error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot create the route's consumer; retrying.");
+                    tracing::warn!(route = %self.config.name, error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot open the route's consumer; retrying.");
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(delay) => {}
@@ -142,9 +185,25 @@ impl Route {
 
     /// Relays until `shutdown`, then drains what is in flight.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(consumer) = self.consumer(&shutdown).await else {
-            return;
-        };
+        let mut lag = None;
+        while let Some(consumer) = self.consumer(&shutdown).await {
+            if lag.is_none() {
+                lag = Some(tokio::spawn(
+                    self.clone().watch_lag(consumer.clone(), shutdown.clone()),
+                ));
+            }
+            if self.relay_from(consumer, &shutdown).await == Stop::Shutdown {
+                break;
+            }
+        }
+        if let Some(lag) = lag {
+            lag.abort();
+        }
+        tracing::info!(route = %self.config.name, "Route stopped.");
+    }
+
+    /// One session of a consumer: relays until shutdown or until a delivery goes missing.
+    async fn relay_from(&self, consumer: PullConsumer, shutdown: &CancellationToken) -> Stop {
         tracing::info!(
             route = %self.config.name,
             subjects = ?self.config.subjects(),
@@ -153,11 +212,12 @@ impl Route {
             target = %self.target.name(),
             "Route started."
         );
-        let lag = tokio::spawn(self.clone().watch_lag(consumer.clone(), shutdown.clone()));
         let mut in_flight: FuturesOrdered<Done> = FuturesOrdered::new();
         let mut stored: Option<jetstream::Message> = None;
         let mut unacked = 0usize;
         let mut messages = None;
+        let mut next_delivery = None;
+        let mut stop = Stop::Shutdown;
         'relay: loop {
             let pulling = match &mut messages {
                 Some(stream) => stream,
@@ -186,7 +246,7 @@ impl Route {
                 Some((message, result)) = in_flight.next() => {
                     let outcome = match result {
                         Ok(outcome) => outcome,
-                        Err(error) => match self.retry(&message, error, &shutdown).await {
+                        Err(error) => match self.retry(&message, error, shutdown).await {
                             Some(outcome) => outcome,
                             // Shutting down: nothing from here on is acknowledged.
                             None => break 'relay,
@@ -202,6 +262,15 @@ impl Route {
                 }
                 next = pulling.next(), if room => match next {
                     Some(Ok(message)) => {
+                        // Deliveries are numbered; a gap means one was lost in transit, and
+                        // acknowledging past it would acknowledge it unrelayed.
+                        let delivery = message.info().map(|i| i.consumer_sequence).ok();
+                        if next_delivery.is_some() && delivery != next_delivery {
+                            tracing::warn!(route = %self.config.name, expected = ?next_delivery, got = ?delivery, "A delivery went missing; resuming from the last stored event.");
+                            stop = Stop::Resume;
+                            break 'relay;
+                        }
+                        next_delivery = delivery.map(|d| d + 1);
                         let pending = self.start(&message).await;
                         in_flight.push_back(Box::pin(async move { (message, pending.await) }));
                     }
@@ -233,8 +302,7 @@ impl Route {
             tracing::warn!(route = %self.config.name, "Relays still in flight at shutdown; they will be delivered again.");
         }
         self.ack(stored.take()).await;
-        lag.abort();
-        tracing::info!(route = %self.config.name, "Route stopped.");
+        stop
     }
 
     fn count(&self, outcome: Outcome) {
