@@ -147,7 +147,7 @@ impl Route {
             Some(info) => {
                 let same_filter = info.config.filter_subjects == self.config.subjects();
                 if info.num_ack_pending == 0 && same_filter {
-                    return Ok(stream.get_consumer(&self.durable).await?);
+                    return stream.get_consumer(&self.durable).await;
                 }
                 let resume = info.ack_floor.stream_sequence + 1;
                 tracing::info!(
