@@ -1,0 +1,261 @@
+//! The bridge against NATS's own relay, side by side on this machine.
+//!
+//! `cargo bench -p fractal-bridge --bench relay [-- EVENTS]`
+//!
+//! 1. Throughput: EVENTS external events (200-byte payload) wait on hub A; the bridge relays
+//!    them to hub B with contract check and provenance. Then the same events, published to a
+//!    hub A in JetStream domain `hubA` with a leafnode listener, are sourced by a stream on
+//!    hub B (domain `hubB`, a leaf of A) through `$JS.hubA.API`: the server's built-in relay.
+//! 2. Latency: with the bridge running, events are published to A at about half the bridge's
+//!    peak rate for a few seconds; each one's latency is the time from its publish to its
+//!    arrival on B (same clock), reported as p50 and p99.
+//! 3. Memory: the bridge process's peak RSS over the whole run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::stream;
+use fractal::proto::Header;
+use fractal::{Event, Hub, NewEvent, Publisher};
+use fractal_testkit::{NatsServer, ServerOptions, free_port};
+use futures::StreamExt as _;
+
+fn payload(n: usize) -> Header {
+    Header {
+        name: format!("{n:08}"),
+        value: "x".repeat(190),
+    }
+}
+
+async fn count(hub: &Hub, stream: &str) -> u64 {
+    match hub.jetstream().get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_for(hub: &Hub, stream: &str, n: u64) -> Instant {
+    loop {
+        if count(hub, stream).await >= n {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn fill(hub: &Hub, event_type: &str, n: usize) {
+    let publisher = Publisher::new(hub, "bench/producer");
+    for start in (0..n).step_by(10_000) {
+        let end = (start + 10_000).min(n);
+        publisher
+            .publish_all(
+                (start..end)
+                    .map(|i| NewEvent::external(event_type, format!("k{}", i % 100), &payload(i))),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+struct BridgeProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl BridgeProcess {
+    fn start(a: &NatsServer, b: &NatsServer, types: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        let types: Vec<String> = types.iter().map(|t| format!("{t:?}")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"bench\"\n[source]\nname = \"a\"\nurls = [\"{}\"]\n[target]\nname = \"b\"\nurls = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n[log]\nlevel = \"warn\"\n[[routes]]\nname = \"events\"\ntypes = [{}]\ncontract = \"fractal.platform.v1.Header\"\n",
+                a.url(),
+                b.url(),
+                free_port(),
+                types.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fractal-bridge"))
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        BridgeProcess { child, _dir: dir }
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn bridge_rate(n: usize) -> (f64, NatsServer, NatsServer, BridgeProcess) {
+    let (a, b) = (NatsServer::start(), NatsServer::start());
+    let (hub_a, hub_b) = (a.hub("a").await, b.hub("b").await);
+    fill(&hub_a, "bench.relayed", n).await;
+    let started = Instant::now();
+    let bridge = BridgeProcess::start(&a, &b, &["bench.relayed", "bench.latency"]);
+    let done = wait_for(&hub_b, "EVENTS", n as u64).await;
+    let rate = n as f64 / (done - started).as_secs_f64();
+    (rate, a, b, bridge)
+}
+
+async fn sourcing_rate(n: usize) -> f64 {
+    let leaf_port = free_port();
+    let a = NatsServer::start_with(ServerOptions {
+        domain: Some("hubA".into()),
+        extra: format!("leafnodes {{ listen: 127.0.0.1:{leaf_port} }}"),
+    });
+    let b = NatsServer::start_with(ServerOptions {
+        domain: Some("hubB".into()),
+        extra: format!(
+            "leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}"
+        ),
+    });
+    let (hub_a, hub_b) = (a.hub("a").await, b.hub("b").await);
+    fill(&hub_a, "bench.sourced", n).await;
+    // Wait for the leafnode link.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let remote = async_nats::jetstream::ContextBuilder::new()
+            .domain("hubA")
+            .timeout(Duration::from_millis(500))
+            .build(hub_b.client().clone());
+        if remote.get_stream("EVENTS").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    hub_b
+        .jetstream()
+        .create_stream(stream::Config {
+            name: "SOURCED".into(),
+            sources: Some(vec![stream::Source {
+                name: "EVENTS".into(),
+                external: Some(stream::External {
+                    api_prefix: "$JS.hubA.API".into(),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_for(&hub_b, "SOURCED", n as u64).await;
+    n as f64 / (done - started).as_secs_f64()
+}
+
+async fn latency(a: &NatsServer, b: &NatsServer, rate: f64, seconds: u64) -> (f64, f64, usize) {
+    let hub_a = Hub::connect(&a.hub_config("a")).await.unwrap();
+    let hub_b = Hub::connect(&b.hub_config("b")).await.unwrap();
+    let mut arrivals = hub_b
+        .client()
+        .subscribe("events.external.bench.latency")
+        .await
+        .unwrap();
+    let total = (rate * seconds as f64) as usize;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(total);
+        while latencies.len() < total {
+            let Ok(Some(message)) =
+                tokio::time::timeout(Duration::from_secs(10), arrivals.next()).await
+            else {
+                break;
+            };
+            let arrived = SystemTime::now();
+            let event =
+                Event::decode(&message.subject, message.headers.as_ref(), message.payload).unwrap();
+            latencies.push(
+                arrived
+                    .duration_since(event.time)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1000.0,
+            );
+        }
+        latencies
+    });
+    let publisher = Publisher::new(&hub_a, "bench/producer");
+    // Publish every millisecond the events due by then.
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+        if due > sent {
+            let batch: Vec<_> = (sent..due)
+                .map(|i| NewEvent::external("bench.latency", format!("k{}", i % 100), &payload(i)))
+                .collect();
+            sent = due;
+            let publisher = publisher.clone();
+            tokio::spawn(async move { publisher.publish_all(batch).await.unwrap() });
+        }
+    }
+    let mut latencies = collect.await.unwrap();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    (at(0.5), at(0.99), latencies.len())
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    println!(
+        "{n} events, 200-byte payloads ({} B envelopes), one nats-server per hub on this machine",
+        {
+            use prost::Message as _;
+            fractal::proto::Envelope {
+                id: "01JB0000000000000000000000".into(),
+                r#type: "bench.relayed".into(),
+                time: Some(SystemTime::now().into()),
+                partition_key: "k00".into(),
+                source: "bench/producer".into(),
+                tags: Default::default(),
+                payload_type: "fractal.platform.v1.Header".into(),
+                payload: prost::Message::encode_to_vec(&payload(0)).into(),
+            }
+            .encoded_len()
+        }
+    );
+    let (bridge, a, b, process) = bridge_rate(n).await;
+    let native = sourcing_rate(n).await;
+    println!("fractal bridge (contract check, provenance): {bridge:>10.0} events/s");
+    println!("nats stream sourcing over a leafnode:        {native:>10.0} events/s");
+    println!(
+        "ratio bridge/native:                         {:>10.2} (goal >= 1.0)",
+        bridge / native
+    );
+    let rate = bridge / 2.0;
+    let (p50, p99, measured) = latency(&a, &b, rate, 5).await;
+    println!(
+        "relay latency at {rate:.0} events/s ({measured} events): p50 {p50:.2} ms, p99 {p99:.2} ms (goal p99 <= 5 ms)"
+    );
+    println!(
+        "bridge peak RSS: {:.1} MiB (goal <= 50 MB)",
+        process.peak_rss_mib()
+    );
+}
