@@ -221,22 +221,9 @@ impl Route {
         'relay: loop {
             let pulling = match &mut messages {
                 Some(stream) => stream,
-                None => match consumer
-                    .stream()
-                    .max_messages_per_batch(self.relay.batch)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                {
-                    Ok(stream) => messages.insert(stream),
-                    Err(e) => {
-                        tracing::warn!(route = %self.config.name, error = %e, "Cannot pull from the source hub; retrying.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break 'relay,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
+                None => match fractal::consume::pull(&consumer, self.relay.batch, shutdown).await {
+                    Some(stream) => messages.insert(stream),
+                    None => break 'relay,
                 },
             };
             let room = in_flight.len() < self.relay.max_in_flight;
@@ -384,23 +371,17 @@ impl Route {
             tracing::debug!(route = %self.config.name, id = %event.id, target, "Already passed through the target; not relayed.");
             return Box::pin(async { Ok(Outcome::Skipped) });
         }
-        if event.payload_type != self.contract.full_name() {
-            let reason = format!(
+        let violation = if event.payload_type != self.contract.full_name() {
+            Some(format!(
                 "payload is `{}` but route `{}` carries `{}`",
                 event.payload_type,
                 self.config.name,
                 self.contract.full_name()
-            );
-            return self.fault(
-                message,
-                sequence,
-                deliveries,
-                FaultKind::ContractViolation,
-                reason,
-                Some(&event.event_type),
-            );
-        }
-        if let Err(reason) = crate::contracts::check(&self.contract, &event.payload) {
+            ))
+        } else {
+            crate::contracts::check(&self.contract, &event.payload).err()
+        };
+        if let Some(reason) = violation {
             return self.fault(
                 message,
                 sequence,

@@ -362,22 +362,9 @@ impl Consumer {
         loop {
             let pulling = match &mut messages {
                 Some(stream) => stream,
-                None => match consumer
-                    .stream()
-                    .max_messages_per_batch(self.config.batch)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                {
-                    Ok(stream) => messages.insert(stream),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Cannot pull from the hub; retrying.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
+                None => match pull(&consumer, self.config.batch, &shutdown).await {
+                    Some(stream) => messages.insert(stream),
+                    None => break,
                 },
             };
             let room = lanes.queued < self.config.max_ack_pending;
@@ -658,6 +645,34 @@ async fn handle(shared: &Shared, message: Message) {
             _ = tokio::time::sleep(delay) => {}
         }
         attempt += 1;
+    }
+}
+
+/// Starts pulling from `consumer` in batches of `batch`, retrying every second until the hub
+/// answers; `None` once `shutdown` is cancelled.
+pub async fn pull(
+    consumer: &consumer::PullConsumer,
+    batch: usize,
+    shutdown: &CancellationToken,
+) -> Option<pull::Stream> {
+    loop {
+        let started = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        match started {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot pull from the hub; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 
