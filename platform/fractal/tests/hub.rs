@@ -1,0 +1,104 @@
+//! Connecting to hubs that ask for credentials, and hubs that refuse.
+
+use fractal::config::Secret;
+use fractal::hub::{AuthConfig, HubErrorKind};
+use fractal::proto::Header;
+use fractal::publish::PublishErrorKind;
+use fractal::{Hub, NewEvent, Publisher};
+use fractal_testkit::{NatsServer, ServerOptions};
+
+fn secured() -> NatsServer {
+    NatsServer::start_with(ServerOptions {
+        domain: None,
+        extra: r#"authorization { users: [ { user: "checkout", password: "s3cret" } ] }"#.into(),
+    })
+}
+
+#[tokio::test]
+async fn user_and_password_from_config_or_file() {
+    let server = secured();
+    let mut config = server.hub_config("alpha");
+    config.connect_timeout_secs = 2;
+
+    config.auth = AuthConfig::UserPassword {
+        user: "checkout".into(),
+        password: Some(Secret::from("s3cret".to_string())),
+        password_file: None,
+    };
+    let hub = Hub::connect(&config).await.expect("inline password");
+    hub.provision().await.expect("provisions");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    config.auth = AuthConfig::UserPassword {
+        user: "checkout".into(),
+        password: None,
+        password_file: Some(file),
+    };
+    Hub::connect(&config).await.expect("password from a file");
+
+    config.auth = AuthConfig::UserPassword {
+        user: "checkout".into(),
+        password: Some(Secret::from("wrong".to_string())),
+        password_file: None,
+    };
+    let error = Hub::connect(&config).await.unwrap_err();
+    assert_eq!(error.kind(), HubErrorKind::Connect);
+}
+
+#[tokio::test]
+async fn a_token() {
+    let server = NatsServer::start_with(ServerOptions {
+        domain: None,
+        extra: r#"authorization { token: "t0ken" }"#.into(),
+    });
+    let mut config = server.hub_config("alpha");
+    config.auth = AuthConfig::Token {
+        token: Some(Secret::from("t0ken".to_string())),
+        token_file: None,
+    };
+    Hub::connect(&config).await.expect("token accepted");
+}
+
+#[tokio::test]
+async fn unreadable_credentials_are_named() {
+    let server = NatsServer::start();
+    let mut config = server.hub_config("alpha");
+    config.auth = AuthConfig::Creds {
+        path: "/nonexistent/hub.creds".into(),
+    };
+    let error = Hub::connect(&config).await.unwrap_err();
+    assert_eq!(error.kind(), HubErrorKind::Credentials);
+    assert!(
+        error.to_string().contains("/nonexistent/hub.creds"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_hub_is_a_connect_error() {
+    let port = fractal_testkit::free_port();
+    let mut config = fractal::HubConfig::local("alpha", &format!("nats://127.0.0.1:{port}"));
+    config.connect_timeout_secs = 1;
+    let error = Hub::connect(&config).await.unwrap_err();
+    assert_eq!(error.kind(), HubErrorKind::Connect);
+    assert!(error.to_string().contains(&port.to_string()), "{error}");
+}
+
+#[tokio::test]
+async fn a_hub_without_streams_refuses_events_clearly() {
+    let server = NatsServer::start();
+    let mut config = server.hub_config("alpha");
+    config.request_timeout_secs = 2;
+    let hub = Hub::connect(&config).await.expect("connects");
+    let error = Publisher::new(&hub, "alpha/test")
+        .publish(NewEvent::new("thing.happened", "k", &Header::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), PublishErrorKind::Refused);
+    assert!(
+        error.to_string().contains("events.internal.thing.happened"),
+        "{error}"
+    );
+}
