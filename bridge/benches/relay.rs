@@ -89,6 +89,26 @@ impl BridgeProcess {
         BridgeProcess { child, _dir: dir }
     }
 
+    /// CPU time the process has used so far (user and system), in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which is in parentheses: utime is the 12th, stime the 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        let per_sec: f64 = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0);
+        ticks / per_sec
+    }
+
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kib: f64 = status
@@ -107,7 +127,7 @@ impl Drop for BridgeProcess {
     }
 }
 
-async fn bridge_rate(n: usize) -> (f64, NatsServer, NatsServer, BridgeProcess) {
+async fn bridge_rate(n: usize) -> (f64, f64, NatsServer, NatsServer, BridgeProcess) {
     let (a, b) = (NatsServer::start(), NatsServer::start());
     let (hub_a, hub_b) = (a.hub("a").await, b.hub("b").await);
     fill(&hub_a, "bench.relayed", n).await;
@@ -115,7 +135,8 @@ async fn bridge_rate(n: usize) -> (f64, NatsServer, NatsServer, BridgeProcess) {
     let bridge = BridgeProcess::start(&a, &b, &["bench.relayed", "bench.latency"]);
     let done = wait_for(&hub_b, "EVENTS", n as u64).await;
     let rate = n as f64 / (done - started).as_secs_f64();
-    (rate, a, b, bridge)
+    let cpu_us_per_event = bridge.cpu_secs() * 1e6 / n as f64;
+    (rate, cpu_us_per_event, a, b, bridge)
 }
 
 async fn sourcing_rate(n: usize) -> f64 {
@@ -241,9 +262,12 @@ async fn main() {
             .encoded_len()
         }
     );
-    let (bridge, a, b, process) = bridge_rate(n).await;
+    let (bridge, cpu_per_event, a, b, process) = bridge_rate(n).await;
     let native = sourcing_rate(n).await;
     println!("fractal bridge (contract check, provenance): {bridge:>10.0} events/s");
+    println!(
+        "bridge CPU per relayed event:                {cpu_per_event:>10.1} µs (start-up included)"
+    );
     println!("nats stream sourcing over a leafnode:        {native:>10.0} events/s");
     println!(
         "ratio bridge/native:                         {:>10.2} (goal >= 1.0)",
