@@ -145,7 +145,12 @@ impl Route {
                 Start::New => DeliverPolicy::New,
             },
             Some(info) => {
-                let same_filter = info.config.filter_subjects == self.config.subjects();
+                // The server may keep a single filter as `filter_subject`.
+                let mut filters = info.config.filter_subjects.clone();
+                if !info.config.filter_subject.is_empty() {
+                    filters.push(info.config.filter_subject.clone());
+                }
+                let same_filter = filters == self.config.subjects();
                 if info.num_ack_pending == 0 && same_filter {
                     return stream.get_consumer(&self.durable).await;
                 }
