@@ -25,6 +25,18 @@ fn publish_in_background(hub: &Hub, total: usize, keys: usize) -> tokio::task::J
     })
 }
 
+/// Waits until the route has nothing left to relay, so that whatever was still to be
+/// redelivered has had its chance to show up as a duplicate.
+async fn caught_up(bridge: &Bridge) {
+    eventually(Duration::from_secs(30), "the route caught up", || async {
+        let pending = bridge
+            .metric(r#"fractal_bridge_source_pending_messages{bridge="ab""#)
+            .await?;
+        (pending == 0.0).then_some(())
+    })
+    .await;
+}
+
 fn assert_exactly_once(events: &[fractal::Event], total: usize) {
     let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(events.len(), total, "stored events");
@@ -54,14 +66,7 @@ async fn killing_the_bridge_repeatedly_loses_and_duplicates_nothing() {
     }
     publishing.await.unwrap();
     wait_for_count(&hub_b, TOTAL as u64, Duration::from_secs(120)).await;
-    // Whatever was still to be redelivered has had its chance to show up as a duplicate.
-    eventually(Duration::from_secs(30), "the route caught up", || async {
-        let pending = bridge
-            .metric(r#"fractal_bridge_source_pending_messages{bridge="ab""#)
-            .await?;
-        (pending == 0.0).then_some(())
-    })
-    .await;
+    caught_up(&bridge).await;
     let relayed = events(&hub_b).await;
     assert_exactly_once(&relayed, TOTAL);
     assert_per_key_order(&relayed);
@@ -91,13 +96,7 @@ async fn a_target_outage_loses_and_duplicates_nothing_with_bounded_memory() {
     publishing.await.unwrap();
     let hub_b = Hub::connect(&b.hub_config("b")).await.unwrap();
     wait_for_count(&hub_b, TOTAL as u64, Duration::from_secs(120)).await;
-    eventually(Duration::from_secs(30), "the route caught up", || async {
-        let pending = bridge
-            .metric(r#"fractal_bridge_source_pending_messages{bridge="ab""#)
-            .await?;
-        (pending == 0.0).then_some(())
-    })
-    .await;
+    caught_up(&bridge).await;
     assert_exactly_once(&events(&hub_b).await, TOTAL);
     let peak = bridge.peak_rss_kib();
     println!("bridge peak RSS across the outage: {} KiB", peak);
