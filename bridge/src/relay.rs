@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -37,16 +36,15 @@ const ACK_EVERY: usize = 256;
 /// Everything one route needs.
 #[derive(Debug)]
 pub(crate) struct Route {
-    pub(crate) bridge: String,
-    pub(crate) config: RouteConfig,
-    pub(crate) relay: RelayConfig,
-    pub(crate) contract: MessageDescriptor,
-    pub(crate) source: Hub,
-    pub(crate) target: Hub,
+    bridge: String,
+    config: RouteConfig,
+    relay: RelayConfig,
+    contract: MessageDescriptor,
+    source: Hub,
+    target: Hub,
     faults: FaultRecorder,
     metrics: RouteMetrics,
     durable: String,
-    last_relay: AtomicI64,
 }
 
 /// Why a consumer session ended.
@@ -96,7 +94,6 @@ impl Route {
             target,
             metrics,
             durable,
-            last_relay: AtomicI64::new(unix_now()),
         }
     }
 
@@ -304,9 +301,7 @@ impl Route {
                 if duplicate {
                     self.metrics.duplicates.inc();
                 }
-                let now = unix_now();
-                self.metrics.last_relay.set(now);
-                self.last_relay.store(now, Ordering::Relaxed);
+                self.metrics.last_relay.set(unix_now());
             }
             Outcome::Skipped => {
                 self.metrics.skipped.inc();
@@ -490,7 +485,7 @@ impl Route {
                 Ok(info) => {
                     let pending = info.num_pending as i64 + info.num_ack_pending as i64;
                     self.metrics.pending.set(pending);
-                    let idle = unix_now() - self.last_relay.load(Ordering::Relaxed);
+                    let idle = unix_now() - self.metrics.last_relay.get();
                     let stalled = pending > 0 && idle >= self.relay.stall_after_secs as i64;
                     self.metrics.stalled.set(i64::from(stalled));
                     if stalled {
