@@ -10,40 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fractal::Hub;
-use fractal::HubConfig;
 use fractal::admin::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
 
-/// Connects to a hub, retrying with backoff until it answers or `shutdown` is cancelled.
-async fn connect(config: &HubConfig, shutdown: &CancellationToken) -> Option<Hub> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let hub = Hub::connect(config).await?;
-            hub.ensure_streams().await?;
-            Ok::<_, fractal::hub::HubError>(hub)
-        };
-        match attempt.await {
-            Ok(hub) => return Some(hub),
-            Err(e) => {
-                tracing::warn!(hub = %config.name, error = %e, retry_in_ms = delay.as_millis() as u64, "Hub unavailable; retrying.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
 /// Runs the bridge until `shutdown` is cancelled. The configuration must have been validated.
 pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (Some(source), Some(target)) = (
-        connect(&config.source, &shutdown).await,
-        connect(&config.target, &shutdown).await,
+        Hub::connect_with_retry(&config.source, false, &shutdown).await,
+        Hub::connect_with_retry(&config.target, false, &shutdown).await,
     ) else {
         return Ok(());
     };

@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("fractal/platform/v1/envelope.proto"),
         root.join("fractal/platform/v1/fault.proto"),
+        root.join("fractal/platform/v1/view.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

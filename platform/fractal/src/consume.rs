@@ -191,6 +191,18 @@ impl From<crate::event::DecodeError> for HandlerError {
     }
 }
 
+/// An event that is invalid or too large will not become valid on a retry; a hub that timed
+/// out or refused may accept it later.
+impl From<crate::publish::PublishError> for HandlerError {
+    fn from(error: crate::publish::PublishError) -> Self {
+        use crate::publish::PublishErrorKind as Kind;
+        match error.kind() {
+            Kind::InvalidEvent | Kind::TooLarge => HandlerError::Permanent(Box::new(error)),
+            Kind::TimedOut | Kind::Refused => HandlerError::Retryable(Box::new(error)),
+        }
+    }
+}
+
 /// The consumer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
@@ -268,6 +280,27 @@ impl Consumer {
         };
         self.handlers.insert(event_type.to_owned(), registered);
         self
+    }
+
+    /// Handles events of `event_type` by publishing the event `translate` makes of each: an
+    /// edge's ingress or egress step, or a plain reaction. `translate` should give the new
+    /// event the id [`crate::event::EventData::derived_id`] makes, so that a redelivery
+    /// publishes nothing new.
+    pub fn translate(
+        self,
+        event_type: &str,
+        publisher: &crate::Publisher,
+        translate: fn(&Event) -> Result<crate::NewEvent, HandlerError>,
+    ) -> Self {
+        let publisher = publisher.clone();
+        self.on(event_type, move |event| {
+            let publisher = publisher.clone();
+            async move {
+                let translated = translate(&event)?;
+                publisher.publish(translated).await?;
+                Ok(())
+            }
+        })
     }
 
     /// The durable consumer's name.

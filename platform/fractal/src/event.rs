@@ -273,6 +273,7 @@ impl Event {
     }
 }
 
+
 impl EventData {
     /// Decodes the payload as the contract `M`, checking that it is the message the envelope
     /// names.
@@ -288,6 +289,32 @@ impl EventData {
             message: expected,
             source,
         })
+    }
+
+    /// The id of an event derived from this one (a translation, a reaction): the same on
+    /// every redelivery of this event, so that publishing it again is dropped by the hub's
+    /// de-duplication. Keeps this event's time, so ids stay sortable.
+    pub fn derived_id(&self, event_type: &str) -> Ulid {
+        let millis = Ulid::from_string(&self.id)
+            .map(|id| id.timestamp_ms())
+            .unwrap_or_else(|_| {
+                self.time
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+            });
+        // FNV-1a over the id and the type, twice with different bases for 128 bits; stable
+        // across builds, unlike the standard library's hasher.
+        let fnv = |basis: u64| {
+            let mut hash = basis;
+            for byte in self.id.bytes().chain([0]).chain(event_type.bytes()) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            hash
+        };
+        let random = (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142));
+        Ulid::from_parts(millis, random)
     }
 }
 

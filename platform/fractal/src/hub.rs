@@ -518,6 +518,40 @@ impl Hub {
         })
     }
 
+    /// Connects, retrying with backoff until the hub answers, then makes sure its streams
+    /// exist: created and updated to the configuration when `provision` (the hub's owners),
+    /// only created where missing otherwise (guests, such as bridges). Returns `None` if
+    /// `shutdown` is cancelled first.
+    pub async fn connect_with_retry(
+        config: &HubConfig,
+        provision: bool,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Hub> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let hub = Hub::connect(config).await?;
+                if provision {
+                    hub.provision().await?;
+                } else {
+                    hub.ensure_streams().await?;
+                }
+                Ok::<_, HubError>(hub)
+            };
+            match attempt.await {
+                Ok(hub) => return Some(hub),
+                Err(e) => {
+                    tracing::warn!(hub = %config.name, error = %e, retry_in_ms = delay.as_millis() as u64, "Hub unavailable; retrying.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
     /// Creates the hub's streams, or updates them to match the configuration. Safe to call
     /// from every process at start-up.
     pub async fn provision(&self) -> Result<(), HubError> {

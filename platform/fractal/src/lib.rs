@@ -33,11 +33,13 @@ pub mod config;
 pub mod consume;
 pub mod event;
 pub mod fault;
+pub mod grpc;
 pub mod hub;
 pub mod metrics;
 pub mod publish;
 pub mod service;
 pub mod telemetry;
+pub mod view;
 pub mod wire;
 
 /// The platform's protobuf types (`fractal.platform.v1`).

@@ -1,13 +1,18 @@
-//! What every service process shares: its configuration (hub, consumer, admin endpoint, logs)
-//! and the signal that tells it to stop.
+//! What every service process shares: its configuration (hub, consumer, gRPC and admin
+//! endpoints, logs), its start-up (hub, streams, admin endpoint) and the signal that tells it to
+//! stop.
+
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::AdminConfig;
+use crate::admin::{self, AdminConfig, Readiness};
 use crate::config::{Problems, Validate, join};
-use crate::consume::ConsumerConfig;
-use crate::hub::HubConfig;
+use crate::consume::{Consumer, ConsumerConfig};
+use crate::grpc::{GrpcConfig, GrpcServer};
+use crate::hub::{Hub, HubConfig};
+use crate::publish::Publisher;
 use crate::telemetry::LogConfig;
 use crate::wire;
 
@@ -23,6 +28,9 @@ pub struct ServiceConfig {
     /// How events are consumed.
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    /// The gRPC endpoint, for services that answer commands and queries.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
     /// The admin endpoint (health, readiness, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -49,8 +57,92 @@ impl Validate for ServiceConfig {
         problems.check(join(path, "service"), wire::check_token(&self.service));
         self.hub.validate(&join(path, "hub"), problems);
         self.consumer.validate(&join(path, "consumer"), problems);
+        self.grpc.validate(&join(path, "grpc"), problems);
         self.admin.validate(&join(path, "admin"), problems);
         self.log.validate(&join(path, "log"), problems);
+    }
+}
+
+/// A running service process: connected to its hub (streams provisioned), its admin endpoint
+/// up, until `shutdown` is cancelled.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its configuration.
+    pub config: ServiceConfig,
+    /// Its subsystem's hub.
+    pub hub: Hub,
+    /// Cancelled when the process should stop.
+    pub shutdown: CancellationToken,
+    /// Where the admin endpoint listens.
+    pub admin: SocketAddr,
+}
+
+impl Service {
+    /// Connects to the hub (retrying until it answers), provisions its streams and serves the
+    /// admin endpoint. `None` if `shutdown` came first.
+    pub async fn start(
+        config: ServiceConfig,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Option<Service>> {
+        let Some(hub) = Hub::connect_with_retry(&config.hub, true, &shutdown).await else {
+            return Ok(None);
+        };
+        let admin = admin::serve(
+            &config.admin,
+            Readiness::default().hub(&hub),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(service = %config.source(), hub = %hub.name(), admin = %admin, "Service started.");
+        Ok(Some(Service {
+            config,
+            hub,
+            shutdown,
+            admin,
+        }))
+    }
+
+    /// A publisher that records this service as the source of its events.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(&self.hub, &self.config.source())
+    }
+
+    /// A consumer with this service's name and consumer settings.
+    pub fn consumer(&self) -> Consumer {
+        Consumer::new(&self.hub, &self.config.service, self.config.consumer.clone())
+    }
+
+    /// Runs the service's consumer and gRPC server (either may be absent) until shutdown;
+    /// if one of them fails, stops the other and returns the error.
+    pub async fn run(
+        self,
+        consumer: Option<Consumer>,
+        grpc: Option<GrpcServer>,
+    ) -> Result<(), ServiceError> {
+        let stop = self.shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(grpc) = grpc {
+            let (addr, server) = grpc.serve(&self.config.grpc, stop.clone()).await?;
+            tracing::info!(service = %self.config.source(), grpc = %addr, "Serving gRPC.");
+            tasks.spawn(async move {
+                server.await?.map_err(|e| -> ServiceError { Box::new(e) })
+            });
+        }
+        if let Some(consumer) = consumer {
+            let stop = stop.clone();
+            tasks.spawn(async move { consumer.run(stop).await.map_err(ServiceError::from) });
+        }
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            let outcome = done.map_err(ServiceError::from).and_then(|r| r);
+            if let Err(e) = outcome {
+                stop.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 }
 
@@ -83,4 +175,97 @@ pub fn shutdown_on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// What a service's body returns when it stops for a reason other than shutdown.
+pub type ServiceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The whole `main` of a service binary `program --config FILE [--check]`: loads the
+/// [`ServiceConfig`] (defaults, the file, then variables prefixed `env_prefix`), checks that it
+/// names one of `services`, and with `--check` stops there; otherwise sets up telemetry, starts
+/// the [`Service`] and runs `body` until SIGTERM or Ctrl-C.
+pub fn main<F, Fut>(
+    program: &'static str,
+    env_prefix: &str,
+    services: &[&str],
+    body: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>>,
+{
+    use std::process::ExitCode;
+
+    let args = clap::Command::new(program)
+        .about(format!(
+            "Runs one of the services {} (the config's `service` key). Variables prefixed \
+             `{env_prefix}` (with `__` for nesting) override the file.",
+            services.join(", ")
+        ))
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .short('c')
+                .required(true)
+                .value_parser(clap::value_parser!(std::path::PathBuf))
+                .help("The service's TOML configuration."),
+        )
+        .arg(
+            clap::Arg::new("check")
+                .long("check")
+                .action(clap::ArgAction::SetTrue)
+                .help("Validate the configuration and exit without connecting anywhere."),
+        )
+        .get_matches();
+    let Some(file) = args.get_one::<std::path::PathBuf>("config") else {
+        return ExitCode::from(2);
+    };
+    let config: ServiceConfig = match crate::config::load(&crate::config::Sources {
+        file: Some(file),
+        env_prefix,
+    }) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    if !services.contains(&config.service.as_str()) {
+        eprintln!(
+            "{}: invalid configuration:\n  service: `{}` is not a service of {program}; expected one of {}",
+            file.display(),
+            config.service,
+            services.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    if args.get_flag("check") {
+        println!("{}: service `{}` is valid.", file.display(), config.source());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), ServiceError> = runtime.block_on(async move {
+        let _telemetry = crate::telemetry::init(&config.trace_name(), &config.log)?;
+        let shutdown = shutdown_on_signal();
+        let source = config.source();
+        let Some(service) = Service::start(config, shutdown).await? else {
+            return Ok(());
+        };
+        body(service).await?;
+        tracing::info!(service = %source, "Service stopped.");
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -176,3 +176,20 @@ pub fn continue_trace(span: &tracing::Span, headers: Option<&HeaderMap>) {
         let _ = span.set_parent(parent);
     }
 }
+
+/// The trace context of `span` as a map (`traceparent`, `tracestate`), to keep with state that
+/// later work should be traced under, such as a view entry.
+pub fn carrier(span: &tracing::Span) -> std::collections::HashMap<String, String> {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier
+}
+
+/// Makes `span` a child of the trace context kept in `carrier` (see [`carrier`]), if any.
+pub fn continue_from(span: &tracing::Span, carrier: &std::collections::HashMap<String, String>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let parent = TraceContextPropagator::new().extract(carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}

@@ -294,3 +294,136 @@ pub async fn stream_messages(hub: &Hub, stream: &str) -> Vec<async_nats::Message
     }
     out
 }
+
+/// A service running in the test's process against a test hub, started as its binary would
+/// start it (hub connected, streams provisioned, admin endpoint up). Stops when dropped.
+#[derive(Debug)]
+pub struct RunningService {
+    grpc: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// Starts `subsystem`/`service` on `server` as hub `hub`, running `body` (a subsystem's
+    /// `run`), with its gRPC endpoint on a free port.
+    pub async fn start<F, Fut>(
+        server: &NatsServer,
+        hub: &str,
+        subsystem: &str,
+        service: &str,
+        body: F,
+    ) -> RunningService
+    where
+        F: FnOnce(fractal::service::Service) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), fractal::service::ServiceError>>
+            + Send
+            + 'static,
+    {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let config: fractal::service::ServiceConfig = fractal::config::from_toml(&format!(
+            r#"
+            subsystem = "{subsystem}"
+            service = "{service}"
+            hub = {{ name = "{hub}", urls = ["{url}"] }}
+            grpc = {{ listen = "{grpc}" }}
+            admin = {{ listen = "127.0.0.1:0" }}
+            consumer = {{ retry_initial_ms = 50, retry_max_ms = 500 }}
+            "#,
+            url = server.url(),
+        ))
+        .expect("a valid service config");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let started = fractal::service::Service::start(config, shutdown.clone())
+            .await
+            .expect("the service starts")
+            .expect("not shut down");
+        let name = format!("{subsystem}/{service}");
+        let task = tokio::spawn(async move {
+            if let Err(e) = body(started).await {
+                panic!("service {name} failed: {e}");
+            }
+        });
+        RunningService {
+            grpc: format!("http://{grpc}"),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A gRPC channel to the service, once it listens.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.grpc.clone())
+            .expect("a valid endpoint");
+        eventually(Duration::from_secs(10), "the gRPC server to listen", || {
+            let endpoint = endpoint.clone();
+            async move { endpoint.connect().await.ok() }
+        })
+        .await
+    }
+
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("the service stopped cleanly");
+        }
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Every event of `event_type` (internal or external) stored on `hub` so far, decoded.
+pub async fn events_of_type(hub: &Hub, event_type: &str) -> Vec<fractal::Event> {
+    stream_messages(hub, hub.events_stream())
+        .await
+        .into_iter()
+        .filter_map(|m| fractal::Event::decode(&m.subject, m.headers.as_ref(), m.payload).ok())
+        .filter(|e| e.event_type == event_type)
+        .collect()
+}
+
+/// Waits until `hub` holds at least `count` events of `event_type`, and returns them.
+pub async fn wait_for_events(hub: &Hub, event_type: &str, count: usize) -> Vec<fractal::Event> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{count} `{event_type}` events on hub `{}`", hub.name()),
+        || async {
+            let events = events_of_type(hub, event_type).await;
+            (events.len() >= count).then_some(events)
+        },
+    )
+    .await
+}
+
+/// Every fault recorded on `hub` so far, decoded.
+pub async fn faults(hub: &Hub) -> Vec<fractal::proto::Fault> {
+    use prost::Message as _;
+    stream_messages(hub, hub.faults_stream())
+        .await
+        .into_iter()
+        .map(|m| fractal::proto::Fault::decode(m.payload).expect("a fault decodes"))
+        .collect()
+}
+
+/// Waits until the durable consumer `durable` on `hub`'s event stream has handled everything
+/// stored so far (nothing pending, nothing awaiting acknowledgement).
+pub async fn wait_until_consumed(hub: &Hub, durable: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("consumer `{durable}` to catch up"),
+        || async {
+            let stream = hub.jetstream().get_stream(hub.events_stream()).await.ok()?;
+            let info = stream
+                .consumer_info(durable)
+                .await
+                .ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        },
+    )
+    .await
+}

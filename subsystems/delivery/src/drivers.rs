@@ -1,0 +1,210 @@
+//! `drivers`: what a driver does. The `deliveries` view is built from `delivery.*` events; a
+//! command checks the delivery's status, publishes the next fact and applies it at once.
+
+use std::time::SystemTime;
+
+use fractal::grpc::GrpcServer;
+use fractal::service::{Service, ServiceError};
+use fractal::view::{Record, View, ViewError};
+use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::events::{
+    DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_PICKED_UP, DRIVER_STATUS_CHANGED,
+};
+use crate::v1::drivers_server::{Drivers, DriversServer};
+use crate::v1::{
+    Delivery, DeliveryRequest, DeliveryStatus, DriverStatus, DriverStatusChanged,
+    ListAssignedRequest, ListAssignedResponse, SetStatusRequest,
+};
+
+pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
+    let view = View::<Delivery>::open(&service.hub, "deliveries").await?;
+    let mut consumer = service.consumer();
+    for event_type in [DELIVERY_ASSIGNED, DELIVERY_PICKED_UP, DELIVERY_DELIVERED] {
+        let view = view.clone();
+        consumer = consumer.on(event_type, move |event| apply(view.clone(), event));
+    }
+    let api = DriversApi {
+        view,
+        publisher: service.publisher(),
+    };
+    let grpc = GrpcServer::new()
+        .service(DriversServer::new(api))
+        .descriptors(crate::DESCRIPTORS);
+    service.run(Some(consumer), Some(grpc)).await
+}
+
+async fn apply(view: View<Delivery>, event: Event) -> Result<(), HandlerError> {
+    let delivery: Delivery = event.payload()?;
+    if delivery.order_id.is_empty() {
+        return Err(HandlerError::permanent("a delivery without an order_id"));
+    }
+    store(&view, delivery, event.time).await?;
+    Ok(())
+}
+
+/// A delivery only moves forward (assigned → picked up → delivered): the furthest wins.
+async fn store(view: &View<Delivery>, delivery: Delivery, time: SystemTime) -> Result<(), ViewError> {
+    let key = delivery.order_id.clone();
+    view.update(&key, |current| match current {
+        Some(current) if current.value.status >= delivery.status => None,
+        Some(current) => Some(current.with(delivery.clone(), time)),
+        None => Some(Record::new(delivery.clone(), time)),
+    })
+    .await?;
+    Ok(())
+}
+
+struct DriversApi {
+    view: View<Delivery>,
+    publisher: Publisher,
+}
+
+fn invalid(problem: String) -> Status {
+    Status::invalid_argument(problem)
+}
+
+fn name(status: DeliveryStatus) -> &'static str {
+    match status {
+        DeliveryStatus::Unspecified => "unknown",
+        DeliveryStatus::Requested => "waiting for a driver",
+        DeliveryStatus::Assigned => "assigned",
+        DeliveryStatus::PickedUp => "picked up",
+        DeliveryStatus::Delivered => "delivered",
+    }
+}
+
+impl DriversApi {
+    /// Moves the driver's delivery from `from` to `to`, traced as part of its order's trace.
+    async fn advance(
+        &self,
+        request: DeliveryRequest,
+        from: DeliveryStatus,
+        to: DeliveryStatus,
+    ) -> Result<Delivery, Status> {
+        food_contracts::check_id("driver_id", &request.driver_id).map_err(invalid)?;
+        food_contracts::check_id("order_id", &request.order_id).map_err(invalid)?;
+        let record = match self.view.get(&request.order_id).await? {
+            Some(record) if record.value.driver_id == request.driver_id => record,
+            _ => {
+                return Err(Status::not_found(format!(
+                    "order `{}` is not assigned to driver `{}`",
+                    request.order_id, request.driver_id
+                )));
+            }
+        };
+        let status = record.value.status();
+        if status != from {
+            let problem = match (status, to) {
+                (DeliveryStatus::Assigned, DeliveryStatus::Delivered) => {
+                    format!("order `{}` was never picked up", request.order_id)
+                }
+                _ => format!(
+                    "order `{}` is {}; it must be {} first",
+                    request.order_id,
+                    name(status),
+                    name(from)
+                ),
+            };
+            return Err(Status::failed_precondition(problem));
+        }
+        let span = tracing::info_span!("drivers", otel.name = format!("driver {}", name(to)), order_id = %request.order_id, driver_id = %request.driver_id);
+        telemetry::continue_from(&span, &record.trace);
+        async {
+            let now = SystemTime::now();
+            let mut delivery = record.value;
+            delivery.set_status(to);
+            let event_type = if to == DeliveryStatus::PickedUp {
+                delivery.picked_up_at = Some(now.into());
+                DELIVERY_PICKED_UP
+            } else {
+                delivery.delivered_at = Some(now.into());
+                DELIVERY_DELIVERED
+            };
+            self.publisher
+                .publish(NewEvent::new(event_type, &delivery.order_id, &delivery).at(now))
+                .await?;
+            store(&self.view, delivery.clone(), now).await?;
+            Ok(delivery)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl Drivers for DriversApi {
+    async fn set_status(
+        &self,
+        request: Request<SetStatusRequest>,
+    ) -> Result<Response<DriverStatusChanged>, Status> {
+        let request = request.into_inner();
+        food_contracts::check_id("driver_id", &request.driver_id).map_err(invalid)?;
+        if request.name.trim().is_empty() {
+            return Err(invalid("name: must not be empty".into()));
+        }
+        let status = match DriverStatus::try_from(request.status) {
+            Ok(status @ (DriverStatus::Available | DriverStatus::Offline)) => status,
+            _ => {
+                return Err(invalid(format!(
+                    "status: must be DRIVER_STATUS_AVAILABLE or DRIVER_STATUS_OFFLINE, not {}",
+                    request.status
+                )));
+            }
+        };
+        let changed = DriverStatusChanged {
+            driver_id: request.driver_id,
+            name: request.name,
+            status: status.into(),
+            changed_at: Some(SystemTime::now().into()),
+        };
+        self.publisher
+            .publish(NewEvent::new(
+                DRIVER_STATUS_CHANGED,
+                &changed.driver_id,
+                &changed,
+            ))
+            .await?;
+        Ok(Response::new(changed))
+    }
+
+    async fn list_assigned(
+        &self,
+        request: Request<ListAssignedRequest>,
+    ) -> Result<Response<ListAssignedResponse>, Status> {
+        let driver = request.into_inner().driver_id;
+        food_contracts::check_id("driver_id", &driver).map_err(invalid)?;
+        let mut deliveries: Vec<Delivery> = self
+            .view
+            .list()
+            .await?
+            .into_iter()
+            .map(|(_, record)| record.value)
+            .filter(|d| d.driver_id == driver && d.status() != DeliveryStatus::Delivered)
+            .collect();
+        deliveries.sort_by_key(|d| food_contracts::time(d.assigned_at.as_ref()));
+        Ok(Response::new(ListAssignedResponse { deliveries }))
+    }
+
+    async fn pick_up(&self, request: Request<DeliveryRequest>) -> Result<Response<Delivery>, Status> {
+        self.advance(
+            request.into_inner(),
+            DeliveryStatus::Assigned,
+            DeliveryStatus::PickedUp,
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn deliver(&self, request: Request<DeliveryRequest>) -> Result<Response<Delivery>, Status> {
+        self.advance(
+            request.into_inner(),
+            DeliveryStatus::PickedUp,
+            DeliveryStatus::Delivered,
+        )
+        .await
+        .map(Response::new)
+    }
+}

@@ -1,0 +1,177 @@
+//! `kitchen`: the restaurant's staff work the orders that reach them. The `tickets` view is
+//! built from `ticket.*` events; a command checks the ticket's status, publishes the next fact
+//! and applies it to the view at once, so the next command sees it.
+
+use std::time::SystemTime;
+
+use fractal::grpc::GrpcServer;
+use fractal::service::{Service, ServiceError};
+use fractal::view::{Record, View, ViewError};
+use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::events::{TICKET_ACCEPTED, TICKET_READY, TICKET_RECEIVED};
+use crate::v1::kitchen_server::{Kitchen, KitchenServer};
+use crate::v1::{ListTicketsRequest, ListTicketsResponse, Ticket, TicketRequest, TicketStatus};
+
+pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
+    let view = View::<Ticket>::open(&service.hub, "tickets").await?;
+    let mut consumer = service.consumer();
+    for event_type in [TICKET_RECEIVED, TICKET_ACCEPTED, TICKET_READY] {
+        let view = view.clone();
+        consumer = consumer.on(event_type, move |event| apply(view.clone(), event));
+    }
+    let api = KitchenApi {
+        view,
+        publisher: service.publisher(),
+    };
+    let grpc = GrpcServer::new()
+        .service(KitchenServer::new(api))
+        .descriptors(crate::DESCRIPTORS);
+    service.run(Some(consumer), Some(grpc)).await
+}
+
+async fn apply(view: View<Ticket>, event: Event) -> Result<(), HandlerError> {
+    let ticket: Ticket = event.payload()?;
+    if ticket.order_id.is_empty() {
+        return Err(HandlerError::permanent("a ticket without an order_id"));
+    }
+    store(&view, ticket, event.time).await?;
+    Ok(())
+}
+
+/// A ticket only moves forward (received → accepted → ready), so the furthest status wins,
+/// whatever order the events arrive in and however often.
+pub(crate) async fn store(
+    view: &View<Ticket>,
+    ticket: Ticket,
+    time: SystemTime,
+) -> Result<(), ViewError> {
+    let key = ticket.order_id.clone();
+    view.update(&key, |current| match current {
+        Some(current) if current.value.status >= ticket.status => None,
+        Some(current) => Some(current.with(ticket.clone(), time)),
+        None => Some(Record::new(ticket.clone(), time)),
+    })
+    .await?;
+    Ok(())
+}
+
+struct KitchenApi {
+    view: View<Ticket>,
+    publisher: Publisher,
+}
+
+impl KitchenApi {
+    /// Moves a ticket from `from` to `to`, traced as part of its order's trace.
+    async fn advance(
+        &self,
+        request: TicketRequest,
+        from: TicketStatus,
+        to: TicketStatus,
+    ) -> Result<Ticket, Status> {
+        for (field, id) in [
+            ("restaurant_id", &request.restaurant_id),
+            ("order_id", &request.order_id),
+        ] {
+            food_contracts::check_id(field, id).map_err(Status::invalid_argument)?;
+        }
+        let record = match self.view.get(&request.order_id).await? {
+            Some(record) if record.value.restaurant_id == request.restaurant_id => record,
+            _ => {
+                return Err(Status::not_found(format!(
+                    "order `{}` has not reached restaurant `{}`",
+                    request.order_id, request.restaurant_id
+                )));
+            }
+        };
+        let status = record.value.status();
+        if status != from {
+            return Err(Status::failed_precondition(format!(
+                "order `{}` is {}; it must be {} to become {}",
+                request.order_id,
+                name(status),
+                name(from),
+                name(to)
+            )));
+        }
+        let span = tracing::info_span!("kitchen", otel.name = format!("kitchen {}", name(to)), order_id = %request.order_id);
+        telemetry::continue_from(&span, &record.trace);
+        async {
+            let now = SystemTime::now();
+            let mut ticket = record.value;
+            ticket.set_status(to);
+            let event_type = match to {
+                TicketStatus::Accepted => {
+                    ticket.accepted_at = Some(now.into());
+                    TICKET_ACCEPTED
+                }
+                _ => {
+                    ticket.ready_at = Some(now.into());
+                    TICKET_READY
+                }
+            };
+            self.publisher
+                .publish(NewEvent::new(event_type, &ticket.order_id, &ticket).at(now))
+                .await?;
+            store(&self.view, ticket.clone(), now).await?;
+            Ok(ticket)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn name(status: TicketStatus) -> &'static str {
+    match status {
+        TicketStatus::Unspecified => "unknown",
+        TicketStatus::Received => "received",
+        TicketStatus::Accepted => "accepted",
+        TicketStatus::Ready => "ready",
+    }
+}
+
+#[tonic::async_trait]
+impl Kitchen for KitchenApi {
+    async fn list_tickets(
+        &self,
+        request: Request<ListTicketsRequest>,
+    ) -> Result<Response<ListTicketsResponse>, Status> {
+        let restaurant = request.into_inner().restaurant_id;
+        food_contracts::check_id("restaurant_id", &restaurant).map_err(Status::invalid_argument)?;
+        let mut tickets: Vec<Ticket> = self
+            .view
+            .list()
+            .await?
+            .into_iter()
+            .map(|(_, record)| record.value)
+            .filter(|t| t.restaurant_id == restaurant)
+            .collect();
+        tickets.sort_by_key(|t| food_contracts::time(t.received_at.as_ref()));
+        Ok(Response::new(ListTicketsResponse { tickets }))
+    }
+
+    async fn accept_order(
+        &self,
+        request: Request<TicketRequest>,
+    ) -> Result<Response<Ticket>, Status> {
+        self.advance(
+            request.into_inner(),
+            TicketStatus::Received,
+            TicketStatus::Accepted,
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn mark_ready(&self, request: Request<TicketRequest>) -> Result<Response<Ticket>, Status> {
+        self.advance(
+            request.into_inner(),
+            TicketStatus::Accepted,
+            TicketStatus::Ready,
+        )
+        .await
+        .map(Response::new)
+    }
+}

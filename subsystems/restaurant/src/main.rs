@@ -1,0 +1,10 @@
+//! `restaurant --config FILE [--check]`: runs one of the restaurant subsystem's services.
+
+fn main() -> std::process::ExitCode {
+    fractal::service::main(
+        "restaurant",
+        "RESTAURANT_",
+        food_restaurant::SERVICES,
+        food_restaurant::run,
+    )
+}

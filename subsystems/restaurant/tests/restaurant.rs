@@ -1,0 +1,264 @@
+//! The restaurant subsystem alone, on its own hub: upstream `order.placed` events are
+//! simulated; no other subsystem runs.
+
+use std::time::{Duration, SystemTime};
+
+use food_contracts::v1::{Address, Menu, Order, OrderLine, OrderStatus};
+use food_restaurant::v1::kitchen_client::KitchenClient;
+use food_restaurant::v1::menus_client::MenusClient;
+use food_restaurant::v1::{
+    Dish, GetMenuRequest, ListTicketsRequest, SaveMenuRequest, Ticket, TicketRequest,
+    TicketStatus,
+};
+use fractal::NewEvent;
+use fractal_testkit::{
+    NatsServer, RunningService, eventually, faults, simulate, wait_for_events,
+    wait_until_consumed,
+};
+use tonic::Code;
+
+fn order(order_id: &str, restaurant_id: &str) -> Order {
+    Order {
+        order_id: order_id.into(),
+        customer_id: "c-1".into(),
+        restaurant_id: restaurant_id.into(),
+        restaurant_name: "Trattoria".into(),
+        lines: vec![OrderLine {
+            item_id: "pizza".into(),
+            name: "Pizza".into(),
+            quantity: 2,
+            unit_price_cents: 900,
+            total_cents: 1800,
+        }],
+        subtotal_cents: 1800,
+        delivery_fee_cents: 299,
+        total_cents: 2099,
+        currency: "EUR".into(),
+        delivery_address: Some(Address {
+            street: "1 Main St".into(),
+            city: "Springfield".into(),
+            postal_code: "12345".into(),
+        }),
+        status: OrderStatus::Placed.into(),
+        placed_at: Some(SystemTime::now().into()),
+        ..Default::default()
+    }
+}
+
+async fn start(server: &NatsServer, service: &str) -> RunningService {
+    RunningService::start(server, "restaurant", "restaurant", service, food_restaurant::run).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_menu_is_published_with_the_dishes_customers_can_order() {
+    let server = NatsServer::start();
+    let hub = server.hub("restaurant").await;
+    let menus = start(&server, "menus").await;
+    let _gateway = start(&server, "gateway").await;
+    let mut client = MenusClient::new(menus.channel().await);
+
+    let dish = |id: &str, price_cents: i64, available: bool| Dish {
+        dish_id: id.into(),
+        name: id.to_uppercase(),
+        description: String::new(),
+        price_cents,
+        available,
+    };
+    client
+        .save_menu(SaveMenuRequest {
+            restaurant_id: "r-1".into(),
+            restaurant_name: "Trattoria".into(),
+            dishes: vec![dish("pizza", 900, true), dish("tiramisu", 500, false)],
+        })
+        .await
+        .expect("menu saved");
+    let saved = client
+        .get_menu(GetMenuRequest {
+            restaurant_id: "r-1".into(),
+        })
+        .await
+        .expect("menu read")
+        .into_inner();
+    assert_eq!(saved.dishes.len(), 2);
+
+    let changed = wait_for_events(&hub, "menu.changed", 1).await;
+    let menu: Menu = changed[0].payload().expect("a Menu");
+    assert_eq!(changed[0].scope, fractal::Scope::External);
+    assert_eq!(menu.restaurant_name, "Trattoria");
+    let items: Vec<&str> = menu.items.iter().map(|i| i.item_id.as_str()).collect();
+    assert_eq!(items, ["pizza"], "unavailable dishes are not offered");
+
+    // Every problem of a bad menu is named, with where it is.
+    let error = client
+        .save_menu(SaveMenuRequest {
+            restaurant_id: "r-1".into(),
+            restaurant_name: " ".into(),
+            dishes: vec![dish("pizza", 0, true), dish("pizza", 100, true)],
+        })
+        .await
+        .expect_err("rejected");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    for problem in [
+        "restaurant_name: must not be empty",
+        "dishes[0].price_cents: must be more than 0",
+        "dishes[1].dish_id: `pizza` appears twice",
+    ] {
+        assert!(error.message().contains(problem), "{problem} in {}", error.message());
+    }
+    let error = client
+        .get_menu(GetMenuRequest {
+            restaurant_id: "nowhere".into(),
+        })
+        .await
+        .expect_err("no such menu");
+    assert_eq!(error.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
+    let server = NatsServer::start();
+    let hub = server.hub("restaurant").await;
+    let kitchen = start(&server, "kitchen").await;
+    let _gateway = start(&server, "gateway").await;
+    let mut client = KitchenClient::new(kitchen.channel().await);
+
+    // Simulated upstream: ordering placed an order, and one malformed event came along.
+    simulate(
+        &hub,
+        [
+            NewEvent::external("order.placed", "bad", &Menu::default()),
+            NewEvent::external("order.placed", "o-1", &order("o-1", "r-1")),
+        ],
+    )
+    .await;
+    let request = TicketRequest {
+        restaurant_id: "r-1".into(),
+        order_id: "o-1".into(),
+    };
+    let tickets = eventually(Duration::from_secs(20), "the ticket in the kitchen", || {
+        let mut client = client.clone();
+        async move {
+            let tickets = client
+                .list_tickets(ListTicketsRequest {
+                    restaurant_id: "r-1".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .tickets;
+            (!tickets.is_empty()).then_some(tickets)
+        }
+    })
+    .await;
+    assert_eq!(tickets[0].status(), TicketStatus::Received);
+    assert_eq!(tickets[0].lines[0].quantity, 2);
+
+    let error = client.mark_ready(request.clone()).await.expect_err("not accepted yet");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(
+        error
+            .message()
+            .contains("order `o-1` is received; it must be accepted to become ready"),
+        "{}",
+        error.message()
+    );
+    let accepted = client.accept_order(request.clone()).await.expect("accepted").into_inner();
+    assert_eq!(accepted.status(), TicketStatus::Accepted);
+    let error = client.accept_order(request.clone()).await.expect_err("accepted twice");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    client.mark_ready(request.clone()).await.expect("ready");
+    let error = client
+        .accept_order(TicketRequest {
+            restaurant_id: "r-2".into(),
+            order_id: "o-1".into(),
+        })
+        .await
+        .expect_err("another restaurant's order");
+    assert_eq!(error.code(), Code::NotFound);
+
+    let ready = wait_for_events(&hub, "order.ready", 1).await;
+    let ready: Order = ready[0].payload().expect("an Order");
+    assert_eq!(ready.status(), OrderStatus::Ready);
+    assert!(ready.accepted_at.is_some() && ready.ready_at.is_some());
+    assert_eq!(ready.total_cents, 2099, "the full order travels on");
+    wait_for_events(&hub, "order.accepted", 1).await;
+
+    // The malformed event became a fault of the gateway, not a crash or a silent drop.
+    let faults = eventually(Duration::from_secs(20), "the fault", || {
+        let hub = hub.clone();
+        async move {
+            let faults = faults(&hub).await;
+            (!faults.is_empty()).then_some(faults)
+        }
+    })
+    .await;
+    assert_eq!(faults[0].service, "gateway");
+    assert!(
+        faults[0].reason.contains("expected a `food.contracts.v1.Order`"),
+        "{}",
+        faults[0].reason
+    );
+}
+
+/// The kitchen's view of the same events, delivered in order once, or shuffled and twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tickets_view_ignores_repeats_and_arrival_order() {
+    let ticket = |status: TicketStatus, minute: u64| Ticket {
+        order_id: "o-1".into(),
+        restaurant_id: "r-1".into(),
+        status: status.into(),
+        received_at: Some((SystemTime::UNIX_EPOCH + Duration::from_secs(60)).into()),
+        accepted_at: (minute >= 2).then(|| (SystemTime::UNIX_EPOCH + Duration::from_secs(120)).into()),
+        ready_at: (minute >= 3).then(|| (SystemTime::UNIX_EPOCH + Duration::from_secs(180)).into()),
+        order: Some(order("o-1", "r-1")),
+        ..Default::default()
+    };
+    let events = [
+        ("ticket.received", ticket(TicketStatus::Received, 1)),
+        ("ticket.accepted", ticket(TicketStatus::Accepted, 2)),
+        ("ticket.ready", ticket(TicketStatus::Ready, 3)),
+    ];
+    let make = |i: usize| {
+        let (event_type, ticket) = &events[i];
+        NewEvent::new(event_type, "o-1", ticket)
+    };
+    let mut views = Vec::new();
+    for order in [vec![0, 1, 2], vec![2, 0, 2, 1, 0, 1]] {
+        let server = NatsServer::start();
+        let hub = server.hub("restaurant").await;
+        simulate(&hub, order.iter().map(|&i| make(i))).await;
+        let kitchen = start(&server, "kitchen").await;
+        let mut client = KitchenClient::new(kitchen.channel().await);
+        let view = eventually(Duration::from_secs(20), "the ticket ready", || {
+            let mut client = client.clone();
+            async move {
+                let tickets = client
+                    .list_tickets(ListTicketsRequest {
+                        restaurant_id: "r-1".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .tickets;
+                tickets
+                    .first()
+                    .filter(|t| t.status() == TicketStatus::Ready)
+                    .cloned()
+            }
+        })
+        .await;
+        // Every repeat handled, the view is still the same.
+        wait_until_consumed(&hub, "kitchen").await;
+        let again = client
+            .list_tickets(ListTicketsRequest {
+                restaurant_id: "r-1".into(),
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .tickets;
+        assert_eq!(again, vec![view.clone()]);
+        views.push(view);
+    }
+    assert_eq!(views[0], views[1]);
+}

@@ -1,0 +1,33 @@
+//! # The food-delivery system level
+//!
+//! The three subsystems (`restaurant`, `ordering`, `delivery`) join through a **system hub**:
+//! each has a bridge to it and one from it (see `bridges/`), so the system is itself shaped
+//! like a subsystem: a hub, the routes in and out of it, and services of its own.
+//!
+//! Its one service, `insights`, shows what events as facts give for free: it was added
+//! without touching any producer, and counts menu views per restaurant and orders placed per
+//! minute from the contracts the bridges already bring to the system hub.
+
+mod insights;
+
+use fractal::service::{Service, ServiceError};
+
+/// The insights API (`food.insights.v1`).
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/food.insights.v1.rs"));
+}
+
+/// The encoded descriptors of `food.insights.v1`, for gRPC reflection.
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
+/// The system hub's services, by the name a config's `service` key gives.
+pub const SERVICES: &[&str] = &["insights"];
+
+/// Runs the service the configuration names until shutdown.
+pub async fn run(service: Service) -> Result<(), ServiceError> {
+    match service.config.service.as_str() {
+        "insights" => insights::run(service).await,
+        other => Err(format!("`{other}` is not a system service").into()),
+    }
+}
