@@ -273,7 +273,6 @@ impl Event {
     }
 }
 
-
 impl EventData {
     /// Decodes the payload as the contract `M`, checking that it is the message the envelope
     /// names.
@@ -313,7 +312,8 @@ impl EventData {
             }
             hash
         };
-        let random = (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142));
+        let random =
+            (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142));
         Ulid::from_parts(millis, random)
     }
 }

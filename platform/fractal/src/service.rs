@@ -109,7 +109,11 @@ impl Service {
 
     /// A consumer with this service's name and consumer settings.
     pub fn consumer(&self) -> Consumer {
-        Consumer::new(&self.hub, &self.config.service, self.config.consumer.clone())
+        Consumer::new(
+            &self.hub,
+            &self.config.service,
+            self.config.consumer.clone(),
+        )
     }
 
     /// Runs the service's consumer and gRPC server (either may be absent) until shutdown;
@@ -124,9 +128,7 @@ impl Service {
         if let Some(grpc) = grpc {
             let (addr, server) = grpc.serve(&self.config.grpc, stop.clone()).await?;
             tracing::info!(service = %self.config.source(), grpc = %addr, "Serving gRPC.");
-            tasks.spawn(async move {
-                server.await?.map_err(|e| -> ServiceError { Box::new(e) })
-            });
+            tasks.spawn(async move { server.await?.map_err(|e| -> ServiceError { Box::new(e) }) });
         }
         if let Some(consumer) = consumer {
             let stop = stop.clone();
@@ -240,7 +242,11 @@ where
         return ExitCode::from(2);
     }
     if args.get_flag("check") {
-        println!("{}: service `{}` is valid.", file.display(), config.source());
+        println!(
+            "{}: service `{}` is valid.",
+            file.display(),
+            config.source()
+        );
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {

@@ -221,9 +221,8 @@ impl<T: prost::Message + Default + Clone> View<T> {
         if entry.operation != Operation::Put {
             return Ok(Some((entry.revision, None)));
         }
-        let record = decode(&entry.value).map_err(|e| {
-            ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
-        })?;
+        let record = decode(&entry.value)
+            .map_err(|e| ViewError::new(&self.name, format!("entry `{key}` does not decode"), e))?;
         Ok(Some((entry.revision, Some(record))))
     }
 }

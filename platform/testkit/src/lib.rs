@@ -353,8 +353,8 @@ impl RunningService {
 
     /// A gRPC channel to the service, once it listens.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.grpc.clone())
-            .expect("a valid endpoint");
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(self.grpc.clone()).expect("a valid endpoint");
         eventually(Duration::from_secs(10), "the gRPC server to listen", || {
             let endpoint = endpoint.clone();
             async move { endpoint.connect().await.ok() }
@@ -418,10 +418,7 @@ pub async fn wait_until_consumed(hub: &Hub, durable: &str) {
         &format!("consumer `{durable}` to catch up"),
         || async {
             let stream = hub.jetstream().get_stream(hub.events_stream()).await.ok()?;
-            let info = stream
-                .consumer_info(durable)
-                .await
-                .ok()?;
+            let info = stream.consumer_info(durable).await.ok()?;
             (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
         },
     )

@@ -15,7 +15,12 @@
 use std::time::SystemTime;
 
 /// Version 1 of the contracts (`food.contracts.v1`).
-#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/food.contracts.v1.rs"));
 }
@@ -79,8 +84,15 @@ mod tests {
     #[test]
     fn ids_are_checked_and_named() {
         assert!(check_id("order_id", "o-1.a_B").is_ok());
-        assert_eq!(check_id("order_id", "").unwrap_err(), "order_id: must not be empty");
-        assert!(check_id("driver_id", "a b").unwrap_err().starts_with("driver_id: `a b` contains ` `"));
+        assert_eq!(
+            check_id("order_id", "").unwrap_err(),
+            "order_id: must not be empty"
+        );
+        assert!(
+            check_id("driver_id", "a b")
+                .unwrap_err()
+                .starts_with("driver_id: `a b` contains ` `")
+        );
         assert!(check_id("x", &"a".repeat(65)).is_err());
     }
 
@@ -131,7 +143,17 @@ mod tests {
         assert_eq!(fold(&[5, 3, 0, 0, 4, 1, 2, 5, 3]), in_order);
         assert_eq!(in_order.status(), S::Delivered);
         let steps: Vec<S> = in_order.steps().into_iter().map(|(s, _)| s).collect();
-        assert_eq!(steps, [S::Placed, S::Accepted, S::Ready, S::DriverAssigned, S::PickedUp, S::Delivered]);
+        assert_eq!(
+            steps,
+            [
+                S::Placed,
+                S::Accepted,
+                S::Ready,
+                S::DriverAssigned,
+                S::PickedUp,
+                S::Delivered
+            ]
+        );
     }
 }
 

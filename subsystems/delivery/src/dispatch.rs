@@ -16,8 +16,12 @@ use fractal::view::{Record, View, ViewError};
 use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
 use tracing::Instrument as _;
 
-use crate::events::{DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_REQUESTED, DRIVER_STATUS_CHANGED};
-use crate::v1::{Assignment, Delivery, DeliveryStatus, DispatchDriver, DriverStatus, DriverStatusChanged};
+use crate::events::{
+    DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_REQUESTED, DRIVER_STATUS_CHANGED,
+};
+use crate::v1::{
+    Assignment, Delivery, DeliveryStatus, DispatchDriver, DriverStatus, DriverStatusChanged,
+};
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let dispatch = Arc::new(Dispatch {
@@ -73,7 +77,8 @@ impl Dispatch {
     /// A ready order: queue it, then look for a free driver.
     async fn requested(&self, event: Event) -> Result<(), HandlerError> {
         let delivery: Delivery = event.payload()?;
-        food_contracts::check_id("order_id", &delivery.order_id).map_err(HandlerError::permanent)?;
+        food_contracts::check_id("order_id", &delivery.order_id)
+            .map_err(HandlerError::permanent)?;
         let order_id = delivery.order_id.clone();
         if self.assignments.get(&order_id).await?.is_some() {
             // Redelivered after the match was made: make sure it was announced.
@@ -121,7 +126,9 @@ impl Dispatch {
                 // Redelivered after the match was made: make sure it was announced.
                 self.announce(&driver.value.order_id).await
             }
-            Some(driver) if driver.value.available => self.find_order_for(&driver.value.driver_id).await,
+            Some(driver) if driver.value.available => {
+                self.find_order_for(&driver.value.driver_id).await
+            }
             _ => Ok(()),
         }
     }
@@ -129,7 +136,8 @@ impl Dispatch {
     /// A delivery is done: its driver is free again.
     async fn delivered(&self, event: Event) -> Result<(), HandlerError> {
         let delivery: Delivery = event.payload()?;
-        self.release(&delivery.driver_id, &delivery.order_id).await?;
+        self.release(&delivery.driver_id, &delivery.order_id)
+            .await?;
         self.find_order_for(&delivery.driver_id).await
     }
 
@@ -231,7 +239,9 @@ impl Dispatch {
             )));
         };
         let id = ulid::Ulid::from_string(&record.value.event_id).map_err(|e| {
-            HandlerError::permanent(format!("the assignment of `{order_id}` has a bad event id: {e}"))
+            HandlerError::permanent(format!(
+                "the assignment of `{order_id}` has a bad event id: {e}"
+            ))
         })?;
         let span = tracing::info_span!("dispatch", otel.name = "dispatch assign", order_id = %order_id, driver_id = %delivery.driver_id);
         telemetry::continue_from(&span, &record.trace);

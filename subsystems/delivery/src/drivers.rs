@@ -46,7 +46,11 @@ async fn apply(view: View<Delivery>, event: Event) -> Result<(), HandlerError> {
 }
 
 /// A delivery only moves forward (assigned → picked up → delivered): the furthest wins.
-async fn store(view: &View<Delivery>, delivery: Delivery, time: SystemTime) -> Result<(), ViewError> {
+async fn store(
+    view: &View<Delivery>,
+    delivery: Delivery,
+    time: SystemTime,
+) -> Result<(), ViewError> {
     let key = delivery.order_id.clone();
     view.update(&key, |current| match current {
         Some(current) if current.value.status >= delivery.status => None,
@@ -188,7 +192,10 @@ impl Drivers for DriversApi {
         Ok(Response::new(ListAssignedResponse { deliveries }))
     }
 
-    async fn pick_up(&self, request: Request<DeliveryRequest>) -> Result<Response<Delivery>, Status> {
+    async fn pick_up(
+        &self,
+        request: Request<DeliveryRequest>,
+    ) -> Result<Response<Delivery>, Status> {
         self.advance(
             request.into_inner(),
             DeliveryStatus::Assigned,
@@ -198,7 +205,10 @@ impl Drivers for DriversApi {
         .map(Response::new)
     }
 
-    async fn deliver(&self, request: Request<DeliveryRequest>) -> Result<Response<Delivery>, Status> {
+    async fn deliver(
+        &self,
+        request: Request<DeliveryRequest>,
+    ) -> Result<Response<Delivery>, Status> {
         self.advance(
             request.into_inner(),
             DeliveryStatus::PickedUp,

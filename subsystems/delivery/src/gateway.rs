@@ -36,9 +36,11 @@ fn delivery_requested(event: &Event) -> Result<NewEvent, HandlerError> {
         requested_at: Some(event.time.into()),
         ..Default::default()
     };
-    Ok(NewEvent::new(DELIVERY_REQUESTED, &delivery.order_id, &delivery)
-        .at(event.time)
-        .with_id(event.derived_id(DELIVERY_REQUESTED)))
+    Ok(
+        NewEvent::new(DELIVERY_REQUESTED, &delivery.order_id, &delivery)
+            .at(event.time)
+            .with_id(event.derived_id(DELIVERY_REQUESTED)),
+    )
 }
 
 fn order_driver_assigned(event: &Event) -> Result<NewEvent, HandlerError> {

@@ -18,7 +18,12 @@ mod gateway;
 use fractal::service::{Service, ServiceError};
 
 /// The subsystem's internal events and gRPC API (`food.delivery.v1`).
-#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/food.delivery.v1.rs"));
 }

@@ -145,12 +145,19 @@ impl Checkout for CheckoutApi {
             browsed_at: Some(SystemTime::now().into()),
         };
         self.publisher
-            .publish(NewEvent::new(MENU_BROWSED, &request.restaurant_id, &browsed))
+            .publish(NewEvent::new(
+                MENU_BROWSED,
+                &request.restaurant_id,
+                &browsed,
+            ))
             .await?;
         Ok(Response::new(entry.value))
     }
 
-    async fn place_order(&self, request: Request<PlaceOrderRequest>) -> Result<Response<Order>, Status> {
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
         let request = request.into_inner();
         food_contracts::check_id("customer_id", &request.customer_id).map_err(invalid)?;
         food_contracts::check_id("restaurant_id", &request.restaurant_id).map_err(invalid)?;

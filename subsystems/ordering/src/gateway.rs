@@ -85,7 +85,9 @@ fn menu_viewed(event: &Event) -> Result<NewEvent, HandlerError> {
         customer_id: browsed.customer_id,
         viewed_at: browsed.browsed_at,
     };
-    Ok(NewEvent::external(MENU_VIEWED, &viewed.restaurant_id, &viewed)
-        .at(event.time)
-        .with_id(event.derived_id(MENU_VIEWED)))
+    Ok(
+        NewEvent::external(MENU_VIEWED, &viewed.restaurant_id, &viewed)
+            .at(event.time)
+            .with_id(event.derived_id(MENU_VIEWED)),
+    )
 }

@@ -165,7 +165,10 @@ impl Kitchen for KitchenApi {
         .map(Response::new)
     }
 
-    async fn mark_ready(&self, request: Request<TicketRequest>) -> Result<Response<Ticket>, Status> {
+    async fn mark_ready(
+        &self,
+        request: Request<TicketRequest>,
+    ) -> Result<Response<Ticket>, Status> {
         self.advance(
             request.into_inner(),
             TicketStatus::Accepted,

@@ -19,7 +19,12 @@ mod menus;
 use fractal::service::{Service, ServiceError};
 
 /// The subsystem's internal events and gRPC APIs (`food.restaurant.v1`).
-#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/food.restaurant.v1.rs"));
 }

@@ -89,7 +89,8 @@ impl Menus for MenusApi {
 }
 
 fn check_menu(request: &SaveMenuRequest) -> Result<(), Status> {
-    food_contracts::check_id("restaurant_id", &request.restaurant_id).map_err(Status::invalid_argument)?;
+    food_contracts::check_id("restaurant_id", &request.restaurant_id)
+        .map_err(Status::invalid_argument)?;
     let mut problems = Vec::new();
     if request.restaurant_name.trim().is_empty() {
         problems.push("restaurant_name: must not be empty".to_owned());

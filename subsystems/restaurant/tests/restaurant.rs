@@ -7,13 +7,11 @@ use food_contracts::v1::{Address, Menu, Order, OrderLine, OrderStatus};
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
 use food_restaurant::v1::{
-    Dish, GetMenuRequest, ListTicketsRequest, SaveMenuRequest, Ticket, TicketRequest,
-    TicketStatus,
+    Dish, GetMenuRequest, ListTicketsRequest, SaveMenuRequest, Ticket, TicketRequest, TicketStatus,
 };
 use fractal::NewEvent;
 use fractal_testkit::{
-    NatsServer, RunningService, eventually, faults, simulate, wait_for_events,
-    wait_until_consumed,
+    NatsServer, RunningService, eventually, faults, simulate, wait_for_events, wait_until_consumed,
 };
 use tonic::Code;
 
@@ -46,7 +44,14 @@ fn order(order_id: &str, restaurant_id: &str) -> Order {
 }
 
 async fn start(server: &NatsServer, service: &str) -> RunningService {
-    RunningService::start(server, "restaurant", "restaurant", service, food_restaurant::run).await
+    RunningService::start(
+        server,
+        "restaurant",
+        "restaurant",
+        service,
+        food_restaurant::run,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +108,11 @@ async fn a_saved_menu_is_published_with_the_dishes_customers_can_order() {
         "dishes[0].price_cents: must be more than 0",
         "dishes[1].dish_id: `pizza` appears twice",
     ] {
-        assert!(error.message().contains(problem), "{problem} in {}", error.message());
+        assert!(
+            error.message().contains(problem),
+            "{problem} in {}",
+            error.message()
+        );
     }
     let error = client
         .get_menu(GetMenuRequest {
@@ -153,7 +162,10 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
     assert_eq!(tickets[0].status(), TicketStatus::Received);
     assert_eq!(tickets[0].lines[0].quantity, 2);
 
-    let error = client.mark_ready(request.clone()).await.expect_err("not accepted yet");
+    let error = client
+        .mark_ready(request.clone())
+        .await
+        .expect_err("not accepted yet");
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert!(
         error
@@ -162,9 +174,16 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
         "{}",
         error.message()
     );
-    let accepted = client.accept_order(request.clone()).await.expect("accepted").into_inner();
+    let accepted = client
+        .accept_order(request.clone())
+        .await
+        .expect("accepted")
+        .into_inner();
     assert_eq!(accepted.status(), TicketStatus::Accepted);
-    let error = client.accept_order(request.clone()).await.expect_err("accepted twice");
+    let error = client
+        .accept_order(request.clone())
+        .await
+        .expect_err("accepted twice");
     assert_eq!(error.code(), Code::FailedPrecondition);
     client.mark_ready(request.clone()).await.expect("ready");
     let error = client
@@ -194,7 +213,9 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
     .await;
     assert_eq!(faults[0].service, "gateway");
     assert!(
-        faults[0].reason.contains("expected a `food.contracts.v1.Order`"),
+        faults[0]
+            .reason
+            .contains("expected a `food.contracts.v1.Order`"),
         "{}",
         faults[0].reason
     );
@@ -208,7 +229,8 @@ async fn the_tickets_view_ignores_repeats_and_arrival_order() {
         restaurant_id: "r-1".into(),
         status: status.into(),
         received_at: Some((SystemTime::UNIX_EPOCH + Duration::from_secs(60)).into()),
-        accepted_at: (minute >= 2).then(|| (SystemTime::UNIX_EPOCH + Duration::from_secs(120)).into()),
+        accepted_at: (minute >= 2)
+            .then(|| (SystemTime::UNIX_EPOCH + Duration::from_secs(120)).into()),
         ready_at: (minute >= 3).then(|| (SystemTime::UNIX_EPOCH + Duration::from_secs(180)).into()),
         order: Some(order("o-1", "r-1")),
         ..Default::default()

@@ -150,7 +150,11 @@ impl Insights for InsightsApi {
                 views: record.value.count,
             })
             .collect();
-        restaurants.sort_by(|a, b| b.views.cmp(&a.views).then(a.restaurant_id.cmp(&b.restaurant_id)));
+        restaurants.sort_by(|a, b| {
+            b.views
+                .cmp(&a.views)
+                .then(a.restaurant_id.cmp(&b.restaurant_id))
+        });
         Ok(Response::new(MenuViewsResponse { restaurants }))
     }
 
@@ -189,7 +193,10 @@ mod tests {
     fn minute_keys_round_trip_and_sort_by_time() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_123);
         let key = minute_key(t);
-        assert_eq!(minute_of(&key), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_120)));
+        assert_eq!(
+            minute_of(&key),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_120))
+        );
         let later = minute_key(t + Duration::from_secs(600));
         assert!(later > key);
     }

@@ -13,7 +13,12 @@ mod insights;
 use fractal::service::{Service, ServiceError};
 
 /// The insights API (`food.insights.v1`).
-#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/food.insights.v1.rs"));
 }
