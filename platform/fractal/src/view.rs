@@ -231,7 +231,7 @@ fn encode<T: prost::Message>(record: &Record<T>) -> Vec<u8> {
     ViewRecord {
         time: Some(record.time.into()),
         trace: record.trace.clone(),
-        value: record.value.encode_to_vec().into(),
+        value: record.value.encode_to_vec(),
     }
     .encode_to_vec()
 }

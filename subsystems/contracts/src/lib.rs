@@ -77,6 +77,48 @@ pub fn check_id(field: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl v1::Order {
+    /// Folds another snapshot of the same order into this one, as views do: the furthest
+    /// status wins and each step's time, once known, stays. The result is the same whatever
+    /// order the snapshots come in and however often.
+    pub fn merge(&mut self, other: &v1::Order) {
+        if other.status > self.status {
+            self.status = other.status;
+        }
+        for (mine, theirs) in [
+            (&mut self.placed_at, &other.placed_at),
+            (&mut self.accepted_at, &other.accepted_at),
+            (&mut self.ready_at, &other.ready_at),
+            (&mut self.driver_assigned_at, &other.driver_assigned_at),
+            (&mut self.picked_up_at, &other.picked_up_at),
+            (&mut self.delivered_at, &other.delivered_at),
+        ] {
+            if mine.is_none() {
+                *mine = *theirs;
+            }
+        }
+        if self.driver.is_none() {
+            self.driver.clone_from(&other.driver);
+        }
+    }
+
+    /// The steps the order went through so far, with their times, in the order they happen.
+    pub fn steps(&self) -> Vec<(v1::OrderStatus, prost_types::Timestamp)> {
+        use v1::OrderStatus as S;
+        [
+            (S::Placed, self.placed_at),
+            (S::Accepted, self.accepted_at),
+            (S::Ready, self.ready_at),
+            (S::DriverAssigned, self.driver_assigned_at),
+            (S::PickedUp, self.picked_up_at),
+            (S::Delivered, self.delivered_at),
+        ]
+        .into_iter()
+        .filter_map(|(status, at)| at.map(|at| (status, at)))
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,47 +196,5 @@ mod tests {
                 S::Delivered
             ]
         );
-    }
-}
-
-impl v1::Order {
-    /// Folds another snapshot of the same order into this one, as views do: the furthest
-    /// status wins and each step's time, once known, stays. The result is the same whatever
-    /// order the snapshots come in and however often.
-    pub fn merge(&mut self, other: &v1::Order) {
-        if other.status > self.status {
-            self.status = other.status;
-        }
-        for (mine, theirs) in [
-            (&mut self.placed_at, &other.placed_at),
-            (&mut self.accepted_at, &other.accepted_at),
-            (&mut self.ready_at, &other.ready_at),
-            (&mut self.driver_assigned_at, &other.driver_assigned_at),
-            (&mut self.picked_up_at, &other.picked_up_at),
-            (&mut self.delivered_at, &other.delivered_at),
-        ] {
-            if mine.is_none() {
-                *mine = *theirs;
-            }
-        }
-        if self.driver.is_none() {
-            self.driver.clone_from(&other.driver);
-        }
-    }
-
-    /// The steps the order went through so far, with their times, in the order they happen.
-    pub fn steps(&self) -> Vec<(v1::OrderStatus, prost_types::Timestamp)> {
-        use v1::OrderStatus as S;
-        [
-            (S::Placed, self.placed_at),
-            (S::Accepted, self.accepted_at),
-            (S::Ready, self.ready_at),
-            (S::DriverAssigned, self.driver_assigned_at),
-            (S::PickedUp, self.picked_up_at),
-            (S::Delivered, self.delivered_at),
-        ]
-        .into_iter()
-        .filter_map(|(status, at)| at.map(|at| (status, at)))
-        .collect()
     }
 }

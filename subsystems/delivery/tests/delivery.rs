@@ -1,0 +1,207 @@
+//! The delivery subsystem alone, on its own hub: restaurants' `order.ready` events are
+//! simulated; no other subsystem runs.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use food_contracts::v1::{Order, OrderStatus};
+use food_delivery::v1::drivers_client::DriversClient;
+use food_delivery::v1::{
+    Delivery, DeliveryRequest, DeliveryStatus, DriverStatus, ListAssignedRequest, SetStatusRequest,
+};
+use fractal::NewEvent;
+use fractal_testkit::{
+    NatsServer, RunningService, events_of_type, eventually, simulate, wait_for_events,
+    wait_until_consumed,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Subsystem {
+    _server: NatsServer,
+    hub: fractal::Hub,
+    drivers: DriversClient<Channel>,
+    _services: Vec<RunningService>,
+}
+
+async fn start() -> Subsystem {
+    let server = NatsServer::start();
+    let hub = server.hub("delivery").await;
+    let mut services = Vec::new();
+    for service in ["drivers", "dispatch", "gateway"] {
+        services.push(
+            RunningService::start(&server, "delivery", "delivery", service, food_delivery::run)
+                .await,
+        );
+    }
+    let drivers = DriversClient::new(services[0].channel().await);
+    Subsystem {
+        _server: server,
+        hub,
+        drivers,
+        _services: services,
+    }
+}
+
+fn ready(order_id: &str) -> NewEvent {
+    let order = Order {
+        order_id: order_id.into(),
+        customer_id: "c-1".into(),
+        restaurant_id: "r-1".into(),
+        total_cents: 1234,
+        status: OrderStatus::Ready.into(),
+        placed_at: Some(SystemTime::now().into()),
+        ready_at: Some(SystemTime::now().into()),
+        ..Default::default()
+    };
+    NewEvent::external("order.ready", order_id, &order)
+}
+
+async fn available(client: &mut DriversClient<Channel>, driver_id: &str) {
+    client
+        .set_status(SetStatusRequest {
+            driver_id: driver_id.into(),
+            name: format!("Driver {driver_id}"),
+            status: DriverStatus::Available.into(),
+        })
+        .await
+        .expect("status set");
+}
+
+async fn assigned(client: &DriversClient<Channel>, driver_id: &str) -> Vec<Delivery> {
+    client
+        .clone()
+        .list_assigned(ListAssignedRequest {
+            driver_id: driver_id.into(),
+        })
+        .await
+        .expect("listed")
+        .into_inner()
+        .deliveries
+}
+
+fn request(driver_id: &str, order_id: &str) -> DeliveryRequest {
+    DeliveryRequest {
+        driver_id: driver_id.into(),
+        order_id: order_id.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_order_waits_for_a_driver_who_picks_it_up_and_delivers_it() {
+    // Bound whole: the server and services live until the end of the test.
+    let subsystem = start().await;
+    let (hub, mut drivers) = (subsystem.hub.clone(), subsystem.drivers.clone());
+
+    // No driver on shift: the order waits.
+    simulate(&hub, [ready("o-1")]).await;
+    wait_for_events(&hub, "delivery.requested", 1).await;
+    wait_until_consumed(&hub, "dispatch").await;
+    assert!(events_of_type(&hub, "delivery.assigned").await.is_empty());
+
+    // A driver becomes available later: dispatch retries and assigns them.
+    available(&mut drivers, "d-1").await;
+    let delivery = eventually(Duration::from_secs(20), "o-1 assigned to d-1", || {
+        let drivers = drivers.clone();
+        async move { assigned(&drivers, "d-1").await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(delivery.order_id, "o-1");
+    assert_eq!(delivery.status(), DeliveryStatus::Assigned);
+
+    let error = drivers
+        .deliver(request("d-1", "o-1"))
+        .await
+        .expect_err("not picked up");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(
+        error.message().contains("order `o-1` was never picked up"),
+        "{}",
+        error.message()
+    );
+    let error = drivers
+        .pick_up(request("d-2", "o-1"))
+        .await
+        .expect_err("someone else's order");
+    assert_eq!(error.code(), Code::NotFound);
+    drivers
+        .pick_up(request("d-1", "o-1"))
+        .await
+        .expect("picked up");
+    let delivered = drivers
+        .deliver(request("d-1", "o-1"))
+        .await
+        .expect("delivered")
+        .into_inner();
+    assert_eq!(delivered.status(), DeliveryStatus::Delivered);
+
+    let out = wait_for_events(&hub, "order.delivered", 1).await;
+    let order: Order = out[0].payload().expect("an Order");
+    assert_eq!(order.status(), OrderStatus::Delivered);
+    assert_eq!(order.driver.map(|d| d.name).as_deref(), Some("Driver d-1"));
+    assert!(order.driver_assigned_at.is_some() && order.picked_up_at.is_some());
+    assert_eq!(order.total_cents, 1234, "the full order travels on");
+    for event_type in ["order.driver_assigned", "order.picked_up"] {
+        wait_for_events(&hub, event_type, 1).await;
+    }
+
+    let error = drivers
+        .set_status(SetStatusRequest {
+            driver_id: "d 3".into(),
+            name: String::new(),
+            status: 7,
+        })
+        .await
+        .expect_err("bad status");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("driver_id: `d 3` contains ` `"),
+        "{}",
+        error.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_order_gets_one_driver_and_each_driver_one_order_at_a_time() {
+    // Bound whole: the server and services live until the end of the test.
+    let subsystem = start().await;
+    let (hub, mut drivers) = (subsystem.hub.clone(), subsystem.drivers.clone());
+    let orders: Vec<String> = (1..=6).map(|i| format!("o-{i}")).collect();
+    available(&mut drivers, "d-1").await;
+    available(&mut drivers, "d-2").await;
+    simulate(&hub, orders.iter().map(|o| ready(o))).await;
+
+    let mut delivered = Vec::new();
+    while delivered.len() < orders.len() {
+        for driver in ["d-1", "d-2"] {
+            let work = assigned(&drivers, driver).await;
+            assert!(
+                work.len() <= 1,
+                "{driver} holds {} orders at once",
+                work.len()
+            );
+            if let Some(delivery) = work.first() {
+                drivers
+                    .pick_up(request(driver, &delivery.order_id))
+                    .await
+                    .expect("picked up");
+                drivers
+                    .deliver(request(driver, &delivery.order_id))
+                    .await
+                    .expect("delivered");
+                delivered.push(delivery.order_id.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    delivered.sort();
+    let mut expected = orders.clone();
+    expected.sort();
+    assert_eq!(delivered, expected);
+
+    let mut assignments: HashMap<String, usize> = HashMap::new();
+    for event in events_of_type(&hub, "delivery.assigned").await {
+        *assignments.entry(event.key.clone()).or_default() += 1;
+    }
+    assert!(assignments.values().all(|&n| n == 1), "{assignments:?}");
+}
