@@ -233,11 +233,19 @@ where
         }
     };
     if !services.contains(&config.service.as_str()) {
+        let mut problems = crate::config::Problems::default();
+        problems.add(
+            "service",
+            format!(
+                "`{}` is not a service of {program}; expected one of {}",
+                config.service,
+                services.join(", ")
+            ),
+        );
         eprintln!(
-            "{}: invalid configuration:\n  service: `{}` is not a service of {program}; expected one of {}",
+            "{}: {}",
             file.display(),
-            config.service,
-            services.join(", ")
+            crate::config::ConfigError { problems }
         );
         return ExitCode::from(2);
     }

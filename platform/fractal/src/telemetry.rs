@@ -107,9 +107,13 @@ pub fn init(
     } else {
         None
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("fractal")));
+    // Spans at info and above are exported whatever the log filter says; debug and trace
+    // spans of libraries (HTTP/2, the exporter's own calls) are not.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("fractal"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)

@@ -424,3 +424,103 @@ pub async fn wait_until_consumed(hub: &Hub, durable: &str) {
     )
     .await
 }
+
+/// A program of this workspace (`restaurant`, `fractal-bridge`…), built next to the test.
+/// `scripts/test` builds every binary before testing; a missing one fails the test with how
+/// to build it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test's path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let binary = dir.join(name);
+    assert!(
+        binary.is_file(),
+        "`{}` is not built; build every program first with `cargo build --workspace --bins` \
+         (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A child process of the test, its output kept in a log file; terminated gracefully by
+/// [`Process::terminate`] and killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args` and extra environment `envs`, logging to `<log_dir>/<name>.log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(String, String)],
+        log_dir: &Path,
+    ) -> Process {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("a log file");
+        let err = out.try_clone().expect("a log file");
+        let child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Process {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// What the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends SIGTERM and waits up to 10 s for a clean exit (then kills it); returns whether it
+    /// exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
