@@ -284,3 +284,47 @@ async fn the_tickets_view_ignores_repeats_and_arrival_order() {
     }
     assert_eq!(views[0], views[1]);
 }
+
+/// Operators' tools find the service through the standard health and reflection services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kitchen_answers_health_checks_and_describes_itself() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = NatsServer::start();
+    let kitchen = start(&server, "kitchen").await;
+    let channel = kitchen.channel().await;
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "food.restaurant.v1.Kitchen".into(),
+        })
+        .await
+        .expect("health checked")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.message().await.expect("a response").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"food.restaurant.v1.Kitchen".to_owned()),
+        "{names:?}"
+    );
+}
