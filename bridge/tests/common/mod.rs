@@ -152,25 +152,12 @@ impl Bridge {
 
     /// GET a path of the admin endpoint.
     pub async fn admin(&self, path: &str) -> Option<String> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
-            .await
-            .ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        Some(response)
+        fractal_testkit::http_get(("127.0.0.1", self.admin_port), path).await
     }
 
     /// The value of a metric line starting with `prefix`.
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
-        let metrics = self.admin("/metrics").await?;
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        fractal_testkit::metric(&self.admin("/metrics").await?, prefix)
     }
 }
 

@@ -406,16 +406,10 @@ async fn graceful_shutdown_acknowledges_only_what_was_handled() {
 
 #[tokio::test]
 async fn the_admin_endpoint_reports_health_readiness_and_metrics() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(addr)
+        fractal_testkit::http_get(addr, path)
             .await
-            .expect("connects");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("sent");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        response
+            .expect("answered")
     }
 
     let mut server = NatsServer::start();

@@ -22,7 +22,9 @@ use food_restaurant::v1::{Dish, SaveMenuRequest, TicketRequest};
 use food_system::v1::insights_client::InsightsClient;
 use food_system::v1::{MenuViewsRequest, OrdersPerMinuteRequest};
 use fractal_bridge::BridgeConfig;
-use fractal_testkit::{NatsServer, Process, eventually, free_port, workspace_binary};
+use fractal_testkit::{
+    NatsServer, Process, eventually, free_port, http_get, metric, workspace_binary,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -106,6 +108,7 @@ struct System {
     _hubs: HashMap<String, NatsServer>,
     processes: Vec<(String, Process)>,
     grpc: HashMap<String, String>,
+    admins: HashMap<String, u16>,
     _logs: tempfile::TempDir,
 }
 
@@ -129,9 +132,10 @@ impl System {
         }
         let mut processes = Vec::new();
         let mut grpc = HashMap::new();
+        let mut admins = HashMap::new();
         for (subsystem, service) in services {
             let prefix = subsystem.to_uppercase();
-            let port = free_port();
+            let (port, admin) = (free_port(), free_port());
             let mut env = telemetry.clone();
             env.extend([
                 (format!("{prefix}_HUB__URLS"), urls(subsystem)),
@@ -139,7 +143,10 @@ impl System {
                     format!("{prefix}_GRPC__LISTEN"),
                     format!("127.0.0.1:{port}"),
                 ),
-                (format!("{prefix}_ADMIN__LISTEN"), "127.0.0.1:0".into()),
+                (
+                    format!("{prefix}_ADMIN__LISTEN"),
+                    format!("127.0.0.1:{admin}"),
+                ),
             ]);
             let config = root().join(format!("subsystems/{subsystem}/config/{service}.toml"));
             let name = format!("{subsystem}-{service}");
@@ -155,6 +162,7 @@ impl System {
                 format!("{subsystem}/{service}"),
                 format!("http://127.0.0.1:{port}"),
             );
+            admins.insert(format!("{subsystem}/{service}"), admin);
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(bridges))
             .expect("the bridges folder")
@@ -184,6 +192,7 @@ impl System {
             _hubs: hub_servers,
             processes,
             grpc,
+            admins,
             _logs: logs,
         }
     }
@@ -471,7 +480,7 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
     }
 
     // Insights, added at the system hub without touching a producer, counted every fact.
-    let mut insights = InsightsClient::new(system.channel("system/insights").await);
+    let insights = InsightsClient::new(system.channel("system/insights").await);
     eventually(
         Duration::from_secs(30),
         "insights to count every view and order",
@@ -498,10 +507,18 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
         },
     )
     .await;
-    let _ = insights
-        .menu_views(MenuViewsRequest {})
+    let metrics = http_get(("127.0.0.1", system.admins["system/insights"]), "/metrics")
         .await
-        .expect("queried");
+        .expect("metrics served");
+    assert_eq!(
+        metric(&metrics, "insights_menu_views_total{restaurant_id=\"r-1\"}"),
+        Some(ORDERS as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "insights_orders_placed_total"),
+        Some(ORDERS as f64)
+    );
 
     // One order is one trace: its checkout, the relays, and the restaurant's and delivery's
     // handling all share its trace id.
