@@ -28,9 +28,10 @@ pub struct ServiceConfig {
     /// How events are consumed.
     #[serde(default)]
     pub consumer: ConsumerConfig,
-    /// The gRPC endpoint, for services that answer commands and queries.
+    /// The gRPC endpoint, for services that answer commands and queries; absent for those
+    /// that only react to events.
     #[serde(default)]
-    pub grpc: GrpcConfig,
+    pub grpc: Option<GrpcConfig>,
     /// The admin endpoint (health, readiness, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -57,7 +58,9 @@ impl Validate for ServiceConfig {
         problems.check(join(path, "service"), wire::check_token(&self.service));
         self.hub.validate(&join(path, "hub"), problems);
         self.consumer.validate(&join(path, "consumer"), problems);
-        self.grpc.validate(&join(path, "grpc"), problems);
+        if let Some(grpc) = &self.grpc {
+            grpc.validate(&join(path, "grpc"), problems);
+        }
         self.admin.validate(&join(path, "admin"), problems);
         self.log.validate(&join(path, "log"), problems);
     }
@@ -126,7 +129,14 @@ impl Service {
         let stop = self.shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(grpc) = grpc {
-            let (addr, server) = grpc.serve(&self.config.grpc, stop.clone()).await?;
+            let Some(config) = &self.config.grpc else {
+                return Err(format!(
+                    "service `{}` answers commands and queries over gRPC; its configuration needs [grpc] listen",
+                    self.config.source()
+                )
+                .into());
+            };
+            let (addr, server) = grpc.serve(config, stop.clone()).await?;
             tracing::info!(service = %self.config.source(), grpc = %addr, "Serving gRPC.");
             tasks.spawn(async move { server.await?.map_err(|e| -> ServiceError { Box::new(e) }) });
         }
