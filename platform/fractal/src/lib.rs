@@ -35,6 +35,7 @@ pub mod event;
 pub mod fault;
 pub mod grpc;
 pub mod hub;
+pub mod local;
 pub mod metrics;
 pub mod publish;
 pub mod service;

@@ -4,23 +4,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use food_contracts::v1::{Address, OrderStatus};
-use food_delivery::v1::drivers_client::DriversClient;
-use food_delivery::v1::{DeliveryRequest, DriverStatus, ListAssignedRequest, SetStatusRequest};
-use food_ordering::v1::checkout_client::CheckoutClient;
-use food_ordering::v1::{
-    GetMenuRequest, GetOrderRequest, LineRequest, ListMenusRequest, OrderStatusResponse,
-    PlaceOrderRequest,
-};
-use food_restaurant::v1::kitchen_client::KitchenClient;
-use food_restaurant::v1::menus_client::MenusClient;
-use food_restaurant::v1::{Dish, SaveMenuRequest, TicketRequest};
+use food_contracts::v1::OrderStatus;
+use food_ordering::v1::OrderStatusResponse;
+use food_system::demo::Actors;
 use food_system::v1::insights_client::InsightsClient;
 use food_system::v1::{MenuViewsRequest, OrdersPerMinuteRequest};
+use fractal::local::{RunningProcess, RunningSystem};
 use fractal_bridge::BridgeConfig;
 use fractal_testkit::{
     NatsServer, Process, eventually, free_port, http_get, metric, workspace_binary,
@@ -32,8 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 const ORDERS: usize = 20;
 const DRIVERS: usize = 6;
@@ -107,7 +98,7 @@ impl TraceService for Receiver {
 struct System {
     _hubs: HashMap<String, NatsServer>,
     processes: Vec<(String, Process)>,
-    grpc: HashMap<String, String>,
+    running: RunningSystem,
     admins: HashMap<String, u16>,
     _logs: tempfile::TempDir,
 }
@@ -131,7 +122,14 @@ impl System {
             telemetry.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
         }
         let mut processes = Vec::new();
-        let mut grpc = HashMap::new();
+        let mut running = RunningSystem {
+            name: "food-delivery".into(),
+            hubs: hub_servers
+                .iter()
+                .map(|(name, server)| (name.clone(), server.url()))
+                .collect(),
+            ..Default::default()
+        };
         let mut admins = HashMap::new();
         for (subsystem, service) in services {
             let prefix = subsystem.to_uppercase();
@@ -158,9 +156,14 @@ impl System {
                 logs.path(),
             );
             processes.push((name, process));
-            grpc.insert(
+            running.services.insert(
                 format!("{subsystem}/{service}"),
-                format!("http://127.0.0.1:{port}"),
+                RunningProcess {
+                    hub: subsystem.to_string(),
+                    grpc: Some(format!("http://127.0.0.1:{port}")),
+                    admin: format!("127.0.0.1:{admin}"),
+                    ..Default::default()
+                },
             );
             admins.insert(format!("{subsystem}/{service}"), admin);
         }
@@ -191,24 +194,16 @@ impl System {
         System {
             _hubs: hub_servers,
             processes,
-            grpc,
+            running,
             admins,
             _logs: logs,
         }
     }
 
-    async fn channel(&self, service: &str) -> Channel {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.grpc[service].clone())
-            .expect("an endpoint");
-        eventually(
-            Duration::from_secs(30),
-            &format!("{service} to listen"),
-            || {
-                let endpoint = endpoint.clone();
-                async move { endpoint.connect().await.ok() }
-            },
-        )
-        .await
+    async fn actors(&self) -> Actors {
+        Actors::connect(&self.running, Duration::from_secs(60))
+            .await
+            .expect("the BFFs answer")
     }
 
     /// Stops every process with SIGTERM; each must exit cleanly.
@@ -250,164 +245,6 @@ const SERVICES: [(&str, &str); 9] = [
     ("system", "insights"),
 ];
 
-struct Actors {
-    menus: MenusClient<Channel>,
-    kitchen: KitchenClient<Channel>,
-    checkout: CheckoutClient<Channel>,
-    drivers: DriversClient<Channel>,
-}
-
-impl Actors {
-    async fn connect(system: &System) -> Actors {
-        Actors {
-            menus: MenusClient::new(system.channel("restaurant/menus").await),
-            kitchen: KitchenClient::new(system.channel("restaurant/kitchen").await),
-            checkout: CheckoutClient::new(system.channel("ordering/checkout").await),
-            drivers: DriversClient::new(system.channel("delivery/drivers").await),
-        }
-    }
-
-    /// The restaurant publishes its menu; customers see it once it crossed the hubs.
-    async fn publish_menu(&mut self) {
-        let dish = |id: &str, price_cents: i64| Dish {
-            dish_id: id.into(),
-            name: id.to_uppercase(),
-            description: format!("The house {id}."),
-            price_cents,
-            available: true,
-        };
-        self.menus
-            .save_menu(SaveMenuRequest {
-                restaurant_id: "r-1".into(),
-                restaurant_name: "Trattoria".into(),
-                dishes: vec![dish("pizza", 900), dish("salad", 700)],
-            })
-            .await
-            .expect("menu saved");
-        eventually(Duration::from_secs(60), "the menu at ordering", || {
-            let mut checkout = self.checkout.clone();
-            async move {
-                let menus = checkout
-                    .list_menus(ListMenusRequest {})
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .menus;
-                menus.iter().any(|m| m.restaurant_id == "r-1").then_some(())
-            }
-        })
-        .await;
-    }
-
-    /// Drivers go on shift and work whatever they are assigned until `done`.
-    fn start_drivers(&self, done: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<usize>> {
-        (0..DRIVERS)
-            .map(|i| {
-                let mut drivers = self.drivers.clone();
-                let done = done.clone();
-                tokio::spawn(async move {
-                    let driver_id = format!("d-{i}");
-                    drivers
-                        .set_status(SetStatusRequest {
-                            driver_id: driver_id.clone(),
-                            name: format!("Driver {i}"),
-                            status: DriverStatus::Available.into(),
-                        })
-                        .await
-                        .expect("on shift");
-                    let mut delivered = 0;
-                    while !done.load(Ordering::Relaxed) {
-                        let assigned = drivers
-                            .list_assigned(ListAssignedRequest {
-                                driver_id: driver_id.clone(),
-                            })
-                            .await
-                            .expect("assigned orders")
-                            .into_inner()
-                            .deliveries;
-                        for delivery in assigned {
-                            let request = DeliveryRequest {
-                                driver_id: driver_id.clone(),
-                                order_id: delivery.order_id.clone(),
-                            };
-                            drivers.pick_up(request.clone()).await.expect("picked up");
-                            drivers.deliver(request).await.expect("delivered");
-                            delivered += 1;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    delivered
-                })
-            })
-            .collect()
-    }
-
-    /// One customer's order, from browsing the menu to its delivery; the restaurant works it
-    /// as it arrives. Returns the customer's last look at it.
-    async fn order(&self, customer: usize) -> OrderStatusResponse {
-        let (mut checkout, mut kitchen) = (self.checkout.clone(), self.kitchen.clone());
-        let customer_id = format!("c-{customer}");
-        let menu = checkout
-            .get_menu(GetMenuRequest {
-                restaurant_id: "r-1".into(),
-                customer_id: customer_id.clone(),
-            })
-            .await
-            .expect("menu")
-            .into_inner();
-        let order = checkout
-            .place_order(PlaceOrderRequest {
-                customer_id,
-                restaurant_id: menu.restaurant_id,
-                lines: menu
-                    .items
-                    .iter()
-                    .map(|item| LineRequest {
-                        item_id: item.item_id.clone(),
-                        quantity: 1 + (customer % 3) as u32,
-                    })
-                    .collect(),
-                delivery_address: Some(Address {
-                    street: format!("{customer} Main St"),
-                    city: "Springfield".into(),
-                    postal_code: "12345".into(),
-                }),
-            })
-            .await
-            .expect("order placed")
-            .into_inner();
-        let ticket = TicketRequest {
-            restaurant_id: "r-1".into(),
-            order_id: order.order_id.clone(),
-        };
-        // The order reaches the kitchen through three hubs and two bridges.
-        eventually(Duration::from_secs(60), "the order in the kitchen", || {
-            let (mut kitchen, ticket) = (kitchen.clone(), ticket.clone());
-            async move {
-                match kitchen.accept_order(ticket).await {
-                    Ok(_) => Some(()),
-                    Err(e) if e.code() == Code::NotFound => None,
-                    Err(e) => panic!("accepting failed: {e}"),
-                }
-            }
-        })
-        .await;
-        kitchen.mark_ready(ticket).await.expect("ready");
-        eventually(Duration::from_secs(60), "the order delivered", || {
-            let (mut checkout, order_id) = (checkout.clone(), order.order_id.clone());
-            async move {
-                let response = checkout
-                    .get_order(GetOrderRequest { order_id })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (response.order.as_ref()?.status() == OrderStatus::Delivered).then_some(response)
-            }
-        })
-        .await
-    }
-}
-
 async fn otlp_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -430,25 +267,15 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
         "subsystems/system/bridges",
         Some(&endpoint),
     );
-    let mut actors = Actors::connect(&system).await;
     let started = Instant::now();
-    actors.publish_menu().await;
-
-    let done = Arc::new(AtomicBool::new(false));
-    let drivers = actors.start_drivers(done.clone());
-    let actors = Arc::new(actors);
-    let orders: Vec<OrderStatusResponse> = futures::future::join_all((0..ORDERS).map(|customer| {
-        let actors = actors.clone();
-        async move { actors.order(customer).await }
-    }))
-    .await;
-    done.store(true, Ordering::Relaxed);
-    let mut delivered_by_drivers = 0;
-    for driver in drivers {
-        delivered_by_drivers += driver.await.expect("driver ran");
-    }
+    let delivered = system
+        .actors()
+        .await
+        .run(ORDERS, DRIVERS, Arc::new(|_: &str, _: &str| {}))
+        .await
+        .expect("every order delivered");
     eprintln!("{ORDERS} orders delivered in {:?}", started.elapsed());
-    assert_eq!(delivered_by_drivers, ORDERS);
+    let orders: Vec<OrderStatusResponse> = delivered.into_iter().map(|d| d.status).collect();
 
     // Every customer's timeline shows every step, in order.
     for response in &orders {
@@ -480,7 +307,15 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
     }
 
     // Insights, added at the system hub without touching a producer, counted every fact.
-    let insights = InsightsClient::new(system.channel("system/insights").await);
+    let insights = InsightsClient::connect(
+        system
+            .running
+            .grpc("system/insights")
+            .expect("insights serves gRPC")
+            .to_owned(),
+    )
+    .await
+    .expect("insights answers");
     eventually(
         Duration::from_secs(30),
         "insights to count every view and order",
@@ -580,20 +415,12 @@ async fn direct_bridges_join_the_subsystems_without_a_system_hub() {
         "subsystems/system/bridges-direct",
         None,
     );
-    let mut actors = Actors::connect(&system).await;
-    actors.publish_menu().await;
-    let done = Arc::new(AtomicBool::new(false));
-    let drivers = actors.start_drivers(done.clone());
-    let actors = Arc::new(actors);
-    let orders = futures::future::join_all((0..3).map(|customer| {
-        let actors = actors.clone();
-        async move { actors.order(customer).await }
-    }))
-    .await;
-    done.store(true, Ordering::Relaxed);
-    for driver in drivers {
-        driver.await.expect("driver ran");
-    }
-    assert!(orders.iter().all(|o| o.timeline.len() == 6));
+    let orders = system
+        .actors()
+        .await
+        .run(3, 2, Arc::new(|_: &str, _: &str| {}))
+        .await
+        .expect("every order delivered");
+    assert!(orders.iter().all(|o| o.status.timeline.len() == 6));
     system.stop();
 }

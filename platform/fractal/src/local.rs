@@ -1,0 +1,56 @@
+//! A system running locally, as `fractal up` describes it in `<state>/running.json` for the
+//! tools that drive or observe it (`fractal demo`, `tail`, `publish`, `faults`, a subsystem's
+//! demo program).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Where everything of a local run is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningSystem {
+    /// The topology's name.
+    pub name: String,
+    /// The process of `fractal up` that runs it.
+    pub pid: u32,
+    /// Each hub's client URL, by hub name.
+    pub hubs: BTreeMap<String, String>,
+    /// Each service by `<subsystem>/<service>`.
+    pub services: BTreeMap<String, RunningProcess>,
+    /// Each bridge by name.
+    pub bridges: BTreeMap<String, RunningProcess>,
+}
+
+/// One service or bridge process of a local run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningProcess {
+    /// The hub it belongs to (a bridge: its source).
+    pub hub: String,
+    /// Its gRPC endpoint (`http://127.0.0.1:50061`), if it serves one.
+    pub grpc: Option<String>,
+    /// Its admin endpoint (`127.0.0.1:9161`).
+    pub admin: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its log file.
+    pub log: String,
+}
+
+impl RunningSystem {
+    /// Reads the description at `path`.
+    pub fn load(path: &Path) -> Result<RunningSystem, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("`{}` is not a running system: {e}", path.display()))
+    }
+
+    /// The gRPC endpoint of `service` (`restaurant/kitchen`).
+    pub fn grpc(&self, service: &str) -> Result<&str, String> {
+        self.services
+            .get(service)
+            .and_then(|s| s.grpc.as_deref())
+            .ok_or_else(|| format!("the running system has no gRPC service `{service}`"))
+    }
+}
