@@ -366,6 +366,14 @@ impl Route {
                 );
             }
         };
+        if event
+            .resubmitted_for
+            .as_ref()
+            .is_some_and(|intended| *intended != self.durable)
+        {
+            // Another consumer's fault, resubmitted to it alone.
+            return Box::pin(async { Ok(Outcome::Skipped) });
+        }
         let target = self.target.name();
         if event.path.iter().any(|hub| hub == target) {
             tracing::debug!(route = %self.config.name, id = %event.id, target, "Already passed through the target; not relayed.");

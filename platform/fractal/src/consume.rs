@@ -569,6 +569,15 @@ async fn handle(shared: &Shared, message: Message) {
             return;
         }
     };
+    if let Some(intended) = &event.resubmitted_for
+        && *intended != shared.durable
+    {
+        // A fault of another consumer, resubmitted to that consumer alone.
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, id = %event.id, "Could not acknowledge; the event will be delivered again.");
+        }
+        return;
+    }
     let Some(registered) = shared.handlers.get(&event.event_type) else {
         let reason = format!("no handler for event type `{}`", event.event_type);
         let event_type = Some(event.event_type.as_str());

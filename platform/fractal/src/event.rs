@@ -161,6 +161,8 @@ pub struct EventData {
     pub origin: String,
     /// Every hub the event has been stored in, the origin first.
     pub path: Vec<String>,
+    /// For a resubmitted fault: the one durable consumer it is meant for.
+    pub resubmitted_for: Option<String>,
 }
 
 /// Why a message is not a well-formed Fractal event.
@@ -244,7 +246,11 @@ impl Event {
         if envelope.payload_type.is_empty() {
             return Err(DecodeError::EmptyField("payload_type"));
         }
-        agree(wire::MSG_ID, msg_id, &envelope.id)?;
+        let resubmitted_for = header(wire::RESUBMIT_FOR).ok().map(str::to_owned);
+        // A resubmission carries its own message id (see `wire::resubmit_id`).
+        if resubmitted_for.is_none() {
+            agree(wire::MSG_ID, msg_id, &envelope.id)?;
+        }
         agree(wire::TYPE, type_header, &envelope.r#type)?;
         if subject_type != envelope.r#type {
             return Err(DecodeError::Subject(subject.into()));
@@ -269,6 +275,7 @@ impl Event {
             payload: envelope.payload,
             origin,
             path,
+            resubmitted_for,
         })))
     }
 }

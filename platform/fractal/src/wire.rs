@@ -23,6 +23,10 @@ pub const ORIGIN: &str = "Fractal-Origin";
 pub const PATH: &str = "Fractal-Path";
 /// W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// On a resubmitted fault only: the durable consumer the event is resubmitted to. Every other
+/// consumer acknowledges it without handling it.
+pub const RESUBMIT_FOR: &str = "Fractal-Resubmit-For";
 /// W3C trace state header.
 pub const TRACESTATE: &str = "tracestate";
 
@@ -84,6 +88,13 @@ pub fn parse_event_subject(subject: &str) -> Option<(Scope, &str)> {
         _ => return None,
     };
     Some((scope, event_type))
+}
+
+/// The `Nats-Msg-Id` of the resubmission of the fault `fault_id`: its own, so that the hub does
+/// not drop it as a copy of the original, and the same for every attempt, so that resubmitting
+/// twice stores it once.
+pub fn resubmit_id(fault_id: &str) -> String {
+    format!("resubmit:{fault_id}")
 }
 
 /// Checks that `name` can be used as an event type or a service name inside a subject:

@@ -1,0 +1,436 @@
+//! The topology file: a system's hubs, the services on each and the bridges between them.
+//! Services and bridges are named by their own config files, the same files they run with
+//! anywhere; the topology adds only what a local run and the graph need.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use fractal::config::{ConfigError, Problems, Validate, join};
+use fractal::service::ServiceConfig;
+use fractal::wire;
+use fractal_bridge::BridgeConfig;
+use serde::Deserialize;
+
+/// The topology file as written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopologyFile {
+    /// The system's name.
+    pub name: String,
+    /// Its hubs, by name; one `nats-server` each when run locally.
+    pub hubs: BTreeMap<String, HubSpec>,
+    /// Its services.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    /// Its bridges.
+    #[serde(default)]
+    pub bridges: Vec<BridgeSpec>,
+    /// The program `fractal demo` runs against the running system.
+    #[serde(default)]
+    pub demo: Option<DemoSpec>,
+}
+
+/// A hub.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HubSpec {
+    /// Its client port on this machine.
+    pub port: u16,
+}
+
+/// A service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceSpec {
+    /// The program that runs it (a binary of the workspace: `restaurant`).
+    pub program: String,
+    /// Its config file, relative to the topology file.
+    pub config: PathBuf,
+    /// External contracts (event types) it publishes on its hub.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+    /// External contracts (event types) it consumes from its hub.
+    #[serde(default)]
+    pub consumes: Vec<String>,
+}
+
+/// A bridge.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BridgeSpec {
+    /// Its config file (the bridge program's own format), relative to the topology file.
+    pub config: PathBuf,
+}
+
+/// The demo.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DemoSpec {
+    /// The program (a binary of the workspace). It gets `--system <running.json>` and
+    /// `--orders N`.
+    pub program: String,
+}
+
+impl Validate for TopologyFile {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        problems.check(join(path, "name"), wire::check_token(&self.name));
+        if self.hubs.is_empty() {
+            problems.add(join(path, "hubs"), "a system needs at least one hub");
+        }
+        for (name, hub) in &self.hubs {
+            let at = join(path, &format!("hubs.{name}"));
+            problems.check(&at, wire::check_token(name));
+            if hub.port == 0 {
+                problems.add(join(&at, "port"), "must be a port number, not 0");
+            }
+        }
+        for (i, service) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            problems.check(join(&at, "program"), wire::check_token(&service.program));
+            for (key, types) in [("publishes", &service.publishes), ("consumes", &service.consumes)] {
+                for (j, event_type) in types.iter().enumerate() {
+                    problems.check(format!("{at}.{key}[{j}]"), wire::check_name(event_type));
+                }
+            }
+        }
+        if let Some(demo) = &self.demo {
+            problems.check("demo.program", wire::check_token(&demo.program));
+        }
+    }
+}
+
+/// A service with its configuration read.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// As the topology names it.
+    pub spec: ServiceSpec,
+    /// Its config file, resolved.
+    pub config_path: PathBuf,
+    /// Its configuration.
+    pub config: ServiceConfig,
+}
+
+impl Service {
+    /// `<subsystem>/<service>`.
+    pub fn name(&self) -> String {
+        self.config.source()
+    }
+
+    /// The hub it runs on.
+    pub fn hub(&self) -> &str {
+        &self.config.hub.name
+    }
+}
+
+/// A bridge with its configuration read.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    /// Its config file, resolved.
+    pub config_path: PathBuf,
+    /// Its configuration.
+    pub config: BridgeConfig,
+}
+
+impl Bridge {
+    /// The event types each route delivers to the target (after any renaming), with the
+    /// route's contract.
+    pub fn deliveries(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for route in &self.config.routes {
+            match &route.target_type {
+                Some(target) => out.push((target.clone(), route.contract.clone())),
+                None => out.extend(
+                    route
+                        .types
+                        .iter()
+                        .map(|t| (t.clone(), route.contract.clone())),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// A topology with every file it names read and checked.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The topology file.
+    pub path: PathBuf,
+    /// The system's name.
+    pub name: String,
+    /// Hub name → client port.
+    pub hubs: BTreeMap<String, u16>,
+    /// The services.
+    pub services: Vec<Service>,
+    /// The bridges.
+    pub bridges: Vec<Bridge>,
+    /// The demo, if any.
+    pub demo: Option<DemoSpec>,
+}
+
+/// Whether the event type `event_type` matches the route pattern `pattern` (`*` one token, a
+/// final `>` the rest).
+pub fn matches(pattern: &str, event_type: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut t = event_type.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    url::Url::parse(url).ok()?.port().or(Some(4222))
+}
+
+fn listen_port(listen: &str) -> Option<u16> {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.port())
+        .filter(|p| *p != 0)
+}
+
+impl Topology {
+    /// Reads and checks the topology at `path` and every config it names; reports every
+    /// problem found, each with where it is.
+    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
+        let mut problems = Problems::default();
+        let fail = |problems: Problems| Err(ConfigError { problems });
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                problems.add("", format!("cannot read `{}`: {e}", path.display()));
+                return fail(problems);
+            }
+        };
+        let file: TopologyFile = fractal::config::from_toml(&text)?;
+        let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+
+        let mut services = Vec::new();
+        for (i, spec) in file.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            let config_path = root.join(&spec.config);
+            match read(&config_path).and_then(|text| {
+                fractal::config::from_toml::<ServiceConfig>(&text).map_err(|e| e.problems)
+            }) {
+                Ok(config) => services.push(Service {
+                    spec: spec.clone(),
+                    config_path,
+                    config,
+                }),
+                Err(found) => nest(&mut problems, &at, &spec.config, found),
+            }
+        }
+        let mut bridges = Vec::new();
+        for (i, spec) in file.bridges.iter().enumerate() {
+            let at = format!("bridges[{i}]");
+            let config_path = root.join(&spec.config);
+            match read(&config_path).and_then(|text| {
+                fractal::config::from_toml::<BridgeConfig>(&text).map_err(|e| e.problems)
+            }) {
+                Ok(config) => bridges.push(Bridge {
+                    config_path,
+                    config,
+                }),
+                Err(found) => nest(&mut problems, &at, &spec.config, found),
+            }
+        }
+        let topology = Topology {
+            path: path.to_path_buf(),
+            name: file.name,
+            hubs: file.hubs.iter().map(|(n, h)| (n.clone(), h.port)).collect(),
+            services,
+            bridges,
+            demo: file.demo,
+        };
+        topology.check(&file.services, &file.bridges, &mut problems);
+        problems.into_result().map(|()| topology)
+    }
+
+    /// Checks across files: hubs named exist and agree on ports, nothing shares a port, and
+    /// every contract a bridge carries or a service consumes has a producer.
+    fn check(&self, service_specs: &[ServiceSpec], bridge_specs: &[BridgeSpec], problems: &mut Problems) {
+        let hub_port = |name: &str| self.hubs.get(name).copied();
+        let service_at = |s: &Service| {
+            let i = service_specs
+                .iter()
+                .position(|spec| spec.config == s.spec.config)
+                .unwrap_or(0);
+            format!("services[{i}] ({})", s.spec.config.display())
+        };
+        let bridge_at = |b: &Bridge| {
+            let i = bridge_specs
+                .iter()
+                .position(|spec| b.config_path.ends_with(&spec.config))
+                .unwrap_or(0);
+            format!("bridges[{i}] ({})", bridge_specs[i].config.display())
+        };
+        let mut check_hub = |at: String, key: &str, hub: &fractal::HubConfig| match hub_port(&hub.name) {
+            None => problems.add(
+                join(&at, &format!("{key}.name")),
+                format!(
+                    "hub `{}` is not in the topology (hubs: {})",
+                    hub.name,
+                    self.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Some(port) => {
+                for (j, url) in hub.urls.iter().enumerate() {
+                    if port_of(url) != Some(port) {
+                        problems.add(
+                            format!("{}.{key}.urls[{j}]", at),
+                            format!("`{url}` is not hub `{}`, which listens on port {port}", hub.name),
+                        );
+                    }
+                }
+            }
+        };
+        let mut names = BTreeSet::new();
+        for service in &self.services {
+            check_hub(service_at(service), "hub", &service.config.hub);
+            if !names.insert(service.name()) {
+                problems.add(service_at(service), format!("service `{}` appears twice", service.name()));
+            }
+        }
+        let mut bridge_names = BTreeSet::new();
+        for bridge in &self.bridges {
+            check_hub(bridge_at(bridge), "source", &bridge.config.source);
+            check_hub(bridge_at(bridge), "target", &bridge.config.target);
+            if !bridge_names.insert(bridge.config.name.clone()) {
+                problems.add(bridge_at(bridge), format!("bridge `{}` appears twice", bridge.config.name));
+            }
+        }
+
+        // Ports: each used once on this machine.
+        let mut ports: HashMap<u16, String> = HashMap::new();
+        let mut claim = |port: Option<u16>, owner: String, problems: &mut Problems| {
+            let Some(port) = port else { return };
+            if let Some(first) = ports.get(&port) {
+                problems.add(owner, format!("port {port} is already used by {first}"));
+            } else {
+                ports.insert(port, owner);
+            }
+        };
+        for (name, port) in &self.hubs {
+            claim(Some(*port), format!("hubs.{name}.port"), problems);
+        }
+        for service in &self.services {
+            if let Some(grpc) = &service.config.grpc {
+                claim(listen_port(&grpc.listen), format!("{}: grpc.listen", service_at(service)), problems);
+            }
+            claim(
+                listen_port(&service.config.admin.listen),
+                format!("{}: admin.listen", service_at(service)),
+                problems,
+            );
+        }
+        for bridge in &self.bridges {
+            claim(
+                listen_port(&bridge.config.admin.listen),
+                format!("{}: admin.listen", bridge_at(bridge)),
+                problems,
+            );
+        }
+
+        // Contracts: whatever a route carries or a service consumes is produced on that hub,
+        // by one of its services or by a bridge into it.
+        let produced = |hub: &str, pattern: &str| {
+            self.services
+                .iter()
+                .filter(|s| s.hub() == hub)
+                .flat_map(|s| &s.spec.publishes)
+                .any(|t| matches(pattern, t))
+                || self
+                    .bridges
+                    .iter()
+                    .filter(|b| b.config.target.name == hub)
+                    .flat_map(|b| b.deliveries())
+                    .any(|(t, _)| matches(pattern, &t) || matches(&t, pattern))
+        };
+        for bridge in &self.bridges {
+            for (j, route) in bridge.config.routes.iter().enumerate() {
+                for (k, pattern) in route.types.iter().enumerate() {
+                    if !produced(&bridge.config.source.name, pattern) {
+                        problems.add(
+                            format!("{}: routes[{j}].types[{k}]", bridge_at(bridge)),
+                            format!(
+                                "nothing publishes `{pattern}` on hub `{}` (no service lists it in `publishes`, no bridge brings it)",
+                                bridge.config.source.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for service in &self.services {
+            for (j, event_type) in service.spec.consumes.iter().enumerate() {
+                if !produced(service.hub(), event_type) {
+                    problems.add(
+                        format!("{}: consumes[{j}]", service_at(service)),
+                        format!("nothing brings `{event_type}` to hub `{}`", service.hub()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The part of the topology that runs `subsystems` (hub names) alone: their hubs, their
+    /// services, and the bridges between two of them. Empty means everything.
+    pub fn select(&self, subsystems: &[String]) -> Result<Topology, String> {
+        if subsystems.is_empty() {
+            return Ok(self.clone());
+        }
+        for name in subsystems {
+            if !self.hubs.contains_key(name) {
+                return Err(format!(
+                    "`{name}` is not a subsystem of `{}`; choose from {}",
+                    self.name,
+                    self.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let chosen = |hub: &str| subsystems.iter().any(|s| s == hub);
+        let mut part = self.clone();
+        part.hubs.retain(|name, _| chosen(name));
+        part.services.retain(|s| chosen(s.hub()));
+        part.bridges
+            .retain(|b| chosen(&b.config.source.name) && chosen(&b.config.target.name));
+        Ok(part)
+    }
+}
+
+fn read(path: &Path) -> Result<String, Problems> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let mut problems = Problems::default();
+        problems.add("", format!("cannot read `{}`: {e}", path.display()));
+        problems
+    })
+}
+
+/// Adds `found` (problems of the file `file`, named at `at` in the topology) to `problems`.
+fn nest(problems: &mut Problems, at: &str, file: &Path, found: Problems) {
+    for problem in found.iter() {
+        let path = if problem.path.is_empty() {
+            format!("{at} ({})", file.display())
+        } else {
+            format!("{at} ({}): {}", file.display(), problem.path)
+        };
+        problems.add(path, problem.message.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_nats_subjects() {
+        assert!(matches("order.placed", "order.placed"));
+        assert!(matches("order.*", "order.placed"));
+        assert!(matches("order.>", "order.driver.assigned"));
+        assert!(!matches("order.*", "order.driver.assigned"));
+        assert!(!matches("menu.*", "order.placed"));
+        assert!(!matches("order.placed.x", "order.placed"));
+    }
+}
