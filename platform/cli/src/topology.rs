@@ -13,57 +13,57 @@ use serde::Deserialize;
 
 /// The topology file as written.
 #[derive(Debug, Clone, Deserialize)]
-pub struct TopologyFile {
+pub(crate) struct TopologyFile {
     /// The system's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its hubs, by name; one `nats-server` each when run locally.
-    pub hubs: BTreeMap<String, HubSpec>,
+    pub(crate) hubs: BTreeMap<String, HubSpec>,
     /// Its services.
     #[serde(default)]
-    pub services: Vec<ServiceSpec>,
+    pub(crate) services: Vec<ServiceSpec>,
     /// Its bridges.
     #[serde(default)]
-    pub bridges: Vec<BridgeSpec>,
+    pub(crate) bridges: Vec<BridgeSpec>,
     /// The program `fractal demo` runs against the running system.
     #[serde(default)]
-    pub demo: Option<DemoSpec>,
+    pub(crate) demo: Option<DemoSpec>,
 }
 
 /// A hub.
 #[derive(Debug, Clone, Deserialize)]
-pub struct HubSpec {
+pub(crate) struct HubSpec {
     /// Its client port on this machine.
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 /// A service.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ServiceSpec {
+pub(crate) struct ServiceSpec {
     /// The program that runs it (a binary of the workspace: `restaurant`).
-    pub program: String,
+    pub(crate) program: String,
     /// Its config file, relative to the topology file.
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// External contracts (event types) it publishes on its hub.
     #[serde(default)]
-    pub publishes: Vec<String>,
+    pub(crate) publishes: Vec<String>,
     /// External contracts (event types) it consumes from its hub.
     #[serde(default)]
-    pub consumes: Vec<String>,
+    pub(crate) consumes: Vec<String>,
 }
 
 /// A bridge.
 #[derive(Debug, Clone, Deserialize)]
-pub struct BridgeSpec {
+pub(crate) struct BridgeSpec {
     /// Its config file (the bridge program's own format), relative to the topology file.
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 /// The demo.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DemoSpec {
+pub(crate) struct DemoSpec {
     /// The program (a binary of the workspace). It gets `--system <running.json>` and
     /// `--orders N`.
-    pub program: String,
+    pub(crate) program: String,
 }
 
 impl Validate for TopologyFile {
@@ -82,7 +82,10 @@ impl Validate for TopologyFile {
         for (i, service) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
             problems.check(join(&at, "program"), wire::check_token(&service.program));
-            for (key, types) in [("publishes", &service.publishes), ("consumes", &service.consumes)] {
+            for (key, types) in [
+                ("publishes", &service.publishes),
+                ("consumes", &service.consumes),
+            ] {
                 for (j, event_type) in types.iter().enumerate() {
                     problems.check(format!("{at}.{key}[{j}]"), wire::check_name(event_type));
                 }
@@ -96,40 +99,40 @@ impl Validate for TopologyFile {
 
 /// A service with its configuration read.
 #[derive(Debug, Clone)]
-pub struct Service {
+pub(crate) struct Service {
     /// As the topology names it.
-    pub spec: ServiceSpec,
+    pub(crate) spec: ServiceSpec,
     /// Its config file, resolved.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// Its configuration.
-    pub config: ServiceConfig,
+    pub(crate) config: ServiceConfig,
 }
 
 impl Service {
     /// `<subsystem>/<service>`.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.config.source()
     }
 
     /// The hub it runs on.
-    pub fn hub(&self) -> &str {
+    pub(crate) fn hub(&self) -> &str {
         &self.config.hub.name
     }
 }
 
 /// A bridge with its configuration read.
 #[derive(Debug, Clone)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     /// Its config file, resolved.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// Its configuration.
-    pub config: BridgeConfig,
+    pub(crate) config: BridgeConfig,
 }
 
 impl Bridge {
     /// The event types each route delivers to the target (after any renaming), with the
     /// route's contract.
-    pub fn deliveries(&self) -> Vec<(String, String)> {
+    pub(crate) fn deliveries(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for route in &self.config.routes {
             match &route.target_type {
@@ -148,24 +151,24 @@ impl Bridge {
 
 /// A topology with every file it names read and checked.
 #[derive(Debug, Clone)]
-pub struct Topology {
+pub(crate) struct Topology {
     /// The topology file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The system's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Hub name → client port.
-    pub hubs: BTreeMap<String, u16>,
+    pub(crate) hubs: BTreeMap<String, u16>,
     /// The services.
-    pub services: Vec<Service>,
+    pub(crate) services: Vec<Service>,
     /// The bridges.
-    pub bridges: Vec<Bridge>,
+    pub(crate) bridges: Vec<Bridge>,
     /// The demo, if any.
-    pub demo: Option<DemoSpec>,
+    pub(crate) demo: Option<DemoSpec>,
 }
 
 /// Whether the event type `event_type` matches the route pattern `pattern` (`*` one token, a
 /// final `>` the rest).
-pub fn matches(pattern: &str, event_type: &str) -> bool {
+pub(crate) fn matches(pattern: &str, event_type: &str) -> bool {
     let mut p = pattern.split('.');
     let mut t = event_type.split('.');
     loop {
@@ -194,7 +197,7 @@ fn listen_port(listen: &str) -> Option<u16> {
 impl Topology {
     /// Reads and checks the topology at `path` and every config it names; reports every
     /// problem found, each with where it is.
-    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Topology, ConfigError> {
         let mut problems = Problems::default();
         let fail = |problems: Problems| Err(ConfigError { problems });
         let text = match std::fs::read_to_string(path) {
@@ -250,7 +253,12 @@ impl Topology {
 
     /// Checks across files: hubs named exist and agree on ports, nothing shares a port, and
     /// every contract a bridge carries or a service consumes has a producer.
-    fn check(&self, service_specs: &[ServiceSpec], bridge_specs: &[BridgeSpec], problems: &mut Problems) {
+    fn check(
+        &self,
+        service_specs: &[ServiceSpec],
+        bridge_specs: &[BridgeSpec],
+        problems: &mut Problems,
+    ) {
         let hub_port = |name: &str| self.hubs.get(name).copied();
         let service_at = |s: &Service| {
             let i = service_specs
@@ -266,39 +274,51 @@ impl Topology {
                 .unwrap_or(0);
             format!("bridges[{i}] ({})", bridge_specs[i].config.display())
         };
-        let mut check_hub = |at: String, key: &str, hub: &fractal::HubConfig| match hub_port(&hub.name) {
-            None => problems.add(
-                join(&at, &format!("{key}.name")),
-                format!(
-                    "hub `{}` is not in the topology (hubs: {})",
-                    hub.name,
-                    self.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ),
-            Some(port) => {
-                for (j, url) in hub.urls.iter().enumerate() {
-                    if port_of(url) != Some(port) {
-                        problems.add(
-                            format!("{}.{key}.urls[{j}]", at),
-                            format!("`{url}` is not hub `{}`, which listens on port {port}", hub.name),
-                        );
+        let check_hub =
+            |problems: &mut Problems, at: String, key: &str, hub: &fractal::HubConfig| {
+                match hub_port(&hub.name) {
+                    None => problems.add(
+                        format!("{at}: {key}.name"),
+                        format!(
+                            "hub `{}` is not in the topology (hubs: {})",
+                            hub.name,
+                            self.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                    Some(port) => {
+                        for (j, url) in hub.urls.iter().enumerate() {
+                            if port_of(url) != Some(port) {
+                                problems.add(
+                                    format!("{at}: {key}.urls[{j}]"),
+                                    format!(
+                                        "`{url}` is not hub `{}`, which listens on port {port}",
+                                        hub.name
+                                    ),
+                                );
+                            }
+                        }
                     }
                 }
-            }
-        };
+            };
         let mut names = BTreeSet::new();
         for service in &self.services {
-            check_hub(service_at(service), "hub", &service.config.hub);
+            check_hub(problems, service_at(service), "hub", &service.config.hub);
             if !names.insert(service.name()) {
-                problems.add(service_at(service), format!("service `{}` appears twice", service.name()));
+                problems.add(
+                    service_at(service),
+                    format!("service `{}` appears twice", service.name()),
+                );
             }
         }
         let mut bridge_names = BTreeSet::new();
         for bridge in &self.bridges {
-            check_hub(bridge_at(bridge), "source", &bridge.config.source);
-            check_hub(bridge_at(bridge), "target", &bridge.config.target);
+            check_hub(problems, bridge_at(bridge), "source", &bridge.config.source);
+            check_hub(problems, bridge_at(bridge), "target", &bridge.config.target);
             if !bridge_names.insert(bridge.config.name.clone()) {
-                problems.add(bridge_at(bridge), format!("bridge `{}` appears twice", bridge.config.name));
+                problems.add(
+                    bridge_at(bridge),
+                    format!("bridge `{}` appears twice", bridge.config.name),
+                );
             }
         }
 
@@ -317,7 +337,11 @@ impl Topology {
         }
         for service in &self.services {
             if let Some(grpc) = &service.config.grpc {
-                claim(listen_port(&grpc.listen), format!("{}: grpc.listen", service_at(service)), problems);
+                claim(
+                    listen_port(&grpc.listen),
+                    format!("{}: grpc.listen", service_at(service)),
+                    problems,
+                );
             }
             claim(
                 listen_port(&service.config.admin.listen),
@@ -377,7 +401,7 @@ impl Topology {
 
     /// The part of the topology that runs `subsystems` (hub names) alone: their hubs, their
     /// services, and the bridges between two of them. Empty means everything.
-    pub fn select(&self, subsystems: &[String]) -> Result<Topology, String> {
+    pub(crate) fn select(&self, subsystems: &[String]) -> Result<Topology, String> {
         if subsystems.is_empty() {
             return Ok(self.clone());
         }

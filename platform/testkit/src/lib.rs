@@ -528,13 +528,7 @@ impl Drop for Process {
 /// The whole HTTP/1.1 response (status line, headers, body) to `GET path` on `addr`, as an
 /// operator's probe sees an admin endpoint; `None` if nothing answers.
 pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
+    fractal::admin::probe(addr, path).await
 }
 
 /// The value of the first line of Prometheus text `metrics` that starts with `prefix`.

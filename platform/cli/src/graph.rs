@@ -1,0 +1,186 @@
+//! `fractal topology`: the system as a graph (hubs, services, bridges and the contracts along
+//! each bridge), and who produces and who consumes each contract: event storming as code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use crate::topology::{Topology, matches};
+
+/// Who produces, carries and consumes one contract.
+#[derive(Debug, Default)]
+struct Flow {
+    contract: BTreeSet<String>,
+    producers: BTreeSet<String>,
+    consumers: BTreeSet<String>,
+    bridges: BTreeSet<String>,
+}
+
+fn flows(topology: &Topology) -> BTreeMap<String, Flow> {
+    let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
+    for service in &topology.services {
+        for t in &service.spec.publishes {
+            flows
+                .entry(t.clone())
+                .or_default()
+                .producers
+                .insert(service.name());
+        }
+        for t in &service.spec.consumes {
+            flows
+                .entry(t.clone())
+                .or_default()
+                .consumers
+                .insert(service.name());
+        }
+    }
+    for bridge in &topology.bridges {
+        for route in &bridge.config.routes {
+            for pattern in &route.types {
+                let known: Vec<String> = flows
+                    .keys()
+                    .filter(|t| matches(pattern, t))
+                    .cloned()
+                    .collect();
+                let types = if known.is_empty() {
+                    vec![pattern.clone()]
+                } else {
+                    known
+                };
+                for t in types {
+                    let flow = flows.entry(t).or_default();
+                    flow.contract.insert(route.contract.clone());
+                    flow.bridges.insert(bridge.config.name.clone());
+                }
+            }
+        }
+    }
+    flows
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    if set.is_empty() {
+        "-".into()
+    } else {
+        set.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The topology as indented text.
+pub(crate) fn text(topology: &Topology) -> String {
+    let mut out = format!("System `{}`\n\nHubs and their services:\n", topology.name);
+    for (hub, port) in &topology.hubs {
+        let _ = writeln!(out, "  {hub} (port {port})");
+        for service in topology.services.iter().filter(|s| s.hub() == hub) {
+            let _ = writeln!(out, "    {} [{}]", service.name(), service.spec.program);
+        }
+    }
+    out.push_str("\nBridges:\n");
+    for bridge in &topology.bridges {
+        let c = &bridge.config;
+        let _ = writeln!(out, "  {}: {} -> {}", c.name, c.source.name, c.target.name);
+        for route in &c.routes {
+            let _ = writeln!(
+                out,
+                "    {}: {} ({})",
+                route.name,
+                route.types.join(", "),
+                route.contract
+            );
+        }
+    }
+    out.push_str("\nContracts:\n");
+    for (event_type, flow) in flows(topology) {
+        let _ = writeln!(
+            out,
+            "  {event_type} ({})\n    produced by {}\n    consumed by {}\n    carried by  {}",
+            join(&flow.contract),
+            join(&flow.producers),
+            join(&flow.consumers),
+            join(&flow.bridges)
+        );
+    }
+    out
+}
+
+fn id(name: &str) -> String {
+    name.replace(['/', '-', '.'], "_")
+}
+
+/// The topology as a Mermaid flowchart.
+pub(crate) fn mermaid(topology: &Topology) -> String {
+    let mut out = String::from("flowchart LR\n");
+    for hub in topology.hubs.keys() {
+        let _ = writeln!(out, "  subgraph hub_{} [hub {hub}]", id(hub));
+        for service in topology.services.iter().filter(|s| s.hub() == hub) {
+            let _ = writeln!(out, "    {}[\"{}\"]", id(&service.name()), service.name());
+        }
+        if !topology.services.iter().any(|s| s.hub() == hub) {
+            let _ = writeln!(out, "    hub_{}_events((events))", id(hub));
+        }
+        out.push_str("  end\n");
+    }
+    for bridge in &topology.bridges {
+        let c = &bridge.config;
+        let label: Vec<String> = c
+            .routes
+            .iter()
+            .map(|r| format!("{}: {}", r.contract, r.types.join(", ")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  hub_{} -->|\"bridge {}<br/>{}\"| hub_{}",
+            id(&c.source.name),
+            c.name,
+            label.join("<br/>"),
+            id(&c.target.name)
+        );
+    }
+    out
+}
+
+/// The topology as a Graphviz digraph.
+pub(crate) fn dot(topology: &Topology) -> String {
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  compound=true;\n",
+        topology.name
+    );
+    for hub in topology.hubs.keys() {
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{} {{\n    label=\"hub {hub}\";",
+            id(hub)
+        );
+        let _ = writeln!(
+            out,
+            "    hub_{} [label=\"{hub} events\", shape=cylinder];",
+            id(hub)
+        );
+        for service in topology.services.iter().filter(|s| s.hub() == hub) {
+            let _ = writeln!(
+                out,
+                "    {} [label=\"{}\", shape=box];",
+                id(&service.name()),
+                service.name()
+            );
+        }
+        out.push_str("  }\n");
+    }
+    for bridge in &topology.bridges {
+        let c = &bridge.config;
+        let label: Vec<String> = c
+            .routes
+            .iter()
+            .map(|r| format!("{}: {}", r.contract, r.types.join(", ")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  hub_{} -> hub_{} [label=\"bridge {}\\n{}\"];",
+            id(&c.source.name),
+            id(&c.target.name),
+            c.name,
+            label.join("\\n")
+        );
+    }
+    out.push_str("}\n");
+    out
+}

@@ -1,0 +1,421 @@
+//! `fractal`: run a system (or one subsystem) locally from its topology file, draw it, watch
+//! and publish events, inspect and resubmit faults.
+
+mod events;
+mod faults;
+mod graph;
+mod topology;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use fractal::{Hub, HubConfig, Scope};
+
+use crate::topology::Topology;
+use crate::up::{Up, UpOptions};
+
+/// Runs and inspects a Fractal system from its topology file.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The topology file. Default: `fractal.toml` in this folder or the nearest one above.
+    #[arg(long, global = true)]
+    topology: Option<PathBuf>,
+    /// The folder of a local run's hub stores, logs and `running.json`. Default:
+    /// `.fractal/run` beside the topology file.
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start one nats-server per hub, then every service and bridge; stop all on Ctrl-C.
+    Up {
+        /// Run only this subsystem's hub and services (repeat for several; bridges between
+        /// chosen ones run too).
+        #[arg(long = "subsystem", value_name = "NAME")]
+        subsystems: Vec<String>,
+        /// Add this to every port, to run beside another copy.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
+    /// Drive orders end to end through the system (started for the demo if not running).
+    Demo {
+        /// How many orders.
+        #[arg(long, default_value_t = 5)]
+        orders: usize,
+        /// Add this to every port when the demo starts the system itself.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
+    /// Show the system as a graph, and who produces and consumes each contract.
+    Topology {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print a hub's events as they arrive, decoded.
+    Tail {
+        /// The hub.
+        hub: String,
+        /// Only events of this type.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        /// Start from the first event the hub keeps instead of new ones.
+        #[arg(long)]
+        all: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Publish a simulated event, its payload given as JSON.
+    Publish {
+        /// The hub.
+        hub: String,
+        /// The event type.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: String,
+        /// The payload as JSON (protobuf JSON mapping), from a file or `-` for stdin.
+        #[arg(long, value_name = "FILE")]
+        json: PathBuf,
+        /// The payload's message. Default: the contract of the bridge route that carries the
+        /// type.
+        #[arg(long)]
+        contract: Option<String>,
+        /// The partition key. Default: the payload's first `…_id` field.
+        #[arg(long)]
+        key: Option<String>,
+        /// Publish as an internal event instead of an external one.
+        #[arg(long)]
+        internal: bool,
+    },
+    /// Inspect a hub's faults and resubmit their originals.
+    Faults {
+        /// The hub.
+        hub: String,
+        #[command(subcommand)]
+        action: FaultAction,
+    },
+    /// Validate the topology and every config it names, starting nothing.
+    Check,
+    /// Stops what `fractal up` started if it dies (started by `fractal up`).
+    #[command(hide = true)]
+    Watchdog {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FaultAction {
+    /// One line per fault.
+    List,
+    /// Everything about one fault.
+    Show {
+        /// The fault's id.
+        id: String,
+    },
+    /// Publish the originals again, each for the consumer that faulted it.
+    Resubmit {
+        /// The faults' ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Mermaid,
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Watchdog { parent, state } = &cli.command {
+        up::watchdog(*parent, state);
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fractal: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fractal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn find_topology(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let mut dir = std::env::current_dir()?;
+    loop {
+        let candidate = dir.join("fractal.toml");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        if !dir.pop() {
+            bail!("no fractal.toml here or in a folder above; name one with --topology");
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Topology> {
+    Topology::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn programs() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the fractal program itself")?;
+    Ok(exe.parent().unwrap_or(Path::new(".")).to_path_buf())
+}
+
+/// Connects to `hub` of the running system, or of the topology if nothing runs.
+async fn hub(topology_path: &Path, state: &Path, name: &str) -> anyhow::Result<Hub> {
+    let url = match up::running(state) {
+        Some(system) => system.hubs.get(name).cloned().with_context(|| {
+            format!(
+                "hub `{name}` is not running (running: {})",
+                system.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None => {
+            let topology = load(topology_path)?;
+            let port = topology.hubs.get(name).with_context(|| {
+                format!(
+                    "hub `{name}` is not in the topology (hubs: {})",
+                    topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            format!("nats://127.0.0.1:{port}")
+        }
+    };
+    let mut config = HubConfig::local(name, &url);
+    config.connect_timeout_secs = 3;
+    Hub::connect(&config).await.with_context(|| {
+        format!("cannot reach hub `{name}` at {url}; is the system up? start it with `fractal up`")
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let topology_path = find_topology(cli.topology)?;
+    let state = match cli.state {
+        Some(state) => state,
+        None => topology_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".fractal/run"),
+    };
+    match cli.command {
+        Command::Check => {
+            let topology = load(&topology_path)?;
+            println!(
+                "{}: system `{}` with {} hubs, {} services and {} bridges is valid.",
+                topology_path.display(),
+                topology.name,
+                topology.hubs.len(),
+                topology.services.len(),
+                topology.bridges.len()
+            );
+        }
+        Command::Topology { format } => {
+            let topology = load(&topology_path)?;
+            print!(
+                "{}",
+                match format {
+                    Format::Text => graph::text(&topology),
+                    Format::Mermaid => graph::mermaid(&topology),
+                    Format::Dot => graph::dot(&topology),
+                }
+            );
+        }
+        Command::Up {
+            subsystems,
+            port_offset,
+        } => {
+            let topology = load(&topology_path)?
+                .select(&subsystems)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let options = UpOptions {
+                state: state.clone(),
+                port_offset,
+                programs: programs()?,
+                ready_timeout: Duration::from_secs(60),
+            };
+            println!(
+                "Starting {} hub{}, {} services and {} bridges of `{}`…",
+                topology.hubs.len(),
+                if topology.hubs.len() == 1 { "" } else { "s" },
+                topology.services.len(),
+                topology.bridges.len(),
+                topology.name
+            );
+            let mut up = Up::start(&topology, &options).await?;
+            println!("Ready:\n{}", up.table());
+            println!(
+                "State and logs in {}. Ctrl-C stops everything.",
+                state.display()
+            );
+            fractal::service::shutdown_on_signal().cancelled().await;
+            println!("Stopping…");
+            up.stop();
+            println!("Stopped.");
+        }
+        Command::Demo {
+            orders,
+            port_offset,
+        } => return demo(&topology_path, &state, orders, port_offset).await,
+        Command::Tail {
+            hub: name,
+            event_type,
+            all,
+            count,
+        } => {
+            let hub = hub(&topology_path, &state, &name).await?;
+            let shutdown = fractal::service::shutdown_on_signal();
+            events::tail(&hub, event_type.as_deref(), all, count, shutdown).await?;
+        }
+        Command::Publish {
+            hub: name,
+            event_type,
+            json,
+            contract,
+            key,
+            internal,
+        } => {
+            fractal::wire::check_name(&event_type)
+                .map_err(|e| anyhow::anyhow!("--type: event type {e}"))?;
+            let contract = match contract {
+                Some(contract) => contract,
+                None => contract_of(&load(&topology_path)?, &event_type)?,
+            };
+            let text = if json == Path::new("-") {
+                std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+            } else {
+                std::fs::read_to_string(&json)
+                    .with_context(|| format!("cannot read {}", json.display()))?
+            };
+            let payload = events::encode_json(&contract, &text)
+                .with_context(|| format!("{}", json.display()))?;
+            let Some(key) = key.or_else(|| events::key_of(&contract, &payload)) else {
+                bail!("the payload has no `…_id` field to key the event by; give one with --key");
+            };
+            let hub = hub(&topology_path, &state, &name).await?;
+            let scope = if internal {
+                Scope::Internal
+            } else {
+                Scope::External
+            };
+            let id = events::publish(&hub, scope, &event_type, &key, &contract, payload).await?;
+            println!("Published {event_type} {id} (key {key}) on hub `{name}`.");
+        }
+        Command::Faults { hub: name, action } => {
+            let hub = hub(&topology_path, &state, &name).await?;
+            let all = faults::all(&hub).await?;
+            let find = |id: &str| {
+                all.iter()
+                    .find(|f| f.id == id)
+                    .with_context(|| format!("hub `{name}` has no fault `{id}`"))
+            };
+            match action {
+                FaultAction::List => print!("{}", faults::list(&all)),
+                FaultAction::Show { id } => print!("{}", faults::show(find(&id)?)),
+                FaultAction::Resubmit { ids } => {
+                    let chosen = ids
+                        .iter()
+                        .map(|id| find(id))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for fault in chosen {
+                        if faults::resubmit(&hub, fault).await? {
+                            println!("Resubmitted {} to `{}`.", fault.id, fault.consumer);
+                        } else {
+                            println!("{} was resubmitted already.", fault.id);
+                        }
+                    }
+                }
+            }
+        }
+        Command::Watchdog { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The contract of the bridge routes that carry `event_type`.
+fn contract_of(topology: &Topology, event_type: &str) -> anyhow::Result<String> {
+    let contracts: std::collections::BTreeSet<&str> = topology
+        .bridges
+        .iter()
+        .flat_map(|b| &b.config.routes)
+        .filter(|r| r.types.iter().any(|p| topology::matches(p, event_type)))
+        .map(|r| r.contract.as_str())
+        .collect();
+    match contracts.len() {
+        1 => Ok(contracts.into_iter().next().unwrap_or_default().to_owned()),
+        0 => bail!(
+            "no bridge route carries `{event_type}`, so its contract is unknown; name it with --contract"
+        ),
+        _ => bail!(
+            "routes carrying `{event_type}` disagree on its contract ({}); name one with --contract",
+            contracts.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+async fn demo(
+    topology_path: &Path,
+    state: &Path,
+    orders: usize,
+    port_offset: u16,
+) -> anyhow::Result<ExitCode> {
+    let topology = load(topology_path)?;
+    let Some(demo) = &topology.demo else {
+        bail!("the topology names no [demo] program");
+    };
+    let program = up::program(&programs()?, &demo.program)?;
+    let mut started = None;
+    if up::running(state).is_none() {
+        println!("Starting `{}` for the demo…", topology.name);
+        let options = UpOptions {
+            state: state.to_path_buf(),
+            port_offset,
+            programs: programs()?,
+            ready_timeout: Duration::from_secs(60),
+        };
+        let up = Up::start(&topology, &options).await?;
+        println!("{}\n", up.table());
+        started = Some(up);
+    } else {
+        println!("Using the system already running from {}.", state.display());
+    }
+    let status = tokio::process::Command::new(&program)
+        .arg("--system")
+        .arg(up::running_file(state))
+        .args(["--orders", &orders.to_string()])
+        .status()
+        .await
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    if let Some(mut up) = started {
+        println!("Stopping the system…");
+        up.stop();
+    }
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

