@@ -420,6 +420,14 @@ impl Route {
             None => target.to_owned(),
         };
         headers.insert(wire::PATH, path.as_str());
+        if event.resubmitted_for.is_some() {
+            // A fault of this route, resubmitted to it: on the target it is the event again,
+            // under its own id, for every consumer there.
+            let mut kept = fractal::fault::header_list(&headers);
+            kept.retain(|h| h.name != wire::RESUBMIT_FOR);
+            headers = fractal::fault::header_map(&kept);
+            headers.insert(wire::MSG_ID, event.id.as_str());
+        }
         telemetry::inject(&span, &mut headers);
         let (subject, body) = match &self.config.target_type {
             None => (message.subject.to_string(), message.payload.clone()),

@@ -26,14 +26,11 @@ pub(crate) async fn all(hub: &Hub) -> anyhow::Result<Vec<Fault>> {
     }
     let consumer = stream.create_consumer(OrderedConfig::default()).await?;
     let mut messages = consumer.messages().await?;
-    while faults.len() < count {
+    for read in 0..count {
         let Ok(Some(message)) =
             tokio::time::timeout(Duration::from_secs(10), messages.next()).await
         else {
-            bail!(
-                "the fault stream stopped after {} of {count} faults",
-                faults.len()
-            );
+            bail!("the fault stream stopped after {read} of {count} messages");
         };
         let message = message?;
         match Fault::decode(message.payload.clone()) {
@@ -75,9 +72,8 @@ pub(crate) fn list(faults: &[Fault]) -> String {
     let mut out = String::new();
     for fault in faults {
         let mut reason = fault.reason.replace('\n', " ");
-        if reason.len() > 100 {
-            reason.truncate(97);
-            reason.push_str("...");
+        if reason.chars().count() > 100 {
+            reason = reason.chars().take(97).collect::<String>() + "...";
         }
         out.push_str(&format!(
             "{}  {:<20}  {:<18}  {:<24}  {reason}\n",

@@ -102,6 +102,16 @@ pub(crate) fn text(topology: &Topology) -> String {
     out
 }
 
+/// One label per route of `bridge`: its contract and the types it carries.
+fn route_labels(bridge: &crate::topology::Bridge) -> Vec<String> {
+    bridge
+        .config
+        .routes
+        .iter()
+        .map(|r| format!("{}: {}", r.contract, r.types.join(", ")))
+        .collect()
+}
+
 fn id(name: &str) -> String {
     name.replace(['/', '-', '.'], "_")
 }
@@ -121,17 +131,12 @@ pub(crate) fn mermaid(topology: &Topology) -> String {
     }
     for bridge in &topology.bridges {
         let c = &bridge.config;
-        let label: Vec<String> = c
-            .routes
-            .iter()
-            .map(|r| format!("{}: {}", r.contract, r.types.join(", ")))
-            .collect();
         let _ = writeln!(
             out,
             "  hub_{} -->|\"bridge {}<br/>{}\"| hub_{}",
             id(&c.source.name),
             c.name,
-            label.join("<br/>"),
+            route_labels(bridge).join("<br/>"),
             id(&c.target.name)
         );
     }
@@ -167,18 +172,14 @@ pub(crate) fn dot(topology: &Topology) -> String {
     }
     for bridge in &topology.bridges {
         let c = &bridge.config;
-        let label: Vec<String> = c
-            .routes
-            .iter()
-            .map(|r| format!("{}: {}", r.contract, r.types.join(", ")))
-            .collect();
+
         let _ = writeln!(
             out,
             "  hub_{} -> hub_{} [label=\"bridge {}\\n{}\"];",
             id(&c.source.name),
             id(&c.target.name),
             c.name,
-            label.join("\\n")
+            route_labels(bridge).join("\\n")
         );
     }
     out.push_str("}\n");

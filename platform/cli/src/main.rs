@@ -265,13 +265,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 topology.bridges.len(),
                 topology.name
             );
-            let mut up = Up::start(&topology, &options).await?;
+            // Ctrl-C while starting drops the start, which stops what it started.
+            let shutdown = fractal::service::shutdown_on_signal();
+            let mut up = tokio::select! {
+                up = Up::start(&topology, &options) => up?,
+                _ = shutdown.cancelled() => {
+                    println!("Stopped while starting.");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             println!("Ready:\n{}", up.table());
             println!(
                 "State and logs in {}. Ctrl-C stops everything.",
                 state.display()
             );
-            fractal::service::shutdown_on_signal().cancelled().await;
+            shutdown.cancelled().await;
             println!("Stopping…");
             up.stop();
             println!("Stopped.");
@@ -387,6 +395,7 @@ async fn demo(
         bail!("the topology names no [demo] program");
     };
     let program = up::program(&programs()?, &demo.program)?;
+    let shutdown = fractal::service::shutdown_on_signal();
     let mut started = None;
     if up::running(state).is_none() {
         println!("Starting `{}` for the demo…", topology.name);
@@ -396,19 +405,30 @@ async fn demo(
             programs: programs()?,
             ready_timeout: Duration::from_secs(60),
         };
-        let up = Up::start(&topology, &options).await?;
+        let up = tokio::select! {
+            up = Up::start(&topology, &options) => up?,
+            _ = shutdown.cancelled() => return Ok(ExitCode::FAILURE),
+        };
         println!("{}\n", up.table());
         started = Some(up);
     } else {
         println!("Using the system already running from {}.", state.display());
     }
-    let status = tokio::process::Command::new(&program)
+    let mut child = tokio::process::Command::new(&program)
         .arg("--system")
         .arg(up::running_file(state))
         .args(["--orders", &orders.to_string()])
-        .status()
-        .await
+        .kill_on_drop(true)
+        .spawn()
         .with_context(|| format!("cannot run {}", program.display()))?;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        _ = shutdown.cancelled() => {
+            let _ = child.kill().await;
+            println!("Demo interrupted.");
+            child.wait().await?
+        }
+    };
     if let Some(mut up) = started {
         println!("Stopping the system…");
         up.stop();

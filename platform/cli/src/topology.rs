@@ -191,7 +191,6 @@ fn listen_port(listen: &str) -> Option<u16> {
         .parse::<std::net::SocketAddr>()
         .ok()
         .map(|a| a.port())
-        .filter(|p| *p != 0)
 }
 
 impl Topology {
@@ -326,6 +325,13 @@ impl Topology {
         let mut ports: HashMap<u16, String> = HashMap::new();
         let mut claim = |port: Option<u16>, owner: String, problems: &mut Problems| {
             let Some(port) = port else { return };
+            if port == 0 {
+                problems.add(
+                    owner,
+                    "port 0 (any free port) cannot be found by `fractal up`; give a fixed port",
+                );
+                return;
+            }
             if let Some(first) = ports.get(&port) {
                 problems.add(owner, format!("port {port} is already used by {first}"));
             } else {

@@ -160,14 +160,20 @@ impl Up {
         let logs = options.state.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
-        if let Some(other) = running(&options.state) {
+        // One `fractal up` per state folder, from its start on.
+        let lock = options.state.join("up.pid");
+        if let Some(pid) = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|pid| alive(*pid) && *pid != std::process::id())
+        {
             bail!(
-                "`{}` already runs from {} (fractal up, pid {}); stop it first, or use another --state",
-                other.name,
-                options.state.display(),
-                other.pid
+                "another `fractal up` (pid {pid}) runs from {}; stop it first, or use another --state",
+                options.state.display()
             );
         }
+        std::fs::write(&lock, std::process::id().to_string())
+            .with_context(|| format!("cannot write {}", lock.display()))?;
         let mut up = Up {
             hubs: Vec::new(),
             processes: Vec::new(),
@@ -322,8 +328,8 @@ impl Up {
         let pids: Vec<String> = self
             .processes
             .iter()
-            .chain(&self.hubs)
-            .map(|m| m.child.id().to_string())
+            .map(|m| format!("process {}", m.child.id()))
+            .chain(self.hubs.iter().map(|m| format!("hub {}", m.child.id())))
             .collect();
         let file = self.running_file.with_file_name("pids");
         std::fs::write(&file, pids.join("\n"))
@@ -474,8 +480,9 @@ impl Up {
             }
             group.clear();
         }
-        let _ = std::fs::remove_file(&self.running_file);
-        let _ = std::fs::remove_file(self.running_file.with_file_name("pids"));
+        for file in ["running.json", "pids", "up.pid"] {
+            let _ = std::fs::remove_file(self.running_file.with_file_name(file));
+        }
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
@@ -514,26 +521,30 @@ fn spawn(
         .with_context(|| format!("cannot start {}", program.display()))
 }
 
-/// The watchdog: waits for `parent` to disappear, then stops whatever it left running.
+/// The watchdog: waits for `parent` to disappear, then stops whatever it left running:
+/// services and bridges first, hubs last.
 pub(crate) fn watchdog(parent: u32, state: &Path) {
     while alive(parent) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let pids: Vec<u32> = std::fs::read_to_string(state.join("pids"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for pid in &pids {
-        signal(*pid, "TERM");
+    let listed = std::fs::read_to_string(state.join("pids")).unwrap_or_default();
+    for kind in ["process", "hub"] {
+        let pids: Vec<u32> = listed
+            .lines()
+            .filter_map(|l| l.strip_prefix(kind)?.trim().parse().ok())
+            .collect();
+        for pid in &pids {
+            signal(*pid, "TERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in pids.iter().filter(|p| alive(**p)) {
+            signal(*pid, "KILL");
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
-        std::thread::sleep(Duration::from_millis(50));
+    for file in ["pids", "up.pid", "running.json"] {
+        let _ = std::fs::remove_file(state.join(file));
     }
-    for pid in pids.iter().filter(|p| alive(**p)) {
-        signal(*pid, "KILL");
-    }
-    let _ = std::fs::remove_file(state.join("pids"));
-    let _ = std::fs::remove_file(running_file(state));
 }

@@ -351,7 +351,7 @@ fn pids(state: &Path) -> Vec<u32> {
     std::fs::read_to_string(state.join("pids"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect()
 }
 
@@ -425,4 +425,68 @@ fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_fault_resubmitted_after_its_route_is_fixed_arrives_as_the_original_event() {
+    let (alpha_server, beta_server) = (NatsServer::start(), NatsServer::start());
+    let (alpha, beta) = (
+        alpha_server.hub("alpha").await,
+        beta_server.hub("beta").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let topology = one_hub_topology(dir.path(), &alpha_server);
+    let state = dir.path().join("state").display().to_string();
+    let bridge_config = |contract: &str| {
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"a-to-b\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:0\" }}\n[[routes]]\nname = \"menus\"\ntypes = [\"menu.changed\"]\ncontract = \"{contract}\"\n",
+                alpha_server.url(),
+                beta_server.url()
+            ),
+        )
+        .unwrap();
+        fractal_testkit::Process::spawn(
+            "bridge",
+            &fractal_testkit::workspace_binary("fractal-bridge"),
+            &["--config", path.to_str().unwrap()],
+            &[],
+            dir.path(),
+        )
+    };
+
+    // The route names the wrong contract: the menu becomes a fault on the source hub.
+    let mut bridge = bridge_config("food.contracts.v1.Order");
+    let menu = fractal::proto::Header {
+        name: "r-1".into(),
+        value: "menu".into(),
+    };
+    let published = simulate(&alpha, [NewEvent::external("menu.changed", "r-1", &menu)]).await;
+    let fault = eventually(Duration::from_secs(20), "the bridge's fault", || {
+        let alpha = alpha.clone();
+        async move { faults(&alpha).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(fault.consumer, "bridge-a-to-b-menus");
+
+    // Fixed (the route carries what the event carries), then resubmitted.
+    assert!(bridge.terminate(), "{}", bridge.log());
+    let _bridge = bridge_config("fractal.platform.v1.Header");
+    let args = ["--topology", topology.as_str(), "--state", state.as_str()];
+    let resubmit = fractal(&[&["faults", "alpha", "resubmit", &fault.id][..], &args].concat());
+    assert!(resubmit.status.success(), "{}", text(&resubmit));
+
+    let relayed = fractal_testkit::wait_for_events(&beta, "menu.changed", 1).await;
+    assert_eq!(
+        relayed[0].id,
+        published[0].id.to_string(),
+        "the original event, under its own id"
+    );
+    assert_eq!(
+        relayed[0].resubmitted_for, None,
+        "meant for everyone on the target"
+    );
+    assert_eq!(relayed[0].path, ["alpha", "beta"]);
 }

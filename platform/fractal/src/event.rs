@@ -14,6 +14,27 @@ use ulid::Ulid;
 use crate::proto::Envelope;
 use crate::wire::{self, Scope};
 
+/// An id made from `parts` (an aggregate id and a step, say) and a time in milliseconds: the
+/// same for the same inputs, so an event published under it twice (by a retried command, or
+/// two at once) is stored once. Its random bits are FNV-1a hashes, stable across builds,
+/// unlike the standard library's hasher.
+pub fn stable_id(millis: u64, parts: &[&str]) -> Ulid {
+    let fnv = |basis: u64| {
+        let mut hash = basis;
+        for (i, part) in parts.iter().enumerate() {
+            let separator = (i > 0).then_some(0u8);
+            for byte in separator.into_iter().chain(part.bytes()) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hash
+    };
+    let random =
+        (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142));
+    Ulid::from_parts(millis, random)
+}
+
 /// An event to publish: a typed payload with its type, partition key and scope.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -309,19 +330,7 @@ impl EventData {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0)
             });
-        // FNV-1a over the id and the type, twice with different bases for 128 bits; stable
-        // across builds, unlike the standard library's hasher.
-        let fnv = |basis: u64| {
-            let mut hash = basis;
-            for byte in self.id.bytes().chain([0]).chain(event_type.bytes()) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            hash
-        };
-        let random =
-            (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142));
-        Ulid::from_parts(millis, random)
+        stable_id(millis, &[&self.id, event_type])
     }
 }
 

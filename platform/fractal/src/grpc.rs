@@ -159,11 +159,16 @@ fn call_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     span
 }
 
-/// A view that cannot be read is a passing condition on the server side.
+/// A view that cannot be reached is a passing condition (`UNAVAILABLE`, try again); an
+/// unreadable entry is the server's fault (`INTERNAL`).
 impl From<crate::view::ViewError> for tonic::Status {
     fn from(error: crate::view::ViewError) -> Self {
         tracing::warn!(error = %error, "View unavailable.");
-        tonic::Status::unavailable(error.to_string())
+        if error.is_corrupt() {
+            tonic::Status::internal(error.to_string())
+        } else {
+            tonic::Status::unavailable(error.to_string())
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! stop.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -78,6 +80,8 @@ pub struct Service {
     pub shutdown: CancellationToken,
     /// Where the admin endpoint listens.
     pub admin: SocketAddr,
+    /// Set once [`Service::run`] serves; `/readyz` says "starting" until then.
+    started: Arc<AtomicBool>,
 }
 
 impl Service {
@@ -90,18 +94,25 @@ impl Service {
         let Some(hub) = Hub::connect_with_retry(&config.hub, true, &shutdown).await else {
             return Ok(None);
         };
-        let admin = admin::serve(
-            &config.admin,
-            Readiness::default().hub(&hub),
-            shutdown.clone(),
-        )
-        .await?;
+        let started = Arc::new(AtomicBool::new(false));
+        let readiness = Readiness::default().hub(&hub).check({
+            let started = started.clone();
+            move || {
+                if started.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("the service is starting".into())
+                }
+            }
+        });
+        let admin = admin::serve(&config.admin, readiness, shutdown.clone()).await?;
         tracing::info!(service = %config.source(), hub = %hub.name(), admin = %admin, "Service started.");
         Ok(Some(Service {
             config,
             hub,
             shutdown,
             admin,
+            started,
         }))
     }
 
@@ -144,14 +155,17 @@ impl Service {
             let stop = stop.clone();
             tasks.spawn(async move { consumer.run(stop).await.map_err(ServiceError::from) });
         }
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut result = Ok(());
         while let Some(done) = tasks.join_next().await {
+            // Whichever ends first, for whatever reason, the other must not go on alone.
+            stop.cancel();
             let outcome = done.map_err(ServiceError::from).and_then(|r| r);
-            if let Err(e) = outcome {
-                stop.cancel();
-                if result.is_ok() {
-                    result = Err(e);
-                }
+            if let Err(e) = outcome
+                && result.is_ok()
+            {
+                result = Err(e);
             }
         }
         result

@@ -30,6 +30,8 @@ pub struct ViewError {
     message: String,
     #[source]
     source: Option<async_nats::Error>,
+    /// Retrying cannot help: a stored entry that does not decode.
+    corrupt: bool,
 }
 
 impl ViewError {
@@ -38,14 +40,28 @@ impl ViewError {
             view: view.to_owned(),
             message: message.into(),
             source: Some(source.into()),
+            corrupt: false,
         }
     }
 }
 
-/// A view error is worth retrying: the hub may be back in a moment.
+impl ViewError {
+    /// Whether a stored entry is unreadable (retrying cannot help), as opposed to the hub
+    /// being unreachable or busy.
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt
+    }
+}
+
+/// A view error is worth retrying (the hub may be back in a moment) unless an entry is
+/// unreadable.
 impl From<ViewError> for crate::HandlerError {
     fn from(error: ViewError) -> Self {
-        crate::HandlerError::Retryable(Box::new(error))
+        if error.corrupt {
+            crate::HandlerError::Permanent(Box::new(error))
+        } else {
+            crate::HandlerError::Retryable(Box::new(error))
+        }
     }
 }
 
@@ -101,6 +117,7 @@ impl<T: prost::Message + Default + Clone> View<T> {
                 view: name.to_owned(),
                 message: "a view name is letters, digits, `_` and `-`".into(),
                 source: None,
+                corrupt: false,
             });
         }
         let bucket = format!("view_{name}");
@@ -186,6 +203,7 @@ impl<T: prost::Message + Default + Clone> View<T> {
             view: self.name.clone(),
             message: format!("`{key}` kept changing under {MAX_CONFLICTS} attempts to update it"),
             source: None,
+            corrupt: false,
         })
     }
 

@@ -426,8 +426,9 @@ pub async fn wait_until_consumed(hub: &Hub, durable: &str) {
 }
 
 /// A program of this workspace (`restaurant`, `fractal-bridge`…), built next to the test.
-/// `scripts/test` builds every binary before testing; a missing one fails the test with how
-/// to build it.
+/// `cargo test --workspace` (what `scripts/test` runs) builds every program; testing one
+/// package alone uses the programs of the last workspace build. A missing one fails the test
+/// with how to build it.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let test = std::env::current_exe().expect("the test's path");
     // target/<profile>/deps/<test> → target/<profile>/<name>

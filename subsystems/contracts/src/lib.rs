@@ -57,6 +57,14 @@ pub fn time(timestamp: Option<&prost_types::Timestamp>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// Milliseconds since the epoch of a protobuf timestamp; 0 if absent.
+pub fn millis(timestamp: Option<&prost_types::Timestamp>) -> u64 {
+    time(timestamp)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Checks an identifier (restaurant, order, customer, driver, item): 1 to 64 letters, digits,
 /// `-`, `_` or `.`, so that it can key views and headers as it is. The error names `field`.
 pub fn check_id(field: &str, id: &str) -> Result<(), String> {

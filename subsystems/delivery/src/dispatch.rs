@@ -5,8 +5,10 @@
 //! Its state lives in three views on the delivery hub: `dispatch_drivers`, `dispatch_waiting`
 //! and `dispatch_assignments`. A driver is claimed with a compare-and-set on their entry and an
 //! order by creating its assignment, so two handlers running at once never give one driver two
-//! orders or one order two drivers. Both sides write before they look at the other, so a
-//! driver freed while an order is queued is never missed.
+//! orders or one order two drivers. Both sides write before they look at the other, and a
+//! driver whose claim is undone (another handler took the order) reads the queue again, so a
+//! free driver and a waiting order always meet. A claim left by a handler that failed midway is
+//! recognised as stale and does not keep the driver busy.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -56,6 +58,9 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     service.run(Some(consumer), None).await
 }
 
+/// How often a driver's search reads the queue again after losing orders to other handlers.
+const MAX_PASSES: usize = 16;
+
 struct Dispatch {
     drivers: View<DispatchDriver>,
     waiting: View<Delivery>,
@@ -87,10 +92,16 @@ impl Dispatch {
         self.waiting
             .create(&order_id, &Record::new(delivery, event.time))
             .await?;
-        for driver in self.free_drivers().await? {
+        for driver in self.free_drivers(&order_id).await? {
             match self.try_assign(&order_id, &driver).await? {
                 Match::DriverTaken => continue,
-                Match::Assigned | Match::OrderTaken => break,
+                Match::Assigned => break,
+                Match::OrderTaken => {
+                    // The driver was claimed and released meanwhile, unseen by the others:
+                    // offer them whatever else waits.
+                    self.find_order_for(&driver).await?;
+                    break;
+                }
             }
         }
         Ok(())
@@ -136,30 +147,61 @@ impl Dispatch {
     /// A delivery is done: its driver is free again.
     async fn delivered(&self, event: Event) -> Result<(), HandlerError> {
         let delivery: Delivery = event.payload()?;
-        self.release(&delivery.driver_id, &delivery.order_id)
-            .await?;
+        food_contracts::check_id("driver_id", &delivery.driver_id)
+            .map_err(HandlerError::permanent)?;
+        self.free(&delivery.driver_id, &delivery.order_id).await?;
         self.find_order_for(&delivery.driver_id).await
     }
 
-    async fn free_drivers(&self) -> Result<Vec<String>, ViewError> {
-        Ok(self
-            .drivers
-            .list()
-            .await?
-            .into_iter()
-            .filter(|(_, d)| d.value.available && d.value.order_id.is_empty())
-            .map(|(id, _)| id)
-            .collect())
+    /// Drivers on shift and free: not on a delivery, or on `order_id` (a retry), or holding a
+    /// stale claim.
+    async fn free_drivers(&self, order_id: &str) -> Result<Vec<String>, ViewError> {
+        let mut free = Vec::new();
+        for (id, driver) in self.drivers.list().await? {
+            let driver = driver.value;
+            if driver.available
+                && (driver.order_id.is_empty()
+                    || driver.order_id == order_id
+                    || self.stale(&driver).await?)
+            {
+                free.push(id);
+            }
+        }
+        Ok(free)
     }
 
-    /// Offers the waiting orders, oldest first, to a driver until one is taken.
+    /// Whether the driver's claim was left by a handler that failed between claiming the
+    /// driver and recording the assignment: its order went to another driver, or is neither
+    /// waiting nor assigned.
+    async fn stale(&self, driver: &DispatchDriver) -> Result<bool, ViewError> {
+        if driver.order_id.is_empty() {
+            return Ok(false);
+        }
+        Ok(match self.assignments.get(&driver.order_id).await? {
+            Some(assignment) => assignment
+                .value
+                .delivery
+                .is_some_and(|d| d.driver_id != driver.driver_id),
+            None => self.waiting.get(&driver.order_id).await?.is_none(),
+        })
+    }
+
+    /// Offers the waiting orders, oldest first, to a driver until one is taken. Reads the
+    /// queue again after losing an order to another handler, since the driver looked busy to
+    /// everyone else meanwhile.
     async fn find_order_for(&self, driver_id: &str) -> Result<(), HandlerError> {
-        let mut waiting = self.waiting.list().await?;
-        waiting.sort_by_key(|(_, request)| request.time);
-        for (order_id, _) in waiting {
-            match self.try_assign(&order_id, driver_id).await? {
-                Match::OrderTaken => continue,
-                Match::Assigned | Match::DriverTaken => break,
+        for _ in 0..MAX_PASSES {
+            let mut waiting = self.waiting.list().await?;
+            waiting.sort_by_key(|(_, request)| request.time);
+            let mut lost = false;
+            for (order_id, _) in waiting {
+                match self.try_assign(&order_id, driver_id).await? {
+                    Match::OrderTaken => lost = true,
+                    Match::Assigned | Match::DriverTaken => return Ok(()),
+                }
+            }
+            if !lost {
+                return Ok(());
             }
         }
         Ok(())
@@ -167,12 +209,20 @@ impl Dispatch {
 
     /// Claims the driver, then the order; announces the match if both were free.
     async fn try_assign(&self, order_id: &str, driver_id: &str) -> Result<Match, HandlerError> {
+        let stale = match self.drivers.get(driver_id).await? {
+            Some(d) if d.value.order_id != order_id && self.stale(&d.value).await? => {
+                Some(d.value.order_id)
+            }
+            _ => None,
+        };
         let mut claimed = None;
         self.drivers
             .update(driver_id, |current| {
                 claimed = None;
                 let current = current?;
-                if !current.value.available || !current.value.order_id.is_empty() {
+                let claim = &current.value.order_id;
+                let free = claim.is_empty() || claim == order_id || stale.as_ref() == Some(claim);
+                if !current.value.available || !free {
                     return None;
                 }
                 let mut driver = current.value.clone();
@@ -185,7 +235,7 @@ impl Dispatch {
             return Ok(Match::DriverTaken);
         };
         let Some(request) = self.waiting.get(order_id).await? else {
-            self.release(driver_id, order_id).await?;
+            self.release_claim(driver_id, order_id).await?;
             return Ok(Match::OrderTaken);
         };
         let now = SystemTime::now();
@@ -204,7 +254,7 @@ impl Dispatch {
             trace: request.trace,
         };
         if !self.assignments.create(order_id, &assignment).await? {
-            self.release(driver_id, order_id).await?;
+            self.release_claim(driver_id, order_id).await?;
             return Ok(Match::OrderTaken);
         }
         self.waiting.delete(order_id).await?;
@@ -212,8 +262,24 @@ impl Dispatch {
         Ok(Match::Assigned)
     }
 
+    /// Undoes a claim that did not become an assignment: frees the driver if they are still
+    /// claimed for `order_id` and no assignment of it names them (another handler may have
+    /// assigned them that very order).
+    async fn release_claim(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
+        let assigned = self
+            .assignments
+            .get(order_id)
+            .await?
+            .and_then(|a| a.value.delivery)
+            .is_some_and(|d| d.driver_id == driver_id);
+        if assigned {
+            return Ok(());
+        }
+        self.free(driver_id, order_id).await
+    }
+
     /// Frees the driver if they are still on `order_id`.
-    async fn release(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
+    async fn free(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
         self.drivers
             .update(driver_id, |current| {
                 let current = current?;

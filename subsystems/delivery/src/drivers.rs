@@ -127,8 +127,17 @@ impl DriversApi {
                 delivery.delivered_at = Some(now.into());
                 DELIVERY_DELIVERED
             };
+            // One id per delivery and step: a retry, or two taps at once, store it once.
+            let id = fractal::event::stable_id(
+                food_contracts::millis(delivery.assigned_at.as_ref()),
+                &[&delivery.order_id, event_type],
+            );
             self.publisher
-                .publish(NewEvent::new(event_type, &delivery.order_id, &delivery).at(now))
+                .publish(
+                    NewEvent::new(event_type, &delivery.order_id, &delivery)
+                        .at(now)
+                        .with_id(id),
+                )
                 .await?;
             store(&self.view, delivery.clone(), now).await?;
             Ok(delivery)

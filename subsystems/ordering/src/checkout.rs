@@ -24,6 +24,7 @@ use crate::v1::{
 const DELIVERY_FEE_CENTS: i64 = 299;
 const CURRENCY: &str = "EUR";
 const MAX_QUANTITY: u32 = 50;
+const MAX_LINES: usize = 100;
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let catalog = View::<CatalogEntry>::open(&service.hub, "catalog").await?;
@@ -172,6 +173,12 @@ impl Checkout for CheckoutApi {
         if request.lines.is_empty() {
             problems.push("lines: an order needs at least one line".to_owned());
         }
+        if request.lines.len() > MAX_LINES {
+            problems.push(format!(
+                "lines: at most {MAX_LINES} lines, not {}",
+                request.lines.len()
+            ));
+        }
         let mut lines = Vec::new();
         for (i, line) in request.lines.iter().enumerate() {
             let Some(item) = menu.items.iter().find(|item| item.item_id == line.item_id) else {
@@ -188,12 +195,16 @@ impl Checkout for CheckoutApi {
                 ));
                 continue;
             }
+            let Some(total_cents) = item.price_cents.checked_mul(i64::from(line.quantity)) else {
+                problems.push(format!("lines[{i}]: the line's total is too large"));
+                continue;
+            };
             lines.push(OrderLine {
                 item_id: item.item_id.clone(),
                 name: item.name.clone(),
                 quantity: line.quantity,
                 unit_price_cents: item.price_cents,
-                total_cents: item.price_cents * i64::from(line.quantity),
+                total_cents,
             });
         }
         match &request.delivery_address {
@@ -215,7 +226,13 @@ impl Checkout for CheckoutApi {
         }
 
         let now = SystemTime::now();
-        let subtotal: i64 = lines.iter().map(|line| line.total_cents).sum();
+        let subtotal = lines
+            .iter()
+            .try_fold(DELIVERY_FEE_CENTS, |sum, line| {
+                sum.checked_add(line.total_cents)
+            })
+            .map(|total| total - DELIVERY_FEE_CENTS)
+            .ok_or_else(|| invalid("lines: the order's total is too large".into()))?;
         let order = Order {
             order_id: ulid::Ulid::new().to_string(),
             customer_id: request.customer_id,

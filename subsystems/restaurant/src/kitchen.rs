@@ -112,8 +112,17 @@ impl KitchenApi {
                     TICKET_READY
                 }
             };
+            // One id per ticket and step: a retry, or two clicks at once, store it once.
+            let id = fractal::event::stable_id(
+                food_contracts::millis(ticket.received_at.as_ref()),
+                &[&ticket.order_id, event_type],
+            );
             self.publisher
-                .publish(NewEvent::new(event_type, &ticket.order_id, &ticket).at(now))
+                .publish(
+                    NewEvent::new(event_type, &ticket.order_id, &ticket)
+                        .at(now)
+                        .with_id(id),
+                )
                 .await?;
             store(&self.view, ticket.clone(), now).await?;
             Ok(ticket)

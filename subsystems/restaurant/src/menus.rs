@@ -14,6 +14,9 @@ use crate::events::MENU_SAVED;
 use crate::v1::menus_server::{Menus, MenusServer};
 use crate::v1::{GetMenuRequest, MenuSaved, SaveMenuRequest, SaveMenuResponse};
 
+/// The most a dish may cost (a million, in cents).
+const MAX_PRICE_CENTS: i64 = 100_000_000;
+
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let view = View::<MenuSaved>::open(&service.hub, "menus").await?;
     let consumer = service.consumer().on(MENU_SAVED, {
@@ -111,8 +114,10 @@ fn check_menu(request: &SaveMenuRequest) -> Result<(), Status> {
         if dish.name.trim().is_empty() {
             problems.push(format!("dishes[{i}].name: must not be empty"));
         }
-        if dish.price_cents <= 0 {
-            problems.push(format!("dishes[{i}].price_cents: must be more than 0"));
+        if dish.price_cents <= 0 || dish.price_cents > MAX_PRICE_CENTS {
+            problems.push(format!(
+                "dishes[{i}].price_cents: must be more than 0 and at most {MAX_PRICE_CENTS}"
+            ));
         }
     }
     if problems.is_empty() {

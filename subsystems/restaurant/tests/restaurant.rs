@@ -14,6 +14,7 @@ use fractal_testkit::{
     NatsServer, RunningService, eventually, faults, simulate, wait_for_events, wait_until_consumed,
 };
 use tonic::Code;
+use tonic::transport::Channel;
 
 fn order(order_id: &str, restaurant_id: &str) -> Order {
     Order {
@@ -41,6 +42,18 @@ fn order(order_id: &str, restaurant_id: &str) -> Order {
         placed_at: Some(SystemTime::now().into()),
         ..Default::default()
     }
+}
+
+/// Restaurant r-1's tickets, if the kitchen answers.
+async fn tickets(client: &KitchenClient<Channel>) -> Option<Vec<Ticket>> {
+    let response = client
+        .clone()
+        .list_tickets(ListTicketsRequest {
+            restaurant_id: "r-1".into(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().tickets)
 }
 
 async fn start(server: &NatsServer, service: &str) -> RunningService {
@@ -145,16 +158,9 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
         order_id: "o-1".into(),
     };
     let tickets = eventually(Duration::from_secs(20), "the ticket in the kitchen", || {
-        let mut client = client.clone();
+        let client = client.clone();
         async move {
-            let tickets = client
-                .list_tickets(ListTicketsRequest {
-                    restaurant_id: "r-1".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .tickets;
+            let tickets = tickets(&client).await?;
             (!tickets.is_empty()).then_some(tickets)
         }
     })
@@ -250,19 +256,12 @@ async fn the_tickets_view_ignores_repeats_and_arrival_order() {
         let hub = server.hub("restaurant").await;
         simulate(&hub, order.iter().map(|&i| make(i))).await;
         let kitchen = start(&server, "kitchen").await;
-        let mut client = KitchenClient::new(kitchen.channel().await);
+        let client = KitchenClient::new(kitchen.channel().await);
         let view = eventually(Duration::from_secs(20), "the ticket ready", || {
-            let mut client = client.clone();
+            let client = client.clone();
             async move {
-                let tickets = client
-                    .list_tickets(ListTicketsRequest {
-                        restaurant_id: "r-1".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .tickets;
-                tickets
+                tickets(&client)
+                    .await?
                     .first()
                     .filter(|t| t.status() == TicketStatus::Ready)
                     .cloned()
@@ -271,14 +270,7 @@ async fn the_tickets_view_ignores_repeats_and_arrival_order() {
         .await;
         // Every repeat handled, the view is still the same.
         wait_until_consumed(&hub, "kitchen").await;
-        let again = client
-            .list_tickets(ListTicketsRequest {
-                restaurant_id: "r-1".into(),
-            })
-            .await
-            .expect("listed")
-            .into_inner()
-            .tickets;
+        let again = tickets(&client).await.expect("listed");
         assert_eq!(again, vec![view.clone()]);
         views.push(view);
     }

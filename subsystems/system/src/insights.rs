@@ -42,12 +42,12 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         orders_placed: Counter::default(),
     };
     fractal::metrics::register(
-        "insights_menu_views",
+        "food_insights_menu_views",
         "Menu views counted, per restaurant.",
         metrics.menu_views.clone(),
     );
     fractal::metrics::register(
-        "insights_orders_placed",
+        "food_insights_orders_placed",
         "Orders placed counted.",
         metrics.orders_placed.clone(),
     );

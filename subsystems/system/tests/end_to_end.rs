@@ -346,12 +346,15 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
         .await
         .expect("metrics served");
     assert_eq!(
-        metric(&metrics, "insights_menu_views_total{restaurant_id=\"r-1\"}"),
+        metric(
+            &metrics,
+            "food_insights_menu_views_total{restaurant_id=\"r-1\"}"
+        ),
         Some(ORDERS as f64),
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "insights_orders_placed_total"),
+        metric(&metrics, "food_insights_orders_placed_total"),
         Some(ORDERS as f64)
     );
 
