@@ -246,6 +246,7 @@ impl Up {
         self.system.hubs = urls.clone();
         for (name, url) in &urls {
             self.wait_for_hub(name, url, options.ready_timeout).await?;
+            eprintln!("  hub {name} listening on {url}");
         }
 
         let list = |hub: &str| format!("[\"{}\"]", urls[hub]);
@@ -316,6 +317,11 @@ impl Up {
             self.processes.push(Managed { name, child, log });
             self.write_pids()?;
         }
+        eprintln!(
+            "  {} services and {} bridges started; waiting until each is ready…",
+            topology.services.len(),
+            topology.bridges.len()
+        );
         self.wait_until_ready(options.ready_timeout).await?;
         let json = serde_json::to_string_pretty(&self.system)?;
         std::fs::write(&self.running_file, json)

@@ -490,3 +490,84 @@ async fn a_bridge_fault_resubmitted_after_its_route_is_fixed_arrives_as_the_orig
     );
     assert_eq!(relayed[0].path, ["alpha", "beta"]);
 }
+
+#[test]
+fn one_subsystem_runs_alone_with_its_upstream_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.display().to_string();
+    let offset = free_offset().to_string();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args(["up", "--subsystem", "delivery", "--topology", &shipped()])
+        .args(["--port-offset", &offset, "--state", &state_arg])
+        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !state.join("running.json").is_file() {
+        assert!(up.try_wait().unwrap().is_none(), "fractal up exited");
+        assert!(Instant::now() < deadline, "the subsystem did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    assert_eq!(running.hubs.keys().collect::<Vec<_>>(), ["delivery"]);
+    assert_eq!(running.services.len(), 3);
+    assert!(running.bridges.is_empty());
+
+    // The restaurant is not running: its `order.ready` is simulated, and the subsystem reacts.
+    let json = dir.path().join("ready.json");
+    std::fs::write(
+        &json,
+        r#"{"orderId": "o-42", "restaurantId": "r-1", "status": "ORDER_STATUS_READY"}"#,
+    )
+    .unwrap();
+    let args = ["--topology", &shipped(), "--state", &state_arg];
+    let published = fractal(
+        &[
+            &[
+                "publish",
+                "delivery",
+                "--type",
+                "order.ready",
+                "--json",
+                json.to_str().unwrap(),
+            ][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert!(published.status.success(), "{}", text(&published));
+    // `timeout` makes a missing event a failure, not a hang.
+    let tail = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "tail",
+            "delivery",
+            "--type",
+            "delivery.requested",
+            "--all",
+            "--count",
+            "1",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(text(&tail).contains("key=o-42"), "{}", text(&tail));
+
+    let started = pids(&state);
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    assert!(
+        up.wait().unwrap().success(),
+        "fractal up stops cleanly on SIGTERM"
+    );
+    assert!(
+        started.iter().all(|pid| !alive(*pid)),
+        "everything it started is gone"
+    );
+    assert!(!state.join("running.json").exists());
+}
