@@ -9,11 +9,6 @@ static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("the embedded contracts are invalid: {e}"))
 });
 
-/// Every message compiled from `proto/`.
-pub fn pool() -> &'static DescriptorPool {
-    &POOL
-}
-
 /// The message named `name` (`food.ordering.v1.OrderPlaced`), if it is a known contract.
 pub fn find(name: &str) -> Option<MessageDescriptor> {
     POOL.get_message_by_name(name)
