@@ -172,20 +172,23 @@ async fn a_published_event_comes_back_through_tail() {
         .unwrap();
     let json = dir.path().join("viewed.json");
     std::fs::write(&json, r#"{"restaurantId": "r-7", "customerId": "c-7"}"#).unwrap();
-    let output = fractal(&[
-        "publish",
-        "alpha",
-        "--type",
-        "menu.viewed",
-        "--json",
-        json.to_str().unwrap(),
-        "--contract",
-        "food.contracts.v1.MenuViewed",
-        "--topology",
-        &topology,
-        "--state",
-        &state,
-    ]);
+    let publish = || {
+        fractal(&[
+            "publish",
+            "alpha",
+            "--type",
+            "menu.viewed",
+            "--json",
+            json.to_str().unwrap(),
+            "--contract",
+            "food.contracts.v1.MenuViewed",
+            "--topology",
+            &topology,
+            "--state",
+            &state,
+        ])
+    };
+    let output = publish();
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("(key r-7)"),
@@ -212,20 +215,7 @@ async fn a_published_event_comes_back_through_tail() {
 
     // A payload that is not the contract is refused, saying why.
     std::fs::write(&json, r#"{"restaurantId": 7}"#).unwrap();
-    let output = fractal(&[
-        "publish",
-        "alpha",
-        "--type",
-        "menu.viewed",
-        "--json",
-        json.to_str().unwrap(),
-        "--contract",
-        "food.contracts.v1.MenuViewed",
-        "--topology",
-        &topology,
-        "--state",
-        &state,
-    ]);
+    let output = publish();
     assert!(!output.status.success());
     assert!(
         text(&output).contains("is not a `food.contracts.v1.MenuViewed`"),
