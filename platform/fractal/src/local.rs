@@ -37,20 +37,48 @@ pub struct RunningProcess {
     pub log: String,
 }
 
+/// A running system's description could not be read, or lacks what was asked of it.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The file cannot be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a running system's description.
+    #[error("`{path}` is not a running system: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// No service of that name serves gRPC.
+    #[error("the running system has no gRPC service `{0}`")]
+    NoService(String),
+}
+
 impl RunningSystem {
     /// Reads the description at `path`.
-    pub fn load(path: &Path) -> Result<RunningSystem, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("`{}` is not a running system: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<RunningSystem, LocalError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LocalError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| LocalError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// The gRPC endpoint of `service` (`restaurant/kitchen`).
-    pub fn grpc(&self, service: &str) -> Result<&str, String> {
+    pub fn grpc(&self, service: &str) -> Result<&str, LocalError> {
         self.services
             .get(service)
             .and_then(|s| s.grpc.as_deref())
-            .ok_or_else(|| format!("the running system has no gRPC service `{service}`"))
+            .ok_or_else(|| LocalError::NoService(service.to_owned()))
     }
 }

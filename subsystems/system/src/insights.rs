@@ -79,7 +79,13 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
                 let (view, metrics) = (view.clone(), metrics.clone());
                 async move {
                     let order: Order = event.payload()?;
-                    let placed = food_contracts::time(order.placed_at.as_ref());
+                    let Some(placed_at) = order.placed_at.as_ref() else {
+                        return Err(HandlerError::permanent(format!(
+                            "order `{}` was placed at no time",
+                            order.order_id
+                        )));
+                    };
+                    let placed = food_contracts::time(Some(placed_at));
                     if count(&view, &minute_key(placed), &event).await? {
                         metrics.orders_placed.inc();
                     }
