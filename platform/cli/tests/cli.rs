@@ -337,6 +337,37 @@ fn free_offset() -> u16 {
         .expect("a free port offset")
 }
 
+/// `fractal up` on the shipped topology at a free port offset, once it is running.
+fn up(args: &[&str], state: &Path) -> std::process::Child {
+    let offset = free_offset().to_string();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .arg("up")
+        .args(args)
+        .args([
+            "--topology",
+            &shipped(),
+            "--port-offset",
+            &offset,
+            "--state",
+        ])
+        .arg(state)
+        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fractal up starts");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !state.join("running.json").is_file() {
+        assert!(
+            up.try_wait().expect("a status").is_none(),
+            "fractal up exited"
+        );
+        assert!(Instant::now() < deadline, "the system did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up
+}
+
 fn pids(state: &Path) -> Vec<u32> {
     std::fs::read_to_string(state.join("pids"))
         .unwrap_or_default()
@@ -360,28 +391,7 @@ fn alive(pid: u32) -> bool {
 fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let offset = free_offset().to_string();
-    let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args([
-            "up",
-            "--topology",
-            &shipped(),
-            "--port-offset",
-            &offset,
-            "--state",
-        ])
-        .arg(&state)
-        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !state.join("running.json").is_file() {
-        assert!(up.try_wait().unwrap().is_none(), "fractal up exited");
-        assert!(Instant::now() < deadline, "the system did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut up = up(&[], &state);
     let started = pids(&state);
     assert_eq!(started.len(), 4 + 9 + 6, "hubs, services and bridges");
 
@@ -486,21 +496,7 @@ fn one_subsystem_runs_alone_with_its_upstream_simulated() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let state_arg = state.display().to_string();
-    let offset = free_offset().to_string();
-    let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args(["up", "--subsystem", "delivery", "--topology", &shipped()])
-        .args(["--port-offset", &offset, "--state", &state_arg])
-        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !state.join("running.json").is_file() {
-        assert!(up.try_wait().unwrap().is_none(), "fractal up exited");
-        assert!(Instant::now() < deadline, "the subsystem did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut up = up(&["--subsystem", "delivery"], &state);
     let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
     assert_eq!(running.hubs.keys().collect::<Vec<_>>(), ["delivery"]);
     assert_eq!(running.services.len(), 3);
