@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn run(config: BridgeConfig) -> anyhow::Result<()> {
     let _telemetry = fractal::telemetry::init(&format!("bridge-{}", config.name), &config.log)
         .map_err(|e| anyhow::anyhow!(e))

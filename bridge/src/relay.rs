@@ -3,27 +3,29 @@
 //! only once the target has stored it.
 //!
 //! Publishes are pipelined: up to `max_in_flight` relays await the target's acknowledgement at
-//! once, their results are taken in source order, and the source is acknowledged in bulk (the
-//! consumer uses `AckPolicy::All`, so acknowledging one message acknowledges every earlier one)
-//! once a contiguous run is stored. A relay that fails is retried in place, with backoff, before
-//! anything after it is acknowledged; while the target is down the route stops pulling.
+//! once. Each is a plain publish whose reply subject numbers it under one inbox the route
+//! subscribes to, so an acknowledgement costs no request bookkeeping. Results are taken in
+//! source order and the source is acknowledged in bulk (the consumer uses `AckPolicy::All`, so
+//! acknowledging one message acknowledges every earlier one) once a contiguous run is stored.
+//! When the target refuses a relay or does not answer in time, the route waits, with backoff,
+//! then publishes everything unacknowledged again, in order (the target drops what it already
+//! has as duplicates); while the target is down the route stops pulling.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::{HeaderMap, StatusCode, Subject};
 use bytes::Bytes;
 use fractal::consume::Start;
 use fractal::fault::{FaultKind, FaultRecorder, Origin};
-use fractal::{Event, Hub, telemetry, wire};
+use fractal::{EventView, Hub, telemetry, wire};
 use futures::StreamExt as _;
-use futures::stream::FuturesOrdered;
 use prost::Message as _;
 use prost_reflect::MessageDescriptor;
+use serde::Deserialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -32,6 +34,10 @@ use crate::metrics::RouteMetrics;
 
 /// Acknowledge the source at least every this many relays.
 const ACK_EVERY: usize = 256;
+
+/// How long the target has to acknowledge a relay before everything unacknowledged is
+/// published again.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything one route needs.
 #[derive(Debug)]
@@ -56,14 +62,212 @@ enum Stop {
 }
 
 /// What became of one source message.
+#[derive(Debug, Clone, Copy)]
 enum Outcome {
     Relayed { duplicate: bool },
     Skipped,
     Faulted,
 }
 
-type Pending = Pin<Box<dyn Future<Output = Result<Outcome, String>> + Send>>;
-type Done = Pin<Box<dyn Future<Output = (jetstream::Message, Result<Outcome, String>)> + Send>>;
+/// A relayed event as it goes to the target, kept until the target has stored it.
+#[derive(Debug)]
+struct Copy {
+    subject: Subject,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// Where one source message is.
+#[derive(Debug)]
+enum State {
+    /// Published to the target at `since`; its acknowledgement is awaited.
+    Sent {
+        copy: Copy,
+        since: Instant,
+    },
+    /// The target refused it, or the publish failed: to publish again.
+    Failed {
+        copy: Copy,
+        error: String,
+    },
+    /// Being recorded as a fault on the source hub.
+    Recording(Arc<Fault>),
+    /// The fault could not be recorded: to record again.
+    NotRecorded {
+        fault: Arc<Fault>,
+        error: String,
+    },
+    Settled(Outcome),
+}
+
+/// A delivery that cannot be relayed, to keep on the source hub's fault stream.
+#[derive(Debug)]
+struct Fault {
+    original: async_nats::Message,
+    sequence: u64,
+    deliveries: u64,
+    kind: FaultKind,
+    reason: String,
+    event_type: Option<String>,
+}
+
+/// Faults to record, numbered by their slots, in source order.
+type Recorder = mpsc::UnboundedSender<(u64, Arc<Fault>)>;
+
+/// Each recorded fault's result, under its slot's number.
+type Recorded = mpsc::UnboundedReceiver<(u64, Result<(), String>)>;
+
+/// One source message in flight.
+#[derive(Debug)]
+struct Slot {
+    /// The delivery's reply subject: acknowledging it acknowledges every earlier delivery.
+    ack: Option<Subject>,
+    state: State,
+}
+
+/// The source messages in flight, in source order. Each is numbered; a relay's number is the
+/// last token of its publish's reply subject.
+#[derive(Debug)]
+struct Flight {
+    slots: VecDeque<Slot>,
+    /// The number of the first slot.
+    first: u64,
+    inbox: String,
+}
+
+impl Flight {
+    fn new(inbox: String) -> Self {
+        Flight {
+            slots: VecDeque::new(),
+            first: 0,
+            inbox,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn next_number(&self) -> u64 {
+        self.first + self.slots.len() as u64
+    }
+
+    fn reply(&self, number: u64) -> String {
+        format!("{}.{number}", self.inbox)
+    }
+
+    fn slot(&mut self, number: u64) -> Option<&mut Slot> {
+        let index = usize::try_from(number.checked_sub(self.first)?).ok()?;
+        self.slots.get_mut(index)
+    }
+
+    /// Takes the front slot if it is settled.
+    fn pop_settled(&mut self) -> Option<(Option<Subject>, Outcome)> {
+        match self.slots.front()?.state {
+            State::Settled(outcome) => {
+                let slot = self.slots.pop_front()?;
+                self.first += 1;
+                Some((slot.ack, outcome))
+            }
+            _ => None,
+        }
+    }
+
+    /// Why the front slot cannot settle without help, if it cannot.
+    fn stuck(&self, now: Instant) -> Option<String> {
+        match &self.slots.front()?.state {
+            State::Failed { error, .. } | State::NotRecorded { error, .. } => Some(error.clone()),
+            State::Sent { since, .. } if now.duration_since(*since) >= PUBLISH_TIMEOUT => Some(
+                format!("no acknowledgement from the target in {PUBLISH_TIMEOUT:?}"),
+            ),
+            _ => None,
+        }
+    }
+
+    /// When the front slot's publish times out, if it is awaiting one.
+    fn deadline(&self) -> Option<Instant> {
+        match &self.slots.front()?.state {
+            State::Sent { since, .. } => Some(*since + PUBLISH_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    /// Applies the target's answer to the publish numbered by the last token of `subject`.
+    fn acknowledge(&mut self, message: &async_nats::Message) {
+        let Some(number) = message
+            .subject
+            .rsplit_once('.')
+            .and_then(|(_, number)| number.parse().ok())
+        else {
+            return;
+        };
+        let Some(slot) = self.slot(number) else {
+            // Already settled: a late answer to a publish made again.
+            return;
+        };
+        let answer = publish_answer(message);
+        let placeholder = State::Settled(Outcome::Skipped);
+        slot.state = match (std::mem::replace(&mut slot.state, placeholder), answer) {
+            (State::Sent { .. } | State::Failed { .. }, Ok(duplicate)) => {
+                State::Settled(Outcome::Relayed { duplicate })
+            }
+            (State::Sent { copy, .. } | State::Failed { copy, .. }, Err(error)) => {
+                State::Failed { copy, error }
+            }
+            (state, _) => state,
+        };
+    }
+
+    fn recorded(&mut self, number: u64, result: Result<(), String>) {
+        if let Some(slot) = self.slot(number)
+            && let State::Recording(fault) = &slot.state
+        {
+            slot.state = match result {
+                Ok(()) => State::Settled(Outcome::Faulted),
+                Err(error) => State::NotRecorded {
+                    fault: fault.clone(),
+                    error,
+                },
+            };
+        }
+    }
+
+    /// The front slot's delivery, to keep the source from delivering it again while it waits.
+    fn front_ack(&self) -> Option<&Subject> {
+        self.slots.front()?.ack.as_ref()
+    }
+}
+
+/// What the target answered to a publish: stored (a duplicate or not), or why not.
+fn publish_answer(message: &async_nats::Message) -> Result<bool, String> {
+    if message.status == Some(StatusCode::NO_RESPONDERS) {
+        return Err("no stream on the target hub stores the subject".into());
+    }
+    #[derive(Deserialize)]
+    struct PubAck {
+        #[serde(default)]
+        duplicate: bool,
+        error: Option<ApiError>,
+    }
+    #[derive(Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        err_code: u64,
+    }
+    match serde_json::from_slice::<PubAck>(&message.payload) {
+        Ok(PubAck {
+            error: None,
+            duplicate,
+        }) => Ok(duplicate),
+        Ok(PubAck { error: Some(e), .. }) => Err(format!(
+            "the target refused it: {} (error {})",
+            e.description, e.err_code
+        )),
+        Err(e) => Err(format!("unreadable acknowledgement from the target: {e}")),
+    }
+}
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -206,6 +410,19 @@ impl Route {
 
     /// One session of a consumer: relays until shutdown or until a delivery goes missing.
     async fn relay_from(&self, consumer: PullConsumer, shutdown: &CancellationToken) -> Stop {
+        let target = self.target.client();
+        let mut flight = Flight::new(target.new_inbox());
+        let mut answers = match target.subscribe(format!("{}.*", flight.inbox)).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::warn!(route = %self.config.name, error = %e, "Cannot subscribe to the target's acknowledgements; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Stop::Shutdown,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => return Stop::Resume,
+                }
+            }
+        };
+        let (recorder, mut recorded) = self.recorder();
         tracing::info!(
             route = %self.config.name,
             subjects = ?self.config.subjects(),
@@ -214,13 +431,35 @@ impl Route {
             target = %self.target.name(),
             "Route started."
         );
-        let mut in_flight: FuturesOrdered<Done> = FuturesOrdered::new();
-        let mut stored: Option<jetstream::Message> = None;
+        let mut stored: Option<Subject> = None;
         let mut unacked = 0usize;
         let mut messages = None;
         let mut next_delivery = None;
+        let mut retry_delay = Duration::from_millis(100);
         let mut stop = Stop::Shutdown;
         'relay: loop {
+            while let Some((ack, outcome)) = flight.pop_settled() {
+                self.count(outcome);
+                stored = ack.or(stored);
+                unacked += 1;
+                retry_delay = Duration::from_millis(100);
+            }
+            if unacked >= ACK_EVERY || (unacked > 0 && flight.len() == 0) {
+                self.ack(stored.take(), b"+ACK").await;
+                unacked = 0;
+            }
+            if let Some(error) = flight.stuck(Instant::now()) {
+                tracing::warn!(route = %self.config.name, error = %error, in_flight = flight.len(), retry_in_ms = retry_delay.as_millis() as u64, "Relay failed; publishing everything unacknowledged again.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'relay,
+                    _ = tokio::time::sleep(retry_delay) => {}
+                }
+                retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                // Keep the source from delivering the waiting events again meanwhile.
+                self.ack(flight.front_ack().cloned(), b"+WPI").await;
+                self.again(&mut flight, &recorder).await;
+                continue;
+            }
             let pulling = match &mut messages {
                 Some(stream) => stream,
                 None => match fractal::consume::pull(&consumer, self.relay.batch, shutdown).await {
@@ -228,40 +467,32 @@ impl Route {
                     None => break 'relay,
                 },
             };
-            let room = in_flight.len() < self.relay.max_in_flight;
+            let room = flight.len() < self.relay.max_in_flight;
+            let deadline = flight.deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'relay,
-                Some((message, result)) = in_flight.next() => {
-                    let outcome = match result {
-                        Ok(outcome) => outcome,
-                        Err(error) => match self.retry(&message, error, shutdown).await {
-                            Some(outcome) => outcome,
-                            // Shutting down: nothing from here on is acknowledged.
-                            None => break 'relay,
-                        },
-                    };
-                    self.count(outcome);
-                    stored = Some(message);
-                    unacked += 1;
-                    if unacked >= ACK_EVERY || in_flight.is_empty() {
-                        self.ack(stored.take()).await;
-                        unacked = 0;
-                    }
-                }
+                Some(answer) = answers.next() => flight.acknowledge(&answer),
+                Some((number, result)) = recorded.recv() => flight.recorded(number, result),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
                 next = pulling.next(), if room => match next {
                     Some(Ok(message)) => {
+                        let info = message.info().map(|i| (i.consumer_sequence, i.stream_sequence, i.delivered.max(1) as u64));
                         // Deliveries are numbered; a gap means one was lost in transit, and
                         // acknowledging past it would acknowledge it unrelayed.
-                        let delivery = message.info().map(|i| i.consumer_sequence).ok();
+                        let delivery = info.as_ref().map(|i| i.0).ok();
                         if next_delivery.is_some() && delivery != next_delivery {
                             tracing::warn!(route = %self.config.name, expected = ?next_delivery, got = ?delivery, "A delivery went missing; resuming from the last stored event.");
                             stop = Stop::Resume;
                             break 'relay;
                         }
                         next_delivery = delivery.map(|d| d + 1);
-                        let pending = self.start(&message).await;
-                        in_flight.push_back(Box::pin(async move { (message, pending.await) }));
+                        let origin = info.map(|i| (i.1, i.2)).unwrap_or_default();
+                        let number = flight.next_number();
+                        let message = message.message;
+                        let ack = message.reply.clone();
+                        let state = self.start(message, origin, number, &flight, &recorder).await;
+                        flight.slots.push_back(Slot { ack, state });
                     }
                     Some(Err(e)) => {
                         tracing::warn!(route = %self.config.name, error = %e, "Pull from the source hub failed; continuing.");
@@ -274,23 +505,29 @@ impl Route {
         // the rest to be delivered again (the target drops the copies as duplicates).
         drop(messages);
         let drain = async {
-            while let Some((message, result)) = in_flight.next().await {
-                match result {
-                    Ok(outcome) => {
-                        self.count(outcome);
-                        stored = Some(message);
-                    }
-                    Err(_) => break,
+            loop {
+                while let Some((ack, outcome)) = flight.pop_settled() {
+                    self.count(outcome);
+                    stored = ack.or(stored.take());
+                }
+                if flight.len() == 0 || flight.stuck(Instant::now()).is_some() {
+                    break;
+                }
+                tokio::select! {
+                    Some(answer) = answers.next() => flight.acknowledge(&answer),
+                    Some((number, result)) = recorded.recv() => flight.recorded(number, result),
+                    else => break,
                 }
             }
         };
         if tokio::time::timeout(Duration::from_secs(10), drain)
             .await
             .is_err()
+            || flight.len() > 0
         {
-            tracing::warn!(route = %self.config.name, "Relays still in flight at shutdown; they will be delivered again.");
+            tracing::warn!(route = %self.config.name, in_flight = flight.len(), "Relays still in flight at shutdown; they will be delivered again.");
         }
-        self.ack(stored.take()).await;
+        self.ack(stored.take(), b"+ACK").await;
         stop
     }
 
@@ -310,74 +547,95 @@ impl Route {
         }
     }
 
-    async fn ack(&self, message: Option<jetstream::Message>) {
-        if let Some(message) = message
-            && let Err(e) = message.ack_with(AckKind::Ack).await
+    /// Acknowledges (`+ACK`) a delivery, and every one before it, or marks it in progress
+    /// (`+WPI`).
+    async fn ack(&self, delivery: Option<Subject>, kind: &'static [u8]) {
+        if let Some(delivery) = delivery
+            && let Err(e) = self
+                .source
+                .client()
+                .publish(delivery, Bytes::from_static(kind))
+                .await
         {
             tracing::warn!(route = %self.config.name, error = %e, "Could not acknowledge the source; the events will be relayed again and dropped as duplicates.");
         }
     }
 
-    /// Retries one message until it is stored, or `None` on shutdown.
-    async fn retry(
-        &self,
-        message: &jetstream::Message,
-        mut error: String,
-        shutdown: &CancellationToken,
-    ) -> Option<Outcome> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            tracing::warn!(route = %self.config.name, subject = %message.subject, error = %error, retry_in_ms = delay.as_millis() as u64, "Relay failed; retrying.");
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            // Keep the source from delivering it again meanwhile.
-            let _ = message.ack_with(AckKind::Progress).await;
-            match self.start(message).await.await {
-                Ok(outcome) => return Some(outcome),
-                Err(e) => error = e,
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+    /// Publishes again, in order, every relay not yet stored, and records again every fault
+    /// that could not be recorded.
+    async fn again(&self, flight: &mut Flight, recorder: &Recorder) {
+        let now = Instant::now();
+        for index in 0..flight.slots.len() {
+            let number = flight.first + index as u64;
+            let reply = flight.reply(number);
+            let placeholder = State::Settled(Outcome::Skipped);
+            let state = std::mem::replace(&mut flight.slots[index].state, placeholder);
+            flight.slots[index].state = match state {
+                State::Sent { copy, .. } | State::Failed { copy, .. } => {
+                    self.send(copy, reply, now).await
+                }
+                State::NotRecorded { fault, .. } => self.record(fault, number, recorder),
+                state => state,
+            };
         }
     }
 
-    /// Checks one message and sends its relay (or its fault); the returned future resolves
-    /// once the hub has stored it. Sending happens here, in order.
-    async fn start(&self, message: &jetstream::Message) -> Pending {
-        let (sequence, deliveries) = message
-            .info()
-            .map(|i| (i.stream_sequence, i.delivered.max(1) as u64))
-            .unwrap_or_default();
-        let event = match Event::decode(
-            &message.subject,
-            message.headers.as_ref(),
-            message.payload.clone(),
-        ) {
-            Ok(event) => event,
-            Err(e) => {
-                return self.fault(
-                    message,
-                    sequence,
-                    deliveries,
-                    FaultKind::Malformed,
-                    format!("not a well-formed event: {e}"),
-                    None,
-                );
-            }
-        };
+    /// Publishes `copy` to the target with `reply` as its reply subject.
+    async fn send(&self, copy: Copy, reply: String, now: Instant) -> State {
+        match self
+            .target
+            .client()
+            .publish_with_reply_and_headers(
+                copy.subject.clone(),
+                reply,
+                copy.headers.clone(),
+                copy.payload.clone(),
+            )
+            .await
+        {
+            Ok(()) => State::Sent { copy, since: now },
+            Err(e) => State::Failed {
+                copy,
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Checks one delivery and publishes its relay, or starts recording its fault.
+    async fn start(
+        &self,
+        mut message: async_nats::Message,
+        (sequence, deliveries): (u64, u64),
+        number: u64,
+        flight: &Flight,
+        recorder: &Recorder,
+    ) -> State {
+        let event =
+            match EventView::parse(&message.subject, message.headers.as_ref(), &message.payload) {
+                Ok(event) => event,
+                Err(e) => {
+                    let fault = Fault {
+                        reason: format!("not a well-formed event: {e}"),
+                        original: message,
+                        sequence,
+                        deliveries,
+                        kind: FaultKind::Malformed,
+                        event_type: None,
+                    };
+                    return self.record(Arc::new(fault), number, recorder);
+                }
+            };
         if event
             .resubmitted_for
-            .as_ref()
-            .is_some_and(|intended| *intended != self.durable)
+            .is_some_and(|intended| intended != self.durable)
         {
             // Another consumer's fault, resubmitted to it alone.
-            return Box::pin(async { Ok(Outcome::Skipped) });
+            return State::Settled(Outcome::Skipped);
         }
         let target = self.target.name();
-        if event.path.iter().any(|hub| hub == target) {
+        if event.hubs().any(|hub| hub == target) {
             tracing::debug!(route = %self.config.name, id = %event.id, target, "Already passed through the target; not relayed.");
-            return Box::pin(async { Ok(Outcome::Skipped) });
+            return State::Settled(Outcome::Skipped);
         }
         let violation = if event.payload_type != self.contract.full_name() {
             Some(format!(
@@ -387,17 +645,18 @@ impl Route {
                 self.contract.full_name()
             ))
         } else {
-            crate::contracts::check(&self.contract, &event.payload).err()
+            crate::contracts::check(&self.contract, event.payload).err()
         };
         if let Some(reason) = violation {
-            return self.fault(
-                message,
+            let fault = Fault {
+                event_type: Some(event.event_type.to_owned()),
+                original: message,
                 sequence,
                 deliveries,
-                FaultKind::ContractViolation,
+                kind: FaultKind::ContractViolation,
                 reason,
-                Some(&event.event_type),
-            );
+            };
+            return self.record(Arc::new(fault), number, recorder);
         }
 
         let span = tracing::info_span!(
@@ -413,85 +672,87 @@ impl Route {
             fractal.source_hub = %self.source.name(),
             fractal.target_hub = target,
         );
-        telemetry::continue_trace(&span, message.headers.as_ref());
-        let mut headers = message.headers.clone().unwrap_or_default();
+        // A fault of this route, resubmitted to it: on the target it is the event again, under
+        // its own id, for every consumer there.
+        let resubmitted_id = event.resubmitted_for.map(|_| event.id.to_owned());
+        let mut headers = message.headers.take().unwrap_or_default();
+        if !span.is_disabled() {
+            telemetry::continue_trace(&span, Some(&headers));
+        }
         let path = match headers.get(wire::PATH) {
             Some(path) => format!("{},{target}", path.as_str()),
             None => target.to_owned(),
         };
         headers.insert(wire::PATH, path.as_str());
-        if event.resubmitted_for.is_some() {
-            // A fault of this route, resubmitted to it: on the target it is the event again,
-            // under its own id, for every consumer there.
+        if let Some(id) = resubmitted_id {
             let mut kept = fractal::fault::header_list(&headers);
             kept.retain(|h| h.name != wire::RESUBMIT_FOR);
             headers = fractal::fault::header_map(&kept);
-            headers.insert(wire::MSG_ID, event.id.as_str());
+            headers.insert(wire::MSG_ID, id.as_str());
         }
-        telemetry::inject(&span, &mut headers);
-        let (subject, body) = match &self.config.target_type {
-            None => (message.subject.to_string(), message.payload.clone()),
+        if !span.is_disabled() {
+            telemetry::inject(&span, &mut headers);
+        }
+        let copy = match &self.config.target_type {
+            None => Copy {
+                subject: message.subject,
+                headers,
+                payload: message.payload,
+            },
             Some(target_type) => {
                 headers.insert(wire::TYPE, target_type.as_str());
-                (
-                    wire::event_subject(wire::Scope::External, target_type),
-                    renamed(&message.payload, target_type),
-                )
+                Copy {
+                    subject: wire::event_subject(wire::Scope::External, target_type).into(),
+                    headers,
+                    payload: renamed(&message.payload, target_type),
+                }
             }
         };
-        let sent = self
-            .target
-            .jetstream()
-            .send_publish(
-                subject,
-                PublishMessage::build().headers(headers).payload(body),
-            )
+        self.send(copy, flight.reply(number), Instant::now())
             .instrument(span)
-            .await;
-        match sent {
-            Ok(ack) => Box::pin(async move {
-                ack.await
-                    .map(|ack| Outcome::Relayed {
-                        duplicate: ack.duplicate,
-                    })
-                    .map_err(|e| e.to_string())
-            }),
-            Err(e) => {
-                let error = e.to_string();
-                Box::pin(async move { Err(error) })
-            }
-        }
+            .await
     }
 
-    fn fault(
-        &self,
-        message: &jetstream::Message,
-        sequence: u64,
-        deliveries: u64,
-        kind: FaultKind,
-        reason: String,
-        event_type: Option<&str>,
-    ) -> Pending {
-        self.metrics.rejected(match kind {
+    /// A task that records faults on the source hub's fault stream one after the other, so
+    /// that they are kept in source order, and answers with each one's result.
+    fn recorder(&self) -> (Recorder, Recorded) {
+        let (faults_tx, mut faults) = mpsc::unbounded_channel::<(u64, Arc<Fault>)>();
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let recorder = self.faults.clone();
+        let stream = self.source.events_stream().to_owned();
+        tokio::spawn(async move {
+            while let Some((number, fault)) = faults.recv().await {
+                let origin = Origin {
+                    stream: &stream,
+                    sequence: fault.sequence,
+                    deliveries: fault.deliveries,
+                };
+                let result = recorder
+                    .record(
+                        &fault.original,
+                        origin,
+                        fault.kind,
+                        &fault.reason,
+                        fault.event_type.as_deref(),
+                    )
+                    .await
+                    .map_err(|e| format!("cannot record fault: {e}"));
+                if results.send((number, result)).is_err() {
+                    return;
+                }
+            }
+        });
+        (faults_tx, results_rx)
+    }
+
+    /// Hands `fault` to the recorder; its result comes back under `number`.
+    fn record(&self, fault: Arc<Fault>, number: u64, recorder: &Recorder) -> State {
+        self.metrics.rejected(match fault.kind {
             FaultKind::ContractViolation => "contract",
             _ => "malformed",
         });
-        let faults = self.faults.clone();
-        let original = message.message.clone();
-        let stream = self.source.events_stream().to_owned();
-        let event_type = event_type.map(str::to_owned);
-        Box::pin(async move {
-            let origin = Origin {
-                stream: &stream,
-                sequence,
-                deliveries,
-            };
-            faults
-                .record(&original, origin, kind, &reason, event_type.as_deref())
-                .await
-                .map(|()| Outcome::Faulted)
-                .map_err(|e| format!("cannot record fault: {e}"))
-        })
+        let _ = recorder.send((number, fault.clone()));
+        State::Recording(fault)
     }
 
     async fn watch_lag(self: Arc<Self>, mut consumer: PullConsumer, shutdown: CancellationToken) {

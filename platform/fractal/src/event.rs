@@ -12,6 +12,7 @@ use prost::Message as _;
 use ulid::Ulid;
 
 use crate::proto::Envelope;
+use crate::protowire::{Reader, WireError, WireType};
 use crate::wire::{self, Scope};
 
 /// An id made from `parts` (an aggregate id and a step, say) and a time in milliseconds: the
@@ -207,7 +208,7 @@ pub enum DecodeError {
     Subject(String),
     /// The body is not a protobuf envelope.
     #[error("body is not a fractal.platform.v1.Envelope: {0}")]
-    Body(#[from] prost::DecodeError),
+    Body(#[from] WireError),
     /// The envelope decoded but lacks a required field.
     #[error("envelope field `{0}` is empty")]
     EmptyField(&'static str),
@@ -236,6 +237,59 @@ impl Event {
         headers: Option<&HeaderMap>,
         body: Bytes,
     ) -> Result<Self, DecodeError> {
+        Ok(EventView::parse(subject, headers, &body)?.to_event(&body))
+    }
+}
+
+/// A message read from a hub's event stream, checked as [`Event::decode`] checks it but read in
+/// place: nothing is copied, for code that passes events on rather than handling them.
+#[derive(Debug, Clone)]
+pub struct EventView<'a> {
+    /// Unique, sortable id.
+    pub id: &'a str,
+    /// Event type (`order.placed`).
+    pub event_type: &'a str,
+    /// Internal or external.
+    pub scope: Scope,
+    /// When the fact happened.
+    pub time: SystemTime,
+    /// The aggregate the event belongs to.
+    pub key: &'a str,
+    /// Who produced it (`<subsystem>/<service>`).
+    pub source: &'a str,
+    /// Fully qualified name of the payload message.
+    pub payload_type: &'a str,
+    /// The payload, encoded.
+    pub payload: &'a [u8],
+    /// The hub where the event was first published.
+    pub origin: &'a str,
+    /// Every hub the event has been stored in, the origin first, comma-separated.
+    pub path: &'a str,
+    /// For a resubmitted fault: the one durable consumer it is meant for.
+    pub resubmitted_for: Option<&'a str>,
+    body: &'a [u8],
+}
+
+/// The envelope's field numbers (`fractal.platform.v1.Envelope`).
+mod field {
+    pub(super) const ID: u32 = 1;
+    pub(super) const TYPE: u32 = 2;
+    pub(super) const TIME: u32 = 3;
+    pub(super) const PARTITION_KEY: u32 = 4;
+    pub(super) const SOURCE: u32 = 5;
+    pub(super) const TAGS: u32 = 6;
+    pub(super) const PAYLOAD_TYPE: u32 = 7;
+    pub(super) const PAYLOAD: u32 = 8;
+}
+
+impl<'a> EventView<'a> {
+    /// Reads and checks a message from a hub's event stream: the subject, the headers and the
+    /// envelope must agree.
+    pub fn parse(
+        subject: &'a str,
+        headers: Option<&'a HeaderMap>,
+        body: &'a [u8],
+    ) -> Result<Self, DecodeError> {
         let (scope, subject_type) = wire::parse_event_subject(subject)
             .ok_or_else(|| DecodeError::Subject(subject.into()))?;
         let header = |name: &'static str| {
@@ -246,7 +300,21 @@ impl Event {
         };
         let msg_id = header(wire::MSG_ID)?;
         let type_header = header(wire::TYPE)?;
-        let envelope = Envelope::decode(body)?;
+        let mut view = EventView {
+            id: "",
+            event_type: "",
+            scope,
+            time: SystemTime::UNIX_EPOCH,
+            key: "",
+            source: "",
+            payload_type: "",
+            payload: &[],
+            origin: header(wire::ORIGIN).unwrap_or_default(),
+            path: header(wire::PATH).unwrap_or_default(),
+            resubmitted_for: header(wire::RESUBMIT_FOR).ok(),
+            body,
+        };
+        let time = view.read_envelope()?;
         let agree = |header: &'static str, header_value: &str, body_value: &str| {
             if header_value == body_value {
                 Ok(())
@@ -258,47 +326,144 @@ impl Event {
                 })
             }
         };
-        if envelope.id.is_empty() {
+        if view.id.is_empty() {
             return Err(DecodeError::EmptyField("id"));
         }
-        if envelope.r#type.is_empty() {
+        if view.event_type.is_empty() {
             return Err(DecodeError::EmptyField("type"));
         }
-        if envelope.payload_type.is_empty() {
+        if view.payload_type.is_empty() {
             return Err(DecodeError::EmptyField("payload_type"));
         }
-        let resubmitted_for = header(wire::RESUBMIT_FOR).ok().map(str::to_owned);
         // A resubmission carries its own message id (see `wire::resubmit_id`).
-        if resubmitted_for.is_none() {
-            agree(wire::MSG_ID, msg_id, &envelope.id)?;
+        if view.resubmitted_for.is_none() {
+            agree(wire::MSG_ID, msg_id, view.id)?;
         }
-        agree(wire::TYPE, type_header, &envelope.r#type)?;
-        if subject_type != envelope.r#type {
+        agree(wire::TYPE, type_header, view.event_type)?;
+        if subject_type != view.event_type {
             return Err(DecodeError::Subject(subject.into()));
         }
-        let time = envelope
-            .time
+        view.time = time
             .and_then(|t| SystemTime::try_from(t).ok())
             .ok_or(DecodeError::EmptyField("time"))?;
-        let origin = header(wire::ORIGIN).unwrap_or_default().to_owned();
-        let path = header(wire::PATH)
-            .map(|p| p.split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
-        Ok(Event(Arc::new(EventData {
-            id: envelope.id,
-            event_type: envelope.r#type,
-            scope,
-            time,
-            key: envelope.partition_key,
-            source: envelope.source,
-            tags: envelope.tags,
-            payload_type: envelope.payload_type,
-            payload: envelope.payload,
-            origin,
-            path,
-            resubmitted_for,
-        })))
+        Ok(view)
     }
+
+    /// Reads the envelope's fields into `self`, returning its time.
+    fn read_envelope(&mut self) -> Result<Option<prost_types::Timestamp>, WireError> {
+        let mut time = None;
+        let mut reader = Reader::new(self.body);
+        while !reader.is_empty() {
+            let (number, wire_type) = reader.key()?;
+            let string = |reader: &mut Reader<'a>| {
+                Reader::expect(number, wire_type, WireType::LengthDelimited, "string")?;
+                reader.string(number)
+            };
+            match number {
+                field::ID => self.id = string(&mut reader)?,
+                field::TYPE => self.event_type = string(&mut reader)?,
+                field::PARTITION_KEY => self.key = string(&mut reader)?,
+                field::SOURCE => self.source = string(&mut reader)?,
+                field::PAYLOAD_TYPE => self.payload_type = string(&mut reader)?,
+                field::PAYLOAD => {
+                    Reader::expect(number, wire_type, WireType::LengthDelimited, "bytes")?;
+                    self.payload = reader.delimited()?;
+                }
+                field::TIME => {
+                    Reader::expect(number, wire_type, WireType::LengthDelimited, "message")?;
+                    let timestamp = time.get_or_insert_with(prost_types::Timestamp::default);
+                    read_timestamp(reader.delimited()?, timestamp)?;
+                }
+                field::TAGS => {
+                    Reader::expect(number, wire_type, WireType::LengthDelimited, "map entry")?;
+                    map_entry(reader.delimited()?)?;
+                }
+                _ => reader.skip(number, wire_type, 0)?,
+            }
+        }
+        Ok(time)
+    }
+
+    /// The hubs the event has been stored in, the origin first.
+    pub fn hubs(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.path.split(',').filter(|hub| !hub.is_empty())
+    }
+
+    /// The free labels.
+    pub fn tags(&self) -> HashMap<String, String> {
+        let mut tags = HashMap::new();
+        let mut reader = Reader::new(self.body);
+        // `parse` read every field already: none of this fails.
+        while let Ok((number, wire_type)) = reader.key() {
+            if number == field::TAGS
+                && let Ok((key, value)) = reader.delimited().and_then(map_entry)
+            {
+                tags.insert(key.to_owned(), value.to_owned());
+            } else if reader.skip(number, wire_type, 0).is_err() {
+                break;
+            }
+        }
+        tags
+    }
+
+    /// The owned event; `body` is the buffer the view reads, whose memory the payload shares.
+    pub fn to_event(&self, body: &Bytes) -> Event {
+        Event(Arc::new(EventData {
+            id: self.id.to_owned(),
+            event_type: self.event_type.to_owned(),
+            scope: self.scope,
+            time: self.time,
+            key: self.key.to_owned(),
+            source: self.source.to_owned(),
+            tags: self.tags(),
+            payload_type: self.payload_type.to_owned(),
+            payload: body.slice_ref(self.payload),
+            origin: self.origin.to_owned(),
+            path: self.hubs().map(str::to_owned).collect(),
+            resubmitted_for: self.resubmitted_for.map(str::to_owned),
+        }))
+    }
+}
+
+fn read_timestamp(bytes: &[u8], timestamp: &mut prost_types::Timestamp) -> Result<(), WireError> {
+    let mut reader = Reader::new(bytes);
+    while !reader.is_empty() {
+        match reader.key()? {
+            // int64 and int32 are varints, negative numbers sign-extended to 64 bits.
+            (1, WireType::Varint) => timestamp.seconds = reader.varint()? as i64,
+            (2, WireType::Varint) => timestamp.nanos = reader.varint()? as i64 as i32,
+            (number @ (1 | 2), wire_type) => {
+                return Err(WireError::WrongType {
+                    field: number,
+                    actual: wire_type,
+                    expected: "varint",
+                });
+            }
+            (number, wire_type) => reader.skip(number, wire_type, 1)?,
+        }
+    }
+    Ok(())
+}
+
+/// A `map<string, string>` entry.
+fn map_entry(bytes: &[u8]) -> Result<(&str, &str), WireError> {
+    let (mut key, mut value) = ("", "");
+    let mut reader = Reader::new(bytes);
+    while !reader.is_empty() {
+        match reader.key()? {
+            (1, WireType::LengthDelimited) => key = reader.string(1)?,
+            (2, WireType::LengthDelimited) => value = reader.string(2)?,
+            (number @ (1 | 2), wire_type) => {
+                return Err(WireError::WrongType {
+                    field: number,
+                    actual: wire_type,
+                    expected: "string",
+                });
+            }
+            (number, wire_type) => reader.skip(number, wire_type, 1)?,
+        }
+    }
+    Ok((key, value))
 }
 
 impl EventData {

@@ -37,6 +37,7 @@ pub mod grpc;
 pub mod hub;
 pub mod local;
 pub mod metrics;
+pub mod protowire;
 pub mod publish;
 pub mod service;
 pub mod telemetry;
@@ -50,7 +51,7 @@ pub mod proto {
 }
 
 pub use consume::{Consumer, ConsumerConfig, HandlerError};
-pub use event::{DecodeError, Event, NewEvent};
+pub use event::{DecodeError, Event, EventView, NewEvent};
 pub use hub::{Hub, HubConfig};
 pub use publish::{Published, Publisher};
 pub use wire::Scope;
