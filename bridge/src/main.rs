@@ -8,8 +8,8 @@ use clap::Parser;
 use fractal::config::{Sources, load};
 use fractal_bridge::BridgeConfig;
 
-// The relay allocates and frees small buffers at a high rate from several threads, where
-// mimalloc costs a fraction of the system allocator.
+// The relay allocates and frees small buffers at a high rate, where mimalloc costs a fraction
+// of the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -60,6 +60,10 @@ fn main() -> ExitCode {
     }
 }
 
+// One thread: the routes and both hub connections take turns, so each connection writes what
+// the routes queued since its last turn in one system call, instead of one per relay as it
+// would with its own thread picking up each publish as it is queued. To use more cores, run
+// more bridges.
 #[tokio::main(flavor = "current_thread")]
 async fn run(config: BridgeConfig) -> anyhow::Result<()> {
     let _telemetry = fractal::telemetry::init(&format!("bridge-{}", config.name), &config.log)

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::{HeaderMap, StatusCode, Subject};
+use async_nats::{HeaderMap, HeaderName, StatusCode, Subject};
 use bytes::Bytes;
 use fractal::consume::Start;
 use fractal::fault::{FaultKind, FaultRecorder, Origin};
@@ -238,10 +238,22 @@ impl Flight {
     }
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
 /// What the target answered to a publish: stored (a duplicate or not), or why not.
 fn publish_answer(message: &async_nats::Message) -> Result<bool, String> {
     if message.status == Some(StatusCode::NO_RESPONDERS) {
         return Err("no stream on the target hub stores the subject".into());
+    }
+    // The common answer, `{"stream":"EVENTS","seq":42}` or with `"duplicate":true`, is read
+    // without parsing it; anything else is parsed whole.
+    let payload = message.payload.as_ref();
+    if payload.starts_with(b"{\"stream\":") && !contains(payload, b"\"error\"") {
+        return Ok(contains(payload, b"\"duplicate\":true"));
     }
     #[derive(Deserialize)]
     struct PubAck {
@@ -679,11 +691,12 @@ impl Route {
         if !span.is_disabled() {
             telemetry::continue_trace(&span, Some(&headers));
         }
-        let path = match headers.get(wire::PATH) {
+        let path_header = HeaderName::from_static(wire::PATH);
+        let path = match headers.get(path_header.clone()) {
             Some(path) => format!("{},{target}", path.as_str()),
             None => target.to_owned(),
         };
-        headers.insert(wire::PATH, path.as_str());
+        headers.insert(path_header, path);
         if let Some(id) = resubmitted_id {
             let mut kept = fractal::fault::header_list(&headers);
             kept.retain(|h| h.name != wire::RESUBMIT_FOR);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use prost::Message as _;
 use ulid::Ulid;
@@ -294,7 +294,8 @@ impl<'a> EventView<'a> {
             .ok_or_else(|| DecodeError::Subject(subject.into()))?;
         let header = |name: &'static str| {
             headers
-                .and_then(|h| h.get(name))
+                // A static name is looked up without copying it.
+                .and_then(|h| h.get(HeaderName::from_static(name)))
                 .map(|v| v.as_str())
                 .ok_or(DecodeError::MissingHeader(name))
         };
