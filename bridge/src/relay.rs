@@ -238,10 +238,10 @@ impl Flight {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
-        .any(|window| window == needle)
+        .position(|window| window == needle)
 }
 
 /// What the target answered to a publish: stored (a duplicate or not), or why not.
@@ -249,11 +249,15 @@ fn publish_answer(message: &async_nats::Message) -> Result<bool, String> {
     if message.status == Some(StatusCode::NO_RESPONDERS) {
         return Err("no stream on the target hub stores the subject".into());
     }
-    // The common answer, `{"stream":"EVENTS","seq":42}` or with `"duplicate":true`, is read
+    // The common answer, `{"stream":"EVENTS","seq":42}`, or with `"duplicate": true`, is read
     // without parsing it; anything else is parsed whole.
     let payload = message.payload.as_ref();
-    if payload.starts_with(b"{\"stream\":") && !contains(payload, b"\"error\"") {
-        return Ok(contains(payload, b"\"duplicate\":true"));
+    if payload.starts_with(b"{\"stream\":") && find(payload, b"\"error\"").is_none() {
+        return Ok(find(payload, b"\"duplicate\"").is_some_and(|at| {
+            let rest = &payload[at + b"\"duplicate\"".len()..];
+            let value = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(rest);
+            value.trim_ascii_start().starts_with(b"true")
+        }));
     }
     #[derive(Deserialize)]
     struct PubAck {
@@ -802,5 +806,46 @@ fn renamed(body: &Bytes, event_type: &str) -> Bytes {
             envelope.encode_to_vec().into()
         }
         Err(_) => body.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(payload: &'static str) -> Result<bool, String> {
+        publish_answer(&async_nats::Message {
+            subject: "_INBOX.x.1".into(),
+            reply: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+            headers: None,
+            status: None,
+            description: None,
+            length: payload.len(),
+        })
+    }
+
+    /// The answers as nats-server 2.15 writes them.
+    #[test]
+    fn publish_answers_are_read() {
+        assert_eq!(answer(r#"{"stream":"EVENTS","seq":1}"#), Ok(false));
+        assert_eq!(
+            answer(r#"{"stream":"EVENTS","seq":1,"duplicate": true}"#),
+            Ok(true)
+        );
+        assert_eq!(
+            answer(r#"{"stream":"EVENTS","domain":"hub","seq":7,"duplicate":true}"#),
+            Ok(true)
+        );
+        let refused = answer(
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"EVENTS"}"#,
+        );
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("maximum messages exceeded (error 10077)")),
+            "{refused:?}"
+        );
+        assert!(answer("not json").is_err());
     }
 }
