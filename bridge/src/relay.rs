@@ -586,35 +586,38 @@ impl Route {
             let reply = flight.reply(number);
             let placeholder = State::Settled(Outcome::Skipped);
             let state = std::mem::replace(&mut flight.slots[index].state, placeholder);
-            flight.slots[index].state = match state {
+            let state = match state {
                 State::Sent { copy, .. } | State::Failed { copy, .. } => {
                     self.send(copy, reply, now).await
                 }
                 State::NotRecorded { fault, .. } => self.record(fault, number, recorder),
                 state => state,
             };
+            let failed = matches!(state, State::Failed { .. });
+            flight.slots[index].state = state;
+            if failed {
+                // The connection is not taking publishes: the rest waits for the next round.
+                break;
+            }
         }
     }
 
-    /// Publishes `copy` to the target with `reply` as its reply subject.
+    /// Publishes `copy` to the target with `reply` as its reply subject. While the target is
+    /// unreachable the client queues publishes; when its queue is full, this gives up after
+    /// [`PUBLISH_TIMEOUT`].
     async fn send(&self, copy: Copy, reply: String, now: Instant) -> State {
-        match self
-            .target
-            .client()
-            .publish_with_reply_and_headers(
-                copy.subject.clone(),
-                reply,
-                copy.headers.clone(),
-                copy.payload.clone(),
-            )
-            .await
-        {
-            Ok(()) => State::Sent { copy, since: now },
-            Err(e) => State::Failed {
-                copy,
-                error: e.to_string(),
-            },
-        }
+        let publish = self.target.client().publish_with_reply_and_headers(
+            copy.subject.clone(),
+            reply,
+            copy.headers.clone(),
+            copy.payload.clone(),
+        );
+        let error = match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => return State::Sent { copy, since: now },
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the target's connection took no publish for {PUBLISH_TIMEOUT:?}"),
+        };
+        State::Failed { copy, error }
     }
 
     /// Checks one delivery and publishes its relay, or starts recording its fault.
