@@ -56,8 +56,17 @@ async fn killing_the_bridge_repeatedly_loses_and_duplicates_nothing() {
     );
     let publishing = publish_in_background(&hub_a, TOTAL, 100);
 
+    let started = |bridge: &Bridge, times: usize| {
+        let log = bridge.log();
+        async move { (log.matches("Bridge started.").count() >= times).then_some(()) }
+    };
     let mut kills = 0;
     while kills < 6 {
+        // Each kill lands in a running relay, at a random point of it.
+        eventually(Duration::from_secs(20), "the bridge started", || {
+            started(&bridge, kills + 1)
+        })
+        .await;
         let pause = rand::rng().random_range(150..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         bridge.kill();
@@ -70,10 +79,10 @@ async fn killing_the_bridge_repeatedly_loses_and_duplicates_nothing() {
     let relayed = events(&hub_b).await;
     assert_exactly_once(&relayed, TOTAL);
     assert_per_key_order(&relayed);
-    assert!(
-        bridge.log().matches("Bridge started.").count() >= 7,
-        "restarted after each kill"
-    );
+    eventually(Duration::from_secs(20), "restarted after each kill", || {
+        started(&bridge, 7)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
