@@ -78,6 +78,12 @@ fn walk(message: &MessageDescriptor, bytes: &[u8], depth: u32) -> Result<(), Mis
         let kind = field.kind();
         let declared = wire_type_of(&kind);
         let checked = match (&kind, wire_type) {
+            // As in prost-reflect, a map entry is read as length-delimited whatever its wire
+            // type says.
+            (Kind::Message(entry), _) if field.is_map() => reader
+                .delimited()
+                .map_err(Misfit::from)
+                .and_then(|bytes| walk(entry, bytes, depth + 1)),
             (Kind::Message(inner), WireType::LengthDelimited) => reader
                 .delimited()
                 .map_err(Misfit::from)
@@ -192,6 +198,10 @@ mod tests {
         assert!(check(&header, &good).is_ok());
         // Field 1 with wire type 7 does not exist in protobuf.
         assert!(check(&header, &[0x0f, 0x01, 0x02]).is_err());
+        // A map field read as length-delimited whatever its wire type, as prost does.
+        let envelope = find("fractal.platform.v1.Envelope").expect("known");
+        assert_eq!(check(&envelope, &[0x30, 0x00]), Ok(()));
+        assert!(DynamicMessage::decode(envelope, [0x30, 0x00].as_slice()).is_ok());
         // Field 1 (`name`, a string) as a varint: the error names the field.
         let error = check(&header, &[0x08, 0x01]).expect_err("a varint is not a string");
         assert!(

@@ -48,7 +48,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     );
     register(
         "fractal_bridge_rejected",
-        "Events not relayed because they broke their contract or were malformed; each is a fault on the source hub.",
+        "Events not relayed because they broke their contract (reason `contract`), were malformed (`malformed`) or would be over the target's max_payload (`too_large`); each is a fault on the source hub.",
         families.rejected.clone(),
     );
     register(

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use fractal::consume::Start;
 use fractal::fault::{FaultKind, FaultRecorder, Origin};
 use fractal::{EventView, Hub, telemetry, wire};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use prost_reflect::MessageDescriptor;
 use serde::Deserialize;
@@ -38,6 +38,9 @@ const ACK_EVERY: usize = 256;
 /// How long the target has to acknowledge a relay before everything unacknowledged is
 /// published again.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room for a `Fractal-Path` header the copy may gain (name, separators, a comma).
+const PATH_HEADER_ROOM: usize = wire::PATH.len() + 5;
 
 /// Everything one route needs.
 #[derive(Debug)]
@@ -252,15 +255,21 @@ fn publish_answer(message: &async_nats::Message) -> Result<bool, String> {
     // The common answer, `{"stream":"EVENTS","seq":42}`, or with `"duplicate": true`, is read
     // without parsing it; anything else is parsed whole.
     let payload = message.payload.as_ref();
-    if payload.starts_with(b"{\"stream\":") && find(payload, b"\"error\"").is_none() {
+    if payload.starts_with(b"{\"stream\":")
+        && find(payload, b"\"seq\":").is_some()
+        && find(payload, b"\"error\"").is_none()
+    {
         return Ok(find(payload, b"\"duplicate\"").is_some_and(|at| {
             let rest = &payload[at + b"\"duplicate\"".len()..];
             let value = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(rest);
             value.trim_ascii_start().starts_with(b"true")
         }));
     }
+    /// A stored publish names its stream and sequence; an error has neither.
     #[derive(Deserialize)]
     struct PubAck {
+        stream: Option<String>,
+        seq: Option<u64>,
         #[serde(default)]
         duplicate: bool,
         error: Option<ApiError>,
@@ -273,13 +282,19 @@ fn publish_answer(message: &async_nats::Message) -> Result<bool, String> {
         err_code: u64,
     }
     match serde_json::from_slice::<PubAck>(&message.payload) {
-        Ok(PubAck {
-            error: None,
-            duplicate,
-        }) => Ok(duplicate),
         Ok(PubAck { error: Some(e), .. }) => Err(format!(
             "the target refused it: {} (error {})",
             e.description, e.err_code
+        )),
+        Ok(PubAck {
+            stream: Some(_),
+            seq: Some(_),
+            duplicate,
+            ..
+        }) => Ok(duplicate),
+        Ok(_) => Err(format!(
+            "the answer is not a JetStream acknowledgement: {}",
+            String::from_utf8_lossy(&message.payload)
         )),
         Err(e) => Err(format!("unreadable acknowledgement from the target: {e}")),
     }
@@ -428,10 +443,22 @@ impl Route {
     async fn relay_from(&self, consumer: PullConsumer, shutdown: &CancellationToken) -> Stop {
         let target = self.target.client();
         let mut flight = Flight::new(target.new_inbox());
-        let mut answers = match target.subscribe(format!("{}.*", flight.inbox)).await {
-            Ok(answers) => answers,
-            Err(e) => {
-                tracing::warn!(route = %self.config.name, error = %e, "Cannot subscribe to the target's acknowledgements; retrying.");
+        let subscribe = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            target.subscribe(format!("{}.*", flight.inbox)),
+        );
+        let subscribed = tokio::select! {
+            _ = shutdown.cancelled() => return Stop::Shutdown,
+            subscribed = subscribe => subscribed,
+        };
+        let mut answers = match subscribed {
+            Ok(Ok(answers)) => answers,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer in {PUBLISH_TIMEOUT:?}"),
+                };
+                tracing::warn!(route = %self.config.name, error = %error, "Cannot subscribe to the target's acknowledgements; retrying.");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Stop::Shutdown,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => return Stop::Resume,
@@ -466,11 +493,25 @@ impl Route {
             }
             if let Some(error) = flight.stuck(Instant::now()) {
                 tracing::warn!(route = %self.config.name, error = %error, in_flight = flight.len(), retry_in_ms = retry_delay.as_millis() as u64, "Relay failed; publishing everything unacknowledged again.");
+                if unacked > 0 {
+                    self.ack(stored.take(), b"+ACK").await;
+                    unacked = 0;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'relay,
                     _ = tokio::time::sleep(retry_delay) => {}
                 }
                 retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                // A slow target may have answered meanwhile.
+                while let Some(Some(answer)) = answers.next().now_or_never() {
+                    flight.acknowledge(&answer);
+                }
+                while let Ok((number, result)) = recorded.try_recv() {
+                    flight.recorded(number, result);
+                }
+                if flight.stuck(Instant::now()).is_none() {
+                    continue;
+                }
                 // Keep the source from delivering the waiting events again meanwhile.
                 self.ack(flight.front_ack().cloned(), b"+WPI").await;
                 self.again(&mut flight, &recorder).await;
@@ -488,8 +529,22 @@ impl Route {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'relay,
-                Some(answer) = answers.next() => flight.acknowledge(&answer),
-                Some((number, result)) = recorded.recv() => flight.recorded(number, result),
+                answer = answers.next() => match answer {
+                    Some(answer) => flight.acknowledge(&answer),
+                    None => {
+                        tracing::warn!(route = %self.config.name, "The target's acknowledgements stopped; resuming from the last stored event.");
+                        stop = Stop::Resume;
+                        break 'relay;
+                    }
+                },
+                result = recorded.recv() => match result {
+                    Some((number, result)) => flight.recorded(number, result),
+                    None => {
+                        tracing::warn!(route = %self.config.name, "The fault recorder stopped; resuming from the last stored event.");
+                        stop = Stop::Resume;
+                        break 'relay;
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
                 next = pulling.next(), if room => match next {
                     Some(Ok(message)) => {
@@ -566,15 +621,17 @@ impl Route {
     /// Acknowledges (`+ACK`) a delivery, and every one before it, or marks it in progress
     /// (`+WPI`).
     async fn ack(&self, delivery: Option<Subject>, kind: &'static [u8]) {
-        if let Some(delivery) = delivery
-            && let Err(e) = self
-                .source
-                .client()
-                .publish(delivery, Bytes::from_static(kind))
-                .await
-        {
-            tracing::warn!(route = %self.config.name, error = %e, "Could not acknowledge the source; the events will be relayed again and dropped as duplicates.");
-        }
+        let Some(delivery) = delivery else { return };
+        let publish = self
+            .source
+            .client()
+            .publish(delivery, Bytes::from_static(kind));
+        let error = match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the source's connection took nothing for {PUBLISH_TIMEOUT:?}"),
+        };
+        tracing::warn!(route = %self.config.name, error = %error, "Could not acknowledge the source; the events will be relayed again and dropped as duplicates.");
     }
 
     /// Publishes again, in order, every relay not yet stored, and records again every fault
@@ -678,6 +735,24 @@ impl Route {
             return self.record(Arc::new(fault), number, recorder);
         }
 
+        // The copy grows by the target's name on its path; the target's connection refuses a
+        // message over its limit, every time.
+        let max_payload = self.target.client().max_payload();
+        if message.length + target.len() + PATH_HEADER_ROOM > max_payload {
+            let fault = Fault {
+                reason: format!(
+                    "the relayed copy would be about {} bytes, over the target's limit of {max_payload}",
+                    message.length + target.len() + PATH_HEADER_ROOM
+                ),
+                event_type: Some(event.event_type.to_owned()),
+                original: message,
+                sequence,
+                deliveries,
+                kind: FaultKind::Permanent,
+            };
+            return self.record(Arc::new(fault), number, recorder);
+        }
+
         let span = tracing::info_span!(
             "relay",
             otel.name = format!("relay {}", message.subject),
@@ -769,7 +844,8 @@ impl Route {
     fn record(&self, fault: Arc<Fault>, number: u64, recorder: &Recorder) -> State {
         self.metrics.rejected(match fault.kind {
             FaultKind::ContractViolation => "contract",
-            _ => "malformed",
+            FaultKind::Malformed => "malformed",
+            _ => "too_large",
         });
         let _ = recorder.send((number, fault.clone()));
         State::Recording(fault)
@@ -850,5 +926,8 @@ mod tests {
             "{refused:?}"
         );
         assert!(answer("not json").is_err());
+        // Something else answering on the subject is not the target storing it.
+        assert!(answer("{}").is_err());
+        assert!(answer(r#"{"ok":true}"#).is_err());
     }
 }

@@ -9,7 +9,7 @@ use common::{Bridge, events, numbered, route, wait_for_count};
 use fractal::fault::FaultKind;
 use fractal::proto::{Fault, Header};
 use fractal::{NewEvent, Scope};
-use fractal_testkit::{NatsServer, eventually, simulate, stream_messages};
+use fractal_testkit::{NatsServer, ServerOptions, eventually, simulate, stream_messages};
 use prost::Message as _;
 
 #[tokio::test]
@@ -65,6 +65,53 @@ async fn selected_events_arrive_and_others_do_not() {
         .collect();
     assert!(subjects.contains("events.external.delivery.driver.assigned"));
     assert!(!subjects.contains("events.external.driver.assigned"));
+}
+
+#[tokio::test]
+async fn an_event_too_large_for_the_target_is_a_fault_and_the_route_keeps_flowing() {
+    let a = NatsServer::start();
+    let b = NatsServer::start_with(ServerOptions {
+        extra: "max_payload: 4096".into(),
+        ..Default::default()
+    });
+    let (hub_a, hub_b) = (a.hub("a").await, b.hub("b").await);
+    let bridge = Bridge::start(
+        "ab",
+        ("a", &a),
+        ("b", &b),
+        &route("orders", &["order.placed"]),
+    );
+    let large = Header {
+        name: "large".into(),
+        value: "x".repeat(8192),
+    };
+    simulate(
+        &hub_a,
+        [
+            numbered("order.placed", "o1", 1),
+            NewEvent::external("order.placed", "o1", &large),
+            numbered("order.placed", "o1", 2),
+        ],
+    )
+    .await;
+    wait_for_count(&hub_b, 2, Duration::from_secs(20)).await;
+    let fault = eventually(Duration::from_secs(10), "a fault", || async {
+        let faults = stream_messages(&hub_a, hub_a.faults_stream()).await;
+        faults
+            .first()
+            .map(|m| Fault::decode(m.payload.as_ref()).unwrap())
+    })
+    .await;
+    assert_eq!(fault.kind(), FaultKind::Permanent);
+    assert!(
+        fault.reason.contains("over the target's limit of 4096"),
+        "{}",
+        fault.reason
+    );
+    let rejected = bridge
+        .metric(r#"fractal_bridge_rejected_total{bridge="ab",route="orders",reason="too_large"}"#)
+        .await;
+    assert_eq!(rejected, Some(1.0));
 }
 
 #[tokio::test]

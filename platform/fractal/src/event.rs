@@ -375,8 +375,8 @@ impl<'a> EventView<'a> {
                     let timestamp = time.get_or_insert_with(prost_types::Timestamp::default);
                     read_timestamp(reader.delimited()?, timestamp)?;
                 }
+                // As in prost, a map entry is read as length-delimited whatever its wire type says.
                 field::TAGS => {
-                    Reader::expect(number, wire_type, WireType::LengthDelimited, "map entry")?;
                     map_entry(reader.delimited()?)?;
                 }
                 _ => reader.skip(number, wire_type, 0)?,
@@ -396,10 +396,10 @@ impl<'a> EventView<'a> {
         let mut reader = Reader::new(self.body);
         // `parse` read every field already: none of this fails.
         while let Ok((number, wire_type)) = reader.key() {
-            if number == field::TAGS
-                && let Ok((key, value)) = reader.delimited().and_then(map_entry)
-            {
-                tags.insert(key.to_owned(), value.to_owned());
+            if number == field::TAGS {
+                if let Ok((key, value)) = reader.delimited().and_then(map_entry) {
+                    tags.insert(key.to_owned(), value.to_owned());
+                }
             } else if reader.skip(number, wire_type, 0).is_err() {
                 break;
             }
