@@ -9,7 +9,7 @@
 //!    hub B (domain `hubB`, a leaf of A) through `$JS.hubA.API`: the server's built-in relay.
 //!    Each process's CPU time per event is printed beside its rate.
 //! 2. Latency: with a bridge running, events are published to A at about half the bridge's
-//!    median peak for five seconds, then at 1,000 a second; each one's latency is the time from
+//!    median peak for five seconds, then at 5,000 and 1,000 a second; each one's latency is the time from
 //!    its publish to its arrival on B (same clock). The same events' delivery to a plain
 //!    consumer on hub A is timed too: no relay out of A can be faster.
 //! 3. Memory: the bridge processes' peak RSS.
@@ -391,12 +391,12 @@ async fn main() {
     );
 
     // Latency, with a bridge relaying A to B: at about half the bridge's median peak (the
-    // goal's load), then at a light load.
+    // goal's load), then at lighter loads.
     let (a, b) = (NatsServer::start(), NatsServer::start());
     let _hubs = (a.hub("a").await, b.hub("b").await);
     let bridge = BridgeProcess::start(&a, &b, &["bench.*"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for rate in [(pattern / 2.0).round(), 1000.0] {
+    for rate in [(pattern / 2.0).round(), 5000.0, 1000.0] {
         let (relayed, delivered) = latency(&a, &b, rate, 5).await;
         let (p50, p99) = percentiles(&relayed);
         let (floor50, floor99) = percentiles(&delivered);
