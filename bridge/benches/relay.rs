@@ -336,9 +336,10 @@ async fn main() {
             .encoded_len()
         }
     );
-    // Each round relays with a route selecting by one pattern (one filter on the source hub),
-    // then with a route listing two types (two filters), then by sourcing. The machine's speed
-    // drifts from one minute to the next, so the rounds interleave and the medians compare.
+    // Each round relays with a route selecting by one pattern (one filter on the source hub)
+    // and with a route listing two types (two filters), in turns, then by sourcing. The
+    // machine's speed drifts from one minute to the next, so the rounds interleave and the
+    // medians compare.
     let cpu = |cpu: &[f64]| {
         let processes = ["hub A", "hub B", "bridge"];
         let each: Vec<String> = processes
@@ -352,14 +353,19 @@ async fn main() {
     let (mut patterns, mut lists, mut natives, mut peak_rss) =
         (Vec::new(), Vec::new(), Vec::new(), 0.0f64);
     for round in 1..=rounds {
-        for (name, types, rates) in [
+        let mut routes = [
             ("bridge, route `bench.*`", &["bench.*"][..], &mut patterns),
             (
                 "bridge, route listing two types",
                 &["bench.relayed", "bench.latency"][..],
                 &mut lists,
             ),
-        ] {
+        ];
+        // Each shape goes first in every other round.
+        if round % 2 == 0 {
+            routes.reverse();
+        }
+        for (name, types, rates) in routes {
             let (rate, used, a, b, bridge) = bridge_rate(n, types).await;
             peak_rss = peak_rss.max(bridge.peak_rss_mib());
             drop(bridge);
