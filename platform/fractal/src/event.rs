@@ -268,6 +268,9 @@ pub struct EventView<'a> {
     /// For a resubmitted fault: the one durable consumer it is meant for.
     pub resubmitted_for: Option<&'a str>,
     body: &'a [u8],
+    /// Whether the envelope has tags, so that [`EventView::tags`] reads the body again only
+    /// then.
+    tagged: bool,
 }
 
 /// The envelope's field numbers (`fractal.platform.v1.Envelope`).
@@ -314,6 +317,7 @@ impl<'a> EventView<'a> {
             path: header(wire::PATH).unwrap_or_default(),
             resubmitted_for: header(wire::RESUBMIT_FOR).ok(),
             body,
+            tagged: false,
         };
         let time = view.read_envelope()?;
         let agree = |header: &'static str, header_value: &str, body_value: &str| {
@@ -378,6 +382,7 @@ impl<'a> EventView<'a> {
                 // As in prost, a map entry is read as length-delimited whatever its wire type says.
                 field::TAGS => {
                     map_entry(reader.delimited()?)?;
+                    self.tagged = true;
                 }
                 _ => reader.skip(number, wire_type, 0)?,
             }
@@ -393,6 +398,9 @@ impl<'a> EventView<'a> {
     /// The free labels.
     pub fn tags(&self) -> HashMap<String, String> {
         let mut tags = HashMap::new();
+        if !self.tagged {
+            return tags;
+        }
         let mut reader = Reader::new(self.body);
         // `parse` read every field already: none of this fails.
         while let Ok((number, wire_type)) = reader.key() {
