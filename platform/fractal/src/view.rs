@@ -6,14 +6,29 @@
 //! and keeps the newest by event time; [`View::update`] runs such a function under optimistic
 //! concurrency (compare-and-set on the entry's revision), so concurrent updates of one key
 //! never lose each other.
+//!
+//! Queries cost what they return:
+//! - keys are dot-separated tokens (`d-17.o-42`, built with [`key`]), and [`View::scan`] reads
+//!   only the entries under a prefix of whole tokens, in one pass (one consumer on the
+//!   bucket's stream, values included); [`View::list`] reads the whole bucket the same way;
+//! - an [`Index`] is a second view of the same records under other keys (deliveries by driver,
+//!   tickets by restaurant), kept in step by every [`View::update`];
+//! - a [`LiveView`] is a copy of a view in the service's memory, kept current from the bucket,
+//!   for a service that reads a view on every event or request.
+
+mod live;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use async_nats::jetstream::kv::{self, Operation};
-use futures::TryStreamExt as _;
+use futures::StreamExt as _;
 use prost::Message as _;
+
+pub use live::LiveView;
 
 use crate::Hub;
 use crate::proto::ViewRecord;
@@ -21,6 +36,9 @@ use crate::telemetry;
 
 /// How many times an update is retried when another writer changed the entry meanwhile.
 const MAX_CONFLICTS: usize = 64;
+
+/// How long one pass over a bucket may take before it is given up as an error.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A view could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +48,7 @@ pub struct ViewError {
     message: String,
     #[source]
     source: Option<async_nats::Error>,
-    /// Retrying cannot help: a stored entry that does not decode.
+    /// Retrying cannot help: a stored entry that does not decode, or a key that is not one.
     corrupt: bool,
 }
 
@@ -43,11 +61,27 @@ impl ViewError {
             corrupt: false,
         }
     }
-}
 
-impl ViewError {
-    /// Whether a stored entry is unreadable (retrying cannot help), as opposed to the hub
-    /// being unreachable or busy.
+    fn invalid(view: &str, message: impl Into<String>) -> Self {
+        ViewError {
+            view: view.to_owned(),
+            message: message.into(),
+            source: None,
+            corrupt: true,
+        }
+    }
+
+    fn busy(view: &str, message: impl Into<String>) -> Self {
+        ViewError {
+            view: view.to_owned(),
+            message: message.into(),
+            source: None,
+            corrupt: false,
+        }
+    }
+
+    /// Whether retrying cannot help (a stored entry is unreadable, or a key is not one), as
+    /// opposed to the hub being unreachable or busy.
     pub fn is_corrupt(&self) -> bool {
         self.corrupt
     }
@@ -97,11 +131,35 @@ impl<T> Record<T> {
     }
 }
 
-/// A typed view over one key-value bucket.
+/// A key made of `tokens` (`key(&["d-17", "o-42"])` is `d-17.o-42`), for views queried by
+/// prefix with [`View::scan`]. A token is letters, digits, `-`, `_`, `=` and `/`.
+pub fn key(tokens: &[&str]) -> String {
+    tokens.join(".")
+}
+
+/// Why `key` cannot be a view's key (or, with `prefix`, the start of one), if it cannot.
+fn check_key(key: &str) -> Result<(), String> {
+    let valid_token = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '/'))
+    };
+    if key.split('.').all(valid_token) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{key}` is not a key: dot-separated tokens of letters, digits, `-`, `_`, `=` and `/`"
+        ))
+    }
+}
+
+/// A typed view over one key-value bucket, and the indexes every update keeps in step.
 #[derive(Debug, Clone)]
 pub struct View<T> {
     name: String,
     store: kv::Store,
+    client: async_nats::Client,
+    indexes: Vec<Index<T>>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -113,12 +171,10 @@ impl<T: prost::Message + Default + Clone> View<T> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return Err(ViewError {
-                view: name.to_owned(),
-                message: "a view name is letters, digits, `_` and `-`".into(),
-                source: None,
-                corrupt: false,
-            });
+            return Err(ViewError::invalid(
+                name,
+                "a view name is letters, digits, `_` and `-`",
+            ));
         }
         let bucket = format!("view_{name}");
         let store = match hub.jetstream().get_key_value(&bucket).await {
@@ -138,8 +194,21 @@ impl<T: prost::Message + Default + Clone> View<T> {
         Ok(View {
             name: name.to_owned(),
             store,
+            client: hub.client().clone(),
+            indexes: Vec::new(),
             _value: PhantomData,
         })
+    }
+
+    /// The view's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The same view, keeping `index` in step with every [`View::update`] from now on.
+    pub fn indexed_by(mut self, index: Index<T>) -> Self {
+        self.indexes.push(index);
+        self
     }
 
     /// The entry for `key`, if any.
@@ -147,44 +216,122 @@ impl<T: prost::Message + Default + Clone> View<T> {
         Ok(self.entry(key).await?.and_then(|(_, record)| record))
     }
 
-    /// Every entry, in key order.
+    /// Every entry, in key order, read in one pass over the bucket.
     pub async fn list(&self) -> Result<Vec<(String, Record<T>)>, ViewError> {
-        let mut keys: Vec<String> = match self.store.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| ViewError::new(&self.name, "cannot list keys", e))?,
-            Err(e) => return Err(ViewError::new(&self.name, "cannot list keys", e)),
+        self.read(">").await
+    }
+
+    /// The entries whose keys start with the whole tokens of `prefix` (`scan("d-17")` reads
+    /// `d-17.o-42` but not `d-170.o-1`), in key order, read in one pass that touches only
+    /// those entries.
+    pub async fn scan(&self, prefix: &str) -> Result<Vec<(String, Record<T>)>, ViewError> {
+        check_key(prefix).map_err(|problem| ViewError::invalid(&self.name, problem))?;
+        self.read(&format!("{prefix}.>")).await
+    }
+
+    /// Reads the newest entry of every key matching `filter` with one ordered consumer.
+    async fn read(&self, filter: &str) -> Result<Vec<(String, Record<T>)>, ViewError> {
+        let fail = |e: async_nats::Error| ViewError::new(&self.name, "cannot read the bucket", e);
+        let consumer = self
+            .store
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some(format!("A pass over view `{}`.", self.name)),
+                filter_subject: format!("{}{filter}", self.store.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let mut entries = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            self.remove_consumer(consumer.cached_info().name.clone());
+            return Ok(entries);
+        }
+        let name = consumer.cached_info().name.clone();
+        let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
+        let pass = async {
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| fail(e.into()))?;
+                let info = message.info().map_err(fail)?;
+                let pending = info.pending;
+                let key = message
+                    .subject
+                    .strip_prefix(self.store.prefix.as_str())
+                    .unwrap_or(&message.subject)
+                    .to_owned();
+                let operation = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .map(|v| v.as_str());
+                if operation.is_none_or(|op| op == "PUT") {
+                    let record = decode(&message.payload).map_err(|e| {
+                        ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
+                    })?;
+                    entries.push((key, record));
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok::<_, ViewError>(())
         };
-        keys.sort();
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(record) = self.get(&key).await? {
-                entries.push((key, record));
+        let result = tokio::time::timeout(SCAN_TIMEOUT, pass).await;
+        drop(messages);
+        self.remove_consumer(name);
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ViewError::busy(
+                    &self.name,
+                    format!("a pass over `{filter}` took longer than {SCAN_TIMEOUT:?}"),
+                ));
             }
         }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(entries)
+    }
+
+    /// Deletes a pass's consumer in the background; the hub would drop it when idle anyway.
+    fn remove_consumer(&self, name: String) {
+        let stream = self.store.stream.clone();
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
     }
 
     /// Applies `change` to the entry for `key` and stores the result; `change` returns `None`
     /// to leave the entry as it is. Runs again on the newer entry if another writer got there
-    /// first. Returns the entry as stored afterwards.
+    /// first. Then brings every index in step with the stored entry (also when it did not
+    /// change, so that a step interrupted between the two writes is completed on redelivery).
+    /// Returns the entry as stored afterwards.
     pub async fn update<F>(&self, key: &str, mut change: F) -> Result<Option<Record<T>>, ViewError>
     where
         F: FnMut(Option<Record<T>>) -> Option<Record<T>>,
     {
+        check_key(key).map_err(|problem| ViewError::invalid(&self.name, problem))?;
         for attempt in 0..MAX_CONFLICTS {
             let (revision, current) = match self.entry(key).await? {
-                Some((revision, record)) => (Some(revision), record),
-                None => (None, None),
+                Some((revision, record)) => (revision, record),
+                None => (0, None),
             };
             let Some(next) = change(current.clone()) else {
+                self.sync_indexes(key, revision, current.clone(), None)
+                    .await?;
                 return Ok(current);
             };
             let bytes = encode(&next).into();
             // Revision 0 means "only if the key has never been written".
-            match self.store.update(key, bytes, revision.unwrap_or(0)).await {
-                Ok(_) => return Ok(Some(next)),
+            match self.store.update(key, bytes, revision).await {
+                Ok(written) => {
+                    self.sync_indexes(key, written, Some(next.clone()), current.as_ref())
+                        .await?;
+                    return Ok(Some(next));
+                }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     // Someone else wrote first; back off a little and read again.
                     let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
@@ -199,12 +346,10 @@ impl<T: prost::Message + Default + Clone> View<T> {
                 }
             }
         }
-        Err(ViewError {
-            view: self.name.clone(),
-            message: format!("`{key}` kept changing under {MAX_CONFLICTS} attempts to update it"),
-            source: None,
-            corrupt: false,
-        })
+        Err(ViewError::busy(
+            &self.name,
+            format!("`{key}` kept changing under {MAX_CONFLICTS} attempts to update it"),
+        ))
     }
 
     /// Stores `record` for `key` unless an entry exists; returns whether it was stored.
@@ -218,12 +363,62 @@ impl<T: prost::Message + Default + Clone> View<T> {
         Ok(created)
     }
 
-    /// Removes the entry for `key`.
+    /// Removes the entry for `key`, and its entries in the indexes.
     pub async fn delete(&self, key: &str) -> Result<(), ViewError> {
+        let previous = if self.indexes.is_empty() {
+            None
+        } else {
+            self.get(key).await?
+        };
         self.store
             .delete(key)
             .await
-            .map_err(|e| ViewError::new(&self.name, format!("cannot delete `{key}`"), e))
+            .map_err(|e| ViewError::new(&self.name, format!("cannot delete `{key}`"), e))?;
+        if let Some(previous) = previous {
+            let revision = self.entry(key).await?.map_or(0, |(revision, _)| revision);
+            self.sync_indexes(key, revision, None, Some(&previous))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Brings every index in step with the entry for `key` as stored at `revision` (`record`),
+    /// removing the entry `previous` had if its index key differs. Reads the entry again after
+    /// writing the indexes and repeats while it changed meanwhile, so that of two writers the
+    /// last to touch an index always leaves it as the entry is.
+    async fn sync_indexes(
+        &self,
+        key: &str,
+        mut revision: u64,
+        mut record: Option<Record<T>>,
+        previous: Option<&Record<T>>,
+    ) -> Result<(), ViewError> {
+        if self.indexes.is_empty() {
+            return Ok(());
+        }
+        for index in &self.indexes {
+            if let Some(previous) = previous {
+                let old = (index.key)(key, &previous.value);
+                let new = record.as_ref().map(|r| (index.key)(key, &r.value));
+                if new.as_ref() != Some(&old) {
+                    index.remove(&old).await?;
+                }
+            }
+        }
+        for _ in 0..MAX_CONFLICTS {
+            for index in &self.indexes {
+                index.apply(key, record.as_ref()).await?;
+            }
+            let (now, current) = self.entry(key).await?.unwrap_or((0, None));
+            if now == revision {
+                return Ok(());
+            }
+            (revision, record) = (now, current);
+        }
+        Err(ViewError::busy(
+            &self.name,
+            format!("`{key}` kept changing while its indexes were written"),
+        ))
     }
 
     /// The entry's revision (a deleted entry has one too) and its record, if it holds one.
@@ -242,6 +437,100 @@ impl<T: prost::Message + Default + Clone> View<T> {
         let record = decode(&entry.value)
             .map_err(|e| ViewError::new(&self.name, format!("entry `{key}` does not decode"), e))?;
         Ok(Some((entry.revision, Some(record))))
+    }
+}
+
+/// Where an index puts an entry of its view: its key in the index, from the entry's key in the
+/// view and its value.
+type IndexKey<T> = Arc<dyn Fn(&str, &T) -> String + Send + Sync>;
+
+/// Whether an index holds an entry of its view.
+type IndexFilter<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
+
+/// A secondary view: the records of a primary view under other keys, so that a query by
+/// something other than the primary key reads only what it returns (`deliveries_by_driver`
+/// keyed `<driver>.<order>`, scanned by driver).
+///
+/// Every [`View::update`] of the primary writes the stored record to the index in the same
+/// step, so the index follows the primary's own order (newest by event time, idempotent) and
+/// a redelivered event completes a step a crash interrupted. An entry's index key should stay
+/// the same for the entry's life (a delivery's driver, a ticket's restaurant); when it changes,
+/// the old index entry is removed in the step that changes it. [`Index::only`] keeps just the
+/// records a query wants (deliveries not yet delivered); the others are removed from the index.
+#[derive(Clone)]
+pub struct Index<T> {
+    view: View<T>,
+    key: IndexKey<T>,
+    only: IndexFilter<T>,
+}
+
+impl<T> std::fmt::Debug for Index<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("view", &self.view.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: prost::Message + Default + Clone> Index<T> {
+    /// Opens the index view `name` on `hub`, which files an entry `(key, value)` of its primary
+    /// view under `index_key(key, value)`.
+    pub async fn open(
+        hub: &Hub,
+        name: &str,
+        index_key: impl Fn(&str, &T) -> String + Send + Sync + 'static,
+    ) -> Result<Index<T>, ViewError> {
+        Ok(Index {
+            view: View::open(hub, name).await?,
+            key: Arc::new(index_key),
+            only: Arc::new(|_| true),
+        })
+    }
+
+    /// The same index, holding only the records for which `filter` is true.
+    pub fn only(mut self, filter: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
+        self.only = Arc::new(filter);
+        self
+    }
+
+    /// The index as a view of its own, to [`View::scan`] or to copy with [`View::live`].
+    pub fn view(&self) -> &View<T> {
+        &self.view
+    }
+
+    /// Files `record` (the primary's entry for `key`, or its absence) in the index.
+    async fn apply(&self, key: &str, record: Option<&Record<T>>) -> Result<(), ViewError> {
+        let Some(record) = record else {
+            // Without the record the index key is unknown: the caller removed it already.
+            return Ok(());
+        };
+        let place = (self.key)(key, &record.value);
+        check_key(&place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
+        if (self.only)(&record.value) {
+            self.view
+                .store
+                .put(&place, encode(record).into())
+                .await
+                .map_err(|e| {
+                    ViewError::new(&self.view.name, format!("cannot write `{place}`"), e)
+                })?;
+            Ok(())
+        } else {
+            self.remove(&place).await
+        }
+    }
+
+    /// Removes the index entry `place`, if it holds one (a removed entry stays removed without
+    /// a second delete marker).
+    async fn remove(&self, place: &str) -> Result<(), ViewError> {
+        if self.view.get(place).await?.is_none() {
+            return Ok(());
+        }
+        self.view
+            .store
+            .delete(place)
+            .await
+            .map_err(|e| ViewError::new(&self.view.name, format!("cannot delete `{place}`"), e))
     }
 }
 
@@ -295,5 +584,15 @@ mod tests {
         assert_eq!(next.time, late);
         assert_eq!(next.trace, record.trace);
         assert_eq!(next.value, 2);
+    }
+
+    #[test]
+    fn keys_are_dot_separated_tokens() {
+        assert_eq!(key(&["d-17", "o-42"]), "d-17.o-42");
+        assert!(check_key("d-17.o-42").is_ok());
+        assert!(check_key("m0000012345").is_ok());
+        for bad in ["", "a..b", ".a", "a.", "a b", "a.*", "a.>"] {
+            assert!(check_key(bad).is_err(), "{bad:?} passed");
+        }
     }
 }

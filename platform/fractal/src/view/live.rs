@@ -1,0 +1,204 @@
+//! A live copy of a view in the service's memory, for reads on every event or request.
+//!
+//! What a reader may see:
+//! - The copy follows the bucket through a watch, entry by entry in the bucket's order, so it
+//!   never goes back in time and never shows a write without the writes before it.
+//! - Without [`LiveView::sync`], it lags the bucket by the watch's delivery: usually well under
+//!   a millisecond on one host, longer while the hub is busy or unreachable. It is not
+//!   read-your-own-writes by itself: a write acknowledged by the hub may not be in the copy yet.
+//! - After `sync()` returns, the copy holds every write the hub had acknowledged when `sync()`
+//!   was called, from any process: a writer that calls it after its own write reads that
+//!   write, and two handlers that each write and then `sync()` before reading see at least one
+//!   of each other's writes. `sync()` costs one request to the hub, whatever the view holds.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Operation;
+use futures::StreamExt as _;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{Record, View, ViewError, decode};
+
+/// How long [`LiveView::sync`] waits for the copy to catch up before it is an error.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A copy of a [`View`] in memory, kept current from its bucket (see the module's docs for what
+/// a reader may see). Cheap to clone; the copy stops following the bucket when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct LiveView<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> std::fmt::Debug for LiveView<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveView")
+            .field("view", &self.inner.name)
+            .field("revision", &*self.inner.seen.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<T> {
+    name: String,
+    copy: Arc<RwLock<BTreeMap<String, Record<T>>>>,
+    /// The bucket's revision the copy has reached.
+    seen: tokio::sync::watch::Receiver<u64>,
+    stream: async_nats::jetstream::stream::Stream,
+    _stop: DropGuard,
+}
+
+impl<T: prost::Message + Default + Clone + Send + Sync + 'static> View<T> {
+    /// A live copy of this view, loaded and following the bucket once this returns.
+    pub async fn live(&self) -> Result<LiveView<T>, ViewError> {
+        let copy = Arc::new(RwLock::new(BTreeMap::new()));
+        let (seen_tx, seen) = tokio::sync::watch::channel(0);
+        let stop = CancellationToken::new();
+        tokio::spawn(follow(self.clone(), copy.clone(), seen_tx, stop.clone()));
+        let live = LiveView {
+            inner: Arc::new(Inner {
+                name: self.name.clone(),
+                copy,
+                seen,
+                stream: self.store.stream.clone(),
+                _stop: stop.drop_guard(),
+            }),
+        };
+        live.sync().await?;
+        Ok(live)
+    }
+}
+
+impl<T: Clone> LiveView<T> {
+    /// Waits until the copy holds every write the hub acknowledged before this call.
+    pub async fn sync(&self) -> Result<(), ViewError> {
+        let name = &self.inner.name;
+        let last = self
+            .inner
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| ViewError::new(name, "cannot read the bucket's revision", e))?
+            .state
+            .last_sequence;
+        let mut seen = self.inner.seen.clone();
+        let reached = tokio::time::timeout(SYNC_TIMEOUT, seen.wait_for(|&at| at >= last))
+            .await
+            .map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ViewError::busy(name, "the live copy stopped")),
+            Err(_) => Err(ViewError::busy(
+                name,
+                format!(
+                    "the live copy is at revision {} of {last} after {SYNC_TIMEOUT:?}",
+                    self.revision()
+                ),
+            )),
+        }
+    }
+
+    /// The bucket's revision the copy has reached.
+    pub fn revision(&self) -> u64 {
+        *self.inner.seen.borrow()
+    }
+
+    /// Runs `read` on the copy's entries (by key) as they are now, without copying them.
+    pub fn read<R>(&self, read: impl FnOnce(&BTreeMap<String, Record<T>>) -> R) -> R {
+        let copy = self
+            .inner
+            .copy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        read(&copy)
+    }
+
+    /// The entry for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Record<T>> {
+        self.read(|entries| entries.get(key).cloned())
+    }
+
+    /// The entries whose keys start with the whole tokens of `prefix`, in key order; costs
+    /// what it returns.
+    pub fn scan(&self, prefix: &str) -> Vec<(String, Record<T>)> {
+        // Keys under `p.` sort between `p.` and `p/` (`/` follows `.`).
+        let (from, to) = (format!("{prefix}."), format!("{prefix}/"));
+        self.read(|entries| {
+            entries
+                .range(from..to)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    /// How many entries the copy holds.
+    pub fn len(&self) -> usize {
+        self.read(BTreeMap::len)
+    }
+
+    /// Whether the copy holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Follows the bucket from its first revision into `copy` until `stop`, starting the watch
+/// again after the revision it reached whenever it ends or fails.
+async fn follow<T: prost::Message + Default + Clone>(
+    view: View<T>,
+    copy: Arc<RwLock<BTreeMap<String, Record<T>>>>,
+    seen: tokio::sync::watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    let mut next = 1;
+    loop {
+        let watch = tokio::select! {
+            _ = stop.cancelled() => return,
+            watch = view.store.watch_all_from_revision(next) => watch,
+        };
+        match watch {
+            Ok(mut watch) => loop {
+                let entry = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let entry = match entry {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => {
+                        tracing::warn!(view = %view.name, error = %e, "The live copy lost its watch; starting it again.");
+                        break;
+                    }
+                    None => break,
+                };
+                let record = match entry.operation {
+                    Operation::Put => match decode::<T>(&entry.value) {
+                        Ok(record) => Some(record),
+                        Err(e) => {
+                            tracing::error!(view = %view.name, key = %entry.key, error = %e, "An entry does not decode; the live copy leaves it out.");
+                            None
+                        }
+                    },
+                    Operation::Delete | Operation::Purge => None,
+                };
+                {
+                    let mut copy = copy.write().unwrap_or_else(PoisonError::into_inner);
+                    match record {
+                        Some(record) => copy.insert(entry.key, record),
+                        None => copy.remove(&entry.key),
+                    };
+                }
+                next = entry.revision + 1;
+                seen.send_replace(entry.revision);
+            },
+            Err(e) => {
+                tracing::warn!(view = %view.name, error = %e, "The live copy cannot watch its bucket; retrying.");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Views against a real hub: one-pass lists, prefix scans, indexes kept in step, live copies.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use fractal::proto::Header;
+use fractal::view::{Index, Record, View, key};
+use fractal_testkit::{NatsServer, eventually};
+
+/// A delivery as the tests model it: `name` is the driver, `value` its status.
+fn delivery(driver: &str, status: &str) -> Header {
+    Header {
+        name: driver.into(),
+        value: status.into(),
+    }
+}
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "assigned" => 1,
+        "picked_up" => 2,
+        "delivered" => 3,
+        _ => 0,
+    }
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+}
+
+/// The handler's step: a delivery only moves forward, the furthest status wins.
+async fn apply(view: &View<Header>, order: &str, value: Header, time: SystemTime) {
+    view.update(order, |current| match current {
+        Some(current) if rank(&current.value.value) >= rank(&value.value) => None,
+        Some(current) => Some(current.with(value.clone(), time)),
+        None => Some(Record::new(value.clone(), time)),
+    })
+    .await
+    .expect("the update is stored");
+}
+
+async fn by_driver(hub: &fractal::Hub) -> Index<Header> {
+    Index::open(hub, "deliveries_by_driver", |order, d: &Header| {
+        key(&[&d.name, order])
+    })
+    .await
+    .expect("the index opens")
+    .only(|d| d.value != "delivered")
+}
+
+fn values(entries: Vec<(String, Record<Header>)>) -> Vec<(String, String)> {
+    entries
+        .into_iter()
+        .map(|(k, r)| (k, r.value.value))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_list_reads_each_live_entry_once_in_key_order() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let view = View::<Header>::open(&hub, "things").await.unwrap();
+    assert!(view.list().await.unwrap().is_empty(), "an empty bucket");
+
+    for i in (0..300).rev() {
+        let value = delivery("d", &format!("v{i}"));
+        view.update(&format!("k{i:03}"), |_| {
+            Some(Record::new(value.clone(), at(i)))
+        })
+        .await
+        .unwrap();
+    }
+    // Overwritten and deleted entries appear as they are now.
+    view.update("k007", |c| {
+        c.map(|r| r.with(delivery("d", "again"), at(999)))
+    })
+    .await
+    .unwrap();
+    view.delete("k008").await.unwrap();
+
+    let listed = values(view.list().await.unwrap());
+    assert_eq!(listed.len(), 299);
+    assert!(listed.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    assert_eq!(listed[0], ("k000".into(), "v0".into()));
+    assert_eq!(listed[7], ("k007".into(), "again".into()));
+    assert!(!listed.iter().any(|(k, _)| k == "k008"));
+}
+
+#[tokio::test]
+async fn a_scan_reads_only_whole_tokens_of_its_prefix() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let view = View::<Header>::open(&hub, "things").await.unwrap();
+    for (k, v) in [
+        ("d-1.o-1", "a"),
+        ("d-1.o-2", "b"),
+        ("d-10.o-3", "c"),
+        ("d-2.o-4", "d"),
+        ("d-1", "not under the prefix"),
+    ] {
+        let value = delivery("x", v);
+        view.update(k, |_| Some(Record::new(value.clone(), at(0))))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        values(view.scan("d-1").await.unwrap()),
+        [
+            ("d-1.o-1".into(), "a".into()),
+            ("d-1.o-2".into(), "b".into())
+        ]
+    );
+    assert!(view.scan("d-3").await.unwrap().is_empty());
+    let bad = view.scan("d-1.>").await.unwrap_err();
+    assert!(bad.is_corrupt(), "a bad prefix is not worth retrying");
+    assert!(bad.to_string().contains("`d-1.>` is not a key"), "{bad}");
+}
+
+#[tokio::test]
+async fn an_index_follows_its_view_through_redelivery_and_reordering() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let index = by_driver(&hub).await;
+    let view = View::<Header>::open(&hub, "deliveries")
+        .await
+        .unwrap()
+        .indexed_by(index.clone());
+
+    // 40 orders over 4 drivers; every event of every order three times, in a shuffled order,
+    // from concurrent tasks.
+    let mut events = Vec::new();
+    for order in 0..40u64 {
+        let driver = format!("d-{}", order % 4);
+        let last = order % 3; // some orders stop at assigned, picked up or delivered
+        for (step, status) in ["assigned", "picked_up", "delivered"].iter().enumerate() {
+            if step as u64 <= last {
+                for _ in 0..3 {
+                    events.push((
+                        format!("o-{order:02}"),
+                        delivery(&driver, status),
+                        at(order * 10 + step as u64),
+                    ));
+                }
+            }
+        }
+    }
+    // A fixed shuffle: deterministic, and late steps often come first.
+    let n = events.len();
+    for i in 0..n {
+        events.swap(i, (i * 7919 + 13) % n);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in events.chunks(n / 8 + 1) {
+        let (view, chunk) = (view.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            for (order, value, time) in chunk {
+                apply(&view, &order, value, time).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    // The index holds exactly the undelivered deliveries, under their drivers, as the view
+    // says they are.
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for (order, record) in view.list().await.unwrap() {
+        if record.value.value != "delivered" {
+            expected.insert(key(&[&record.value.name, &order]), record.value.value);
+        }
+    }
+    assert_eq!(expected.len(), 27, "orders that stop before delivery");
+    let indexed: BTreeMap<String, String> = values(index.view().list().await.unwrap())
+        .into_iter()
+        .collect();
+    assert_eq!(indexed, expected);
+    let of_d1 = values(index.view().scan("d-1").await.unwrap());
+    assert!(!of_d1.is_empty());
+    assert!(of_d1.iter().all(|(k, _)| k.starts_with("d-1.")));
+
+    // A step cut short between the view and its index is completed by the redelivery.
+    let bare = View::<Header>::open(&hub, "deliveries").await.unwrap();
+    apply(&bare, "o-99", delivery("d-9", "assigned"), at(1000)).await;
+    assert!(index.view().scan("d-9").await.unwrap().is_empty());
+    apply(&view, "o-99", delivery("d-9", "assigned"), at(1000)).await;
+    assert_eq!(
+        values(index.view().scan("d-9").await.unwrap()),
+        [("d-9.o-99".into(), "assigned".into())]
+    );
+
+    // Deleting from the view deletes from the index.
+    view.delete("o-99").await.unwrap();
+    assert!(index.view().scan("d-9").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_live_copy_holds_every_acknowledged_write_after_sync() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let view = View::<Header>::open(&hub, "queue").await.unwrap();
+    for i in 0..50 {
+        let value = delivery("d", &format!("v{i}"));
+        view.update(&format!("q.{i:02}"), |_| {
+            Some(Record::new(value.clone(), at(i)))
+        })
+        .await
+        .unwrap();
+    }
+    let live = view.live().await.unwrap();
+    assert_eq!(live.len(), 50, "loaded when it returns");
+
+    // Another process's handle on the same view writes; after sync the copy has it all.
+    let other_hub = server.hub("alpha").await;
+    let other = View::<Header>::open(&other_hub, "queue").await.unwrap();
+    for round in 0..20u64 {
+        let k = format!("q.{:02}", round * 2);
+        other.delete(&k).await.unwrap();
+        let value = delivery("d", &format!("r{round}"));
+        let fresh = format!("q.x{round:02}");
+        other
+            .update(&fresh, |_| {
+                Some(Record::new(value.clone(), at(100 + round)))
+            })
+            .await
+            .unwrap();
+        live.sync().await.unwrap();
+        assert!(live.get(&k).is_none(), "round {round}: the delete is seen");
+        assert_eq!(
+            live.get(&fresh).map(|r| r.value.value),
+            Some(format!("r{round}")),
+            "round {round}: the write is seen"
+        );
+    }
+    assert_eq!(live.len(), 50);
+    assert_eq!(live.scan("q").len(), 50);
+    assert_eq!(
+        live.scan("q").first().map(|(k, _)| k.as_str()),
+        Some("q.01")
+    );
+
+    // Without sync the copy still catches up on its own, soon.
+    other.delete("q.01").await.unwrap();
+    eventually(Duration::from_secs(5), "the copy to follow", || async {
+        live.get("q.01").is_none().then_some(())
+    })
+    .await;
+
+    // The copy never runs ahead of the bucket and its revision only grows.
+    let before = live.revision();
+    live.sync().await.unwrap();
+    assert!(live.revision() >= before);
+}
+
+#[tokio::test]
+async fn a_live_copy_survives_a_hub_restart() {
+    let mut server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let view = View::<Header>::open(&hub, "queue").await.unwrap();
+    let live = view.live().await.unwrap();
+    view.update("a", |_| Some(Record::new(delivery("d", "1"), at(1))))
+        .await
+        .unwrap();
+    server.restart();
+    eventually(
+        Duration::from_secs(20),
+        "a write after the restart",
+        || async {
+            let value = delivery("d", "2");
+            view.update("b", |_| Some(Record::new(value.clone(), at(2))))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the copy to follow again",
+        || async {
+            (live.sync().await.is_ok() && live.get("a").is_some() && live.get("b").is_some())
+                .then_some(())
+        },
+    )
+    .await;
+}
