@@ -131,10 +131,29 @@ impl<T> Record<T> {
     }
 }
 
-/// A key made of `tokens` (`key(&["d-17", "o-42"])` is `d-17.o-42`), for views queried by
-/// prefix with [`View::scan`]. A token is letters, digits, `-`, `_`, `=` and `/`.
+/// A key made of `tokens`, one token each whatever they hold (`key(&["d-17", "o-42"])` is
+/// `d-17.o-42`), for views queried by prefix with [`View::scan`]: `scan(&key(&["d-17"]))`.
+/// Letters, digits, `-`, `_` and `/` stand for themselves; any other byte is written `=XX`
+/// (`.` is `=2E`) and an empty token `=`, so two different lists of tokens never make the same
+/// key.
 pub fn key(tokens: &[&str]) -> String {
-    tokens.join(".")
+    let mut key = String::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if i > 0 {
+            key.push('.');
+        }
+        if token.is_empty() {
+            key.push('=');
+        }
+        for byte in token.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'/') {
+                key.push(byte as char);
+            } else {
+                key.push_str(&format!("={byte:02X}"));
+            }
+        }
+    }
+    key
 }
 
 /// Why `key` cannot be a view's key (or, with `prefix`, the start of one), if it cannot.
@@ -589,6 +608,11 @@ mod tests {
     #[test]
     fn keys_are_dot_separated_tokens() {
         assert_eq!(key(&["d-17", "o-42"]), "d-17.o-42");
+        assert_eq!(key(&["d.1", "", "a=b c"]), "d=2E1.=.a=3Db=20c");
+        assert_ne!(key(&["d.1", "o"]), key(&["d", "1.o"]));
+        for tokens in [&["d.1", "o"][..], &["", "x"], &["ünï", "*>"]] {
+            assert!(check_key(&key(tokens)).is_ok(), "{tokens:?}");
+        }
         assert!(check_key("d-17.o-42").is_ok());
         assert!(check_key("m0000012345").is_ok());
         for bad in ["", "a..b", ".a", "a.", "a b", "a.*", "a.>"] {

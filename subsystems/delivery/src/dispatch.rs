@@ -3,18 +3,23 @@
 //! (`driver.status.changed`, `delivery.delivered`). Whichever arrives second makes the match.
 //!
 //! Its state lives in three views on the delivery hub: `dispatch_drivers`, `dispatch_waiting`
-//! and `dispatch_assignments`. A driver is claimed with a compare-and-set on their entry and an
-//! order by creating its assignment, so two handlers running at once never give one driver two
-//! orders or one order two drivers. Both sides write before they look at the other, and a
-//! driver whose claim is undone (another handler took the order) reads the queue again, so a
-//! free driver and a waiting order always meet. A claim left by a handler that failed midway is
-//! recognised as stale and does not keep the driver busy.
+//! and `dispatch_assignments`. It looks for a free driver or the oldest waiting order in live
+//! copies of the first two, kept in memory, so handling an event costs the same however many
+//! deliveries are stored. The views themselves decide: a driver is claimed with a
+//! compare-and-set on their entry and an order by creating its assignment, so two handlers
+//! running at once never give one driver two orders or one order two drivers. Both sides write
+//! before they look at the other (and bring the copy up to date first), and a driver whose
+//! claim is undone (another handler took the order) reads the queue again, so a free driver and
+//! a waiting order always meet. A claim is confirmed once its assignment is recorded; an
+//! unconfirmed claim left by a handler that failed midway is recognised as stale and does not
+//! keep the driver busy.
 
+use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fractal::service::{Service, ServiceError};
-use fractal::view::{Record, View, ViewError};
+use fractal::view::{LiveView, Record, View, ViewError};
 use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
 use tracing::Instrument as _;
 
@@ -26,9 +31,13 @@ use crate::v1::{
 };
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
+    let drivers = View::open(&service.hub, "dispatch_drivers").await?;
+    let waiting = View::open(&service.hub, "dispatch_waiting").await?;
     let dispatch = Arc::new(Dispatch {
-        drivers: View::open(&service.hub, "dispatch_drivers").await?,
-        waiting: View::open(&service.hub, "dispatch_waiting").await?,
+        roster: drivers.live().await?,
+        queue: waiting.live().await?,
+        drivers,
+        waiting,
         assignments: View::open(&service.hub, "dispatch_assignments").await?,
         publisher: service.publisher(),
     });
@@ -63,7 +72,11 @@ const MAX_PASSES: usize = 16;
 
 struct Dispatch {
     drivers: View<DispatchDriver>,
+    /// The live copy of `drivers`.
+    roster: LiveView<DispatchDriver>,
     waiting: View<Delivery>,
+    /// The live copy of `waiting`.
+    queue: LiveView<Delivery>,
     assignments: View<Assignment>,
     publisher: Publisher,
 }
@@ -85,8 +98,11 @@ impl Dispatch {
         food_contracts::check_id("order_id", &delivery.order_id)
             .map_err(HandlerError::permanent)?;
         let order_id = delivery.order_id.clone();
-        if self.assignments.get(&order_id).await?.is_some() {
-            // Redelivered after the match was made: make sure it was announced.
+        if let Some(assignment) = self.assignments.get(&order_id).await? {
+            // Redelivered after the match was made: make sure it was confirmed and announced.
+            if let Some(delivery) = &assignment.value.delivery {
+                self.confirm(&delivery.driver_id, &order_id).await?;
+            }
             return self.announce(&order_id).await;
         }
         self.waiting
@@ -114,22 +130,24 @@ impl Dispatch {
             .map_err(HandlerError::permanent)?;
         let time = food_contracts::time(changed.changed_at.as_ref());
         let available = changed.status() == DriverStatus::Available;
-        let next = |order_id: String| DispatchDriver {
+        let next = |order_id: String, confirmed: bool| DispatchDriver {
             driver_id: changed.driver_id.clone(),
             name: changed.name.clone(),
             available,
             order_id,
             status_changed_at: changed.changed_at,
+            confirmed,
         };
         let stored = self
             .drivers
             .update(&changed.driver_id, |current| match current {
                 Some(current) if current.time >= time => None,
                 Some(current) => {
-                    let order_id = current.value.order_id.clone();
-                    Some(current.with(next(order_id), time))
+                    let (order_id, confirmed) =
+                        (current.value.order_id.clone(), current.value.confirmed);
+                    Some(current.with(next(order_id, confirmed), time))
                 }
-                None => Some(Record::new(next(String::new()), time)),
+                None => Some(Record::new(next(String::new(), false), time)),
             })
             .await?;
         match stored {
@@ -154,18 +172,36 @@ impl Dispatch {
     }
 
     /// Drivers on shift and free: not on a delivery, or on `order_id` (a retry), or holding a
-    /// stale claim.
+    /// stale claim. Read from the live copy after bringing it up to date; the order in which
+    /// they are offered depends on the order, so that handlers running at once try different
+    /// drivers first.
     async fn free_drivers(&self, order_id: &str) -> Result<Vec<String>, ViewError> {
-        let mut free = Vec::new();
-        for (id, driver) in self.drivers.list().await? {
-            let driver = driver.value;
-            if driver.available
-                && (driver.order_id.is_empty()
-                    || driver.order_id == order_id
-                    || self.stale(&driver).await?)
-            {
-                free.push(id);
+        self.roster.sync().await?;
+        let (mut free, unconfirmed) = self.roster.read(|drivers| {
+            let mut free = Vec::new();
+            let mut unconfirmed = Vec::new();
+            for (id, driver) in drivers {
+                let driver = &driver.value;
+                if !driver.available {
+                    continue;
+                }
+                if driver.order_id.is_empty() || driver.order_id == order_id {
+                    free.push(id.clone());
+                } else if !driver.confirmed {
+                    unconfirmed.push(driver.clone());
+                }
             }
+            (free, unconfirmed)
+        });
+        for driver in unconfirmed {
+            if self.stale(&driver).await? {
+                free.push(driver.driver_id);
+            }
+        }
+        if !free.is_empty() {
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(order_id);
+            let start = (hash % free.len() as u64) as usize;
+            free.rotate_left(start);
         }
         Ok(free)
     }
@@ -191,10 +227,21 @@ impl Dispatch {
     /// everyone else meanwhile.
     async fn find_order_for(&self, driver_id: &str) -> Result<(), HandlerError> {
         for _ in 0..MAX_PASSES {
-            let mut waiting = self.waiting.list().await?;
-            waiting.sort_by_key(|(_, request)| request.time);
+            self.queue.sync().await?;
+            let mut waiting: Vec<(SystemTime, String)> = self.queue.read(|queue| {
+                queue
+                    .iter()
+                    .map(|(order_id, request)| (request.time, order_id.clone()))
+                    .collect()
+            });
+            waiting.sort();
             let mut lost = false;
-            for (order_id, _) in waiting {
+            for (_, order_id) in waiting {
+                if self.queue.get(&order_id).is_none() {
+                    // Taken by another handler since this pass began.
+                    lost = true;
+                    continue;
+                }
                 match self.try_assign(&order_id, driver_id).await? {
                     Match::OrderTaken => lost = true,
                     Match::Assigned | Match::DriverTaken => return Ok(()),
@@ -209,8 +256,12 @@ impl Dispatch {
 
     /// Claims the driver, then the order; announces the match if both were free.
     async fn try_assign(&self, order_id: &str, driver_id: &str) -> Result<Match, HandlerError> {
-        let stale = match self.drivers.get(driver_id).await? {
-            Some(d) if d.value.order_id != order_id && self.stale(&d.value).await? => {
+        let stale = match self.roster.get(driver_id) {
+            Some(d)
+                if !d.value.confirmed
+                    && d.value.order_id != order_id
+                    && self.stale(&d.value).await? =>
+            {
                 Some(d.value.order_id)
             }
             _ => None,
@@ -227,6 +278,7 @@ impl Dispatch {
                 }
                 let mut driver = current.value.clone();
                 driver.order_id = order_id.to_owned();
+                driver.confirmed = false;
                 claimed = Some(driver.clone());
                 Some(current.with(driver, SystemTime::UNIX_EPOCH))
             })
@@ -257,6 +309,7 @@ impl Dispatch {
             self.release_claim(driver_id, order_id).await?;
             return Ok(Match::OrderTaken);
         }
+        self.confirm(driver_id, order_id).await?;
         self.waiting.delete(order_id).await?;
         self.announce(order_id).await?;
         Ok(Match::Assigned)
@@ -278,6 +331,22 @@ impl Dispatch {
         self.free(driver_id, order_id).await
     }
 
+    /// Marks the driver's claim on `order_id` as the assignment it became.
+    async fn confirm(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
+        self.drivers
+            .update(driver_id, |current| {
+                let current = current?;
+                if current.value.order_id != order_id || current.value.confirmed {
+                    return None;
+                }
+                let mut driver = current.value.clone();
+                driver.confirmed = true;
+                Some(current.with(driver, SystemTime::UNIX_EPOCH))
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Frees the driver if they are still on `order_id`.
     async fn free(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
         self.drivers
@@ -288,6 +357,7 @@ impl Dispatch {
                 }
                 let mut driver = current.value.clone();
                 driver.order_id.clear();
+                driver.confirmed = false;
                 Some(current.with(driver, SystemTime::UNIX_EPOCH))
             })
             .await?;

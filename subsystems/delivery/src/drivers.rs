@@ -1,11 +1,17 @@
 //! `drivers`: what a driver does. The `deliveries` view is built from `delivery.*` events; a
 //! command checks the delivery's status, publishes the next fact and applies it at once.
+//!
+//! The view is indexed by driver (`deliveries_by_driver`, `<driver>.<order>`, holding only
+//! deliveries not yet delivered), and the service keeps a live copy of that index in memory:
+//! `ListAssigned` reads one driver's entries from it, at a cost that does not grow with the
+//! deliveries stored. A command waits until the copy holds its own write, so a driver who
+//! delivered an order never sees it listed again.
 
 use std::time::SystemTime;
 
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
-use fractal::view::{Record, View, ViewError};
+use fractal::view::{Index, LiveView, Record, View, ViewError, key};
 use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -20,7 +26,17 @@ use crate::v1::{
 };
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
-    let view = View::<Delivery>::open(&service.hub, "deliveries").await?;
+    let by_driver = Index::open(
+        &service.hub,
+        "deliveries_by_driver",
+        |order_id, d: &Delivery| key(&[&d.driver_id, order_id]),
+    )
+    .await?
+    .only(|d| d.status() != DeliveryStatus::Delivered);
+    let assigned = by_driver.view().live().await?;
+    let view = View::<Delivery>::open(&service.hub, "deliveries")
+        .await?
+        .indexed_by(by_driver);
     let mut consumer = service.consumer();
     for event_type in [DELIVERY_ASSIGNED, DELIVERY_PICKED_UP, DELIVERY_DELIVERED] {
         let view = view.clone();
@@ -28,6 +44,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     }
     let api = DriversApi {
         view,
+        assigned,
         publisher: service.publisher(),
     };
     let grpc = GrpcServer::new()
@@ -38,8 +55,11 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 
 async fn apply(view: View<Delivery>, event: Event) -> Result<(), HandlerError> {
     let delivery: Delivery = event.payload()?;
-    if delivery.order_id.is_empty() {
-        return Err(HandlerError::permanent("a delivery without an order_id"));
+    for (field, id) in [
+        ("order_id", &delivery.order_id),
+        ("driver_id", &delivery.driver_id),
+    ] {
+        food_contracts::check_id(field, id).map_err(HandlerError::permanent)?;
     }
     store(&view, delivery, event.time).await?;
     Ok(())
@@ -63,6 +83,8 @@ async fn store(
 
 struct DriversApi {
     view: View<Delivery>,
+    /// The live copy of `deliveries_by_driver`.
+    assigned: LiveView<Delivery>,
     publisher: Publisher,
 }
 
@@ -140,6 +162,8 @@ impl DriversApi {
                 )
                 .await?;
             store(&self.view, delivery.clone(), now).await?;
+            // The driver's next `ListAssigned` shows this step.
+            self.assigned.sync().await?;
             Ok(delivery)
         }
         .instrument(span)
@@ -190,12 +214,10 @@ impl Drivers for DriversApi {
         let driver = request.into_inner().driver_id;
         food_contracts::check_id("driver_id", &driver).map_err(invalid)?;
         let mut deliveries: Vec<Delivery> = self
-            .view
-            .list()
-            .await?
+            .assigned
+            .scan(&key(&[&driver]))
             .into_iter()
             .map(|(_, record)| record.value)
-            .filter(|d| d.driver_id == driver && d.status() != DeliveryStatus::Delivered)
             .collect();
         deliveries.sort_by_key(|d| food_contracts::time(d.assigned_at.as_ref()));
         Ok(Response::new(ListAssignedResponse { deliveries }))

@@ -11,8 +11,8 @@ use food_delivery::v1::{
 };
 use fractal::NewEvent;
 use fractal_testkit::{
-    NatsServer, RunningService, events_of_type, eventually, simulate, wait_for_events,
-    wait_until_consumed,
+    NatsServer, RunningService, events_of_type, eventually, simulate, stream_messages,
+    wait_for_events, wait_until_consumed,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -204,4 +204,106 @@ async fn each_order_gets_one_driver_and_each_driver_one_order_at_a_time() {
         *assignments.entry(event.key.clone()).or_default() += 1;
     }
     assert!(assignments.values().all(|&n| n == 1), "{assignments:?}");
+}
+
+/// Many drivers at work at once, as on a busy evening: every order is assigned exactly once,
+/// and no driver ever holds two. Read from the event lake, where each driver's assignments
+/// and deliveries must alternate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_drivers_and_five_hundred_orders_keep_the_dispatch_invariants() {
+    const DRIVERS: usize = 50;
+    const ORDERS: usize = 500;
+    // Bound whole: the server and services live until the end of the test.
+    let subsystem = start().await;
+    let (hub, drivers) = (subsystem.hub.clone(), subsystem.drivers.clone());
+    let orders: Vec<String> = (0..ORDERS).map(|i| format!("o-{i:03}")).collect();
+    for i in 0..DRIVERS {
+        available(&mut drivers.clone(), &format!("d-{i:02}")).await;
+    }
+    // Half the orders wait before the drivers work, half arrive while they do.
+    simulate(&hub, orders[..ORDERS / 2].iter().map(|o| ready(o))).await;
+
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..DRIVERS {
+        let (mut drivers, delivered) = (drivers.clone(), delivered.clone());
+        workers.spawn(async move {
+            let driver = format!("d-{i:02}");
+            let mut mine = Vec::new();
+            while delivered.load(std::sync::atomic::Ordering::Relaxed) < ORDERS {
+                let work = assigned(&drivers, &driver).await;
+                assert!(work.len() <= 1, "{driver} holds {} orders", work.len());
+                if let Some(delivery) = work.first() {
+                    let order = &delivery.order_id;
+                    drivers
+                        .pick_up(request(&driver, order))
+                        .await
+                        .expect("picked up");
+                    drivers
+                        .deliver(request(&driver, order))
+                        .await
+                        .expect("delivered");
+                    delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    mine.push(order.clone());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            mine
+        });
+    }
+    simulate(&hub, orders[ORDERS / 2..].iter().map(|o| ready(o))).await;
+    let all = tokio::time::timeout(Duration::from_secs(240), async {
+        let mut all = Vec::new();
+        while let Some(mine) = workers.join_next().await {
+            all.extend(mine.expect("a driver's work"));
+        }
+        all
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "only {} of {ORDERS} orders delivered in time",
+            delivered.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    });
+    let mut all = all;
+    all.sort();
+    assert_eq!(all, orders, "every order delivered once");
+
+    let assigned_events = events_of_type(&hub, "delivery.assigned").await;
+    let mut per_order: HashMap<String, usize> = HashMap::new();
+    for event in &assigned_events {
+        *per_order.entry(event.key.clone()).or_default() += 1;
+    }
+    assert_eq!(per_order.len(), ORDERS);
+    assert!(
+        per_order.values().all(|&n| n == 1),
+        "an order assigned twice"
+    );
+
+    // In the lake, each driver's assignments and deliveries alternate: assigned o, delivered o,
+    // assigned o', ...
+    let mut holding: HashMap<String, String> = HashMap::new();
+    for message in stream_messages(&hub, hub.events_stream()).await {
+        let Ok(event) =
+            fractal::Event::decode(&message.subject, message.headers.as_ref(), message.payload)
+        else {
+            continue;
+        };
+        let is_assignment = match event.event_type.as_str() {
+            "delivery.assigned" => true,
+            "delivery.delivered" => false,
+            _ => continue,
+        };
+        let delivery: Delivery = event.payload().expect("a Delivery");
+        let (driver, order) = (delivery.driver_id, event.key.clone());
+        if is_assignment {
+            if let Some(other) = holding.insert(driver.clone(), order.clone()) {
+                panic!("{driver} was given {order} while holding {other}");
+            }
+        } else {
+            assert_eq!(holding.remove(&driver), Some(order), "{driver} delivered");
+        }
+    }
+    assert!(holding.is_empty(), "undelivered: {holding:?}");
 }

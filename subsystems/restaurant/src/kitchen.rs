@@ -1,12 +1,14 @@
 //! `kitchen`: the restaurant's staff work the orders that reach them. The `tickets` view is
 //! built from `ticket.*` events; a command checks the ticket's status, publishes the next fact
-//! and applies it to the view at once, so the next command sees it.
+//! and applies it to the view at once, so the next command sees it. The view is indexed by
+//! restaurant (`tickets_by_restaurant`, `<restaurant>.<order>`), so that `ListTickets` reads
+//! one restaurant's tickets and nothing else.
 
 use std::time::SystemTime;
 
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
-use fractal::view::{Record, View, ViewError};
+use fractal::view::{Index, Record, View, ViewError, key};
 use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -16,7 +18,15 @@ use crate::v1::kitchen_server::{Kitchen, KitchenServer};
 use crate::v1::{ListTicketsRequest, ListTicketsResponse, Ticket, TicketRequest, TicketStatus};
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
-    let view = View::<Ticket>::open(&service.hub, "tickets").await?;
+    let by_restaurant = Index::open(
+        &service.hub,
+        "tickets_by_restaurant",
+        |order_id, t: &Ticket| key(&[&t.restaurant_id, order_id]),
+    )
+    .await?;
+    let view = View::<Ticket>::open(&service.hub, "tickets")
+        .await?
+        .indexed_by(by_restaurant.clone());
     let mut consumer = service.consumer();
     for event_type in [TICKET_RECEIVED, TICKET_ACCEPTED, TICKET_READY] {
         let view = view.clone();
@@ -24,6 +34,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     }
     let api = KitchenApi {
         view,
+        by_restaurant,
         publisher: service.publisher(),
     };
     let grpc = GrpcServer::new()
@@ -34,8 +45,11 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 
 async fn apply(view: View<Ticket>, event: Event) -> Result<(), HandlerError> {
     let ticket: Ticket = event.payload()?;
-    if ticket.order_id.is_empty() {
-        return Err(HandlerError::permanent("a ticket without an order_id"));
+    for (field, id) in [
+        ("order_id", &ticket.order_id),
+        ("restaurant_id", &ticket.restaurant_id),
+    ] {
+        food_contracts::check_id(field, id).map_err(HandlerError::permanent)?;
     }
     store(&view, ticket, event.time).await?;
     Ok(())
@@ -60,6 +74,7 @@ pub(crate) async fn store(
 
 struct KitchenApi {
     view: View<Ticket>,
+    by_restaurant: Index<Ticket>,
     publisher: Publisher,
 }
 
@@ -150,12 +165,12 @@ impl Kitchen for KitchenApi {
         let restaurant = request.into_inner().restaurant_id;
         food_contracts::check_id("restaurant_id", &restaurant).map_err(Status::invalid_argument)?;
         let mut tickets: Vec<Ticket> = self
-            .view
-            .list()
+            .by_restaurant
+            .view()
+            .scan(&key(&[&restaurant]))
             .await?
             .into_iter()
             .map(|(_, record)| record.value)
-            .filter(|t| t.restaurant_id == restaurant)
             .collect();
         tickets.sort_by_key(|t| food_contracts::time(t.received_at.as_ref()));
         Ok(Response::new(ListTicketsResponse { tickets }))
