@@ -413,6 +413,13 @@ fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
         "{}",
         text(&demo)
     );
+    // Log files are plain text: no terminal colour codes.
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    for process in running.services.values().chain(running.bridges.values()) {
+        let log = std::fs::read_to_string(&process.log).unwrap();
+        assert!(log.contains("started"), "{}: {log}", process.log);
+        assert!(!log.contains('\x1b'), "colour codes in {}", process.log);
+    }
 
     up.kill().unwrap(); // SIGKILL: the CLI cannot clean up after itself.
     up.wait().unwrap();

@@ -88,8 +88,15 @@ pub fn init(
         Ok(env) if !env.is_empty() => EnvFilter::builder().parse(env)?,
         _ => EnvFilter::builder().parse(&log.level)?,
     };
+    // Colour only on a terminal (not in log files such as `fractal up`'s), and never with
+    // NO_COLOR set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = match log.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(colour)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     let endpoint_set = [

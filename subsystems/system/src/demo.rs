@@ -49,7 +49,7 @@ pub struct Delivered {
     pub took: Duration,
 }
 
-async fn connect(
+pub(crate) async fn connect(
     system: &RunningSystem,
     service: &str,
     timeout: Duration,

@@ -10,6 +10,7 @@
 
 pub mod demo;
 mod insights;
+pub mod load;
 
 use fractal::service::{Service, ServiceError};
 

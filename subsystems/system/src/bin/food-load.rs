@@ -1,0 +1,81 @@
+//! `food-load --system RUNNING_JSON [--rate N] [--duration-secs S] …`: an open-loop load on a
+//! running food-delivery system (a benchmark, run on demand; `scripts/load` runs it on release
+//! builds). Prints throughput, placed → delivered latency, gRPC latencies, CPU per order of
+//! every process and hub, and whether the system kept up. Exits 0 only if every order was
+//! delivered.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use food_system::load::LoadOptions;
+use fractal::local::RunningSystem;
+
+/// Brings an open-loop load of orders to a running food-delivery system.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The running system's description, as `fractal up` writes it.
+    #[arg(long)]
+    system: PathBuf,
+    /// Orders placed per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// For how many seconds orders arrive.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Drivers on shift.
+    #[arg(long, default_value_t = 100)]
+    drivers: usize,
+    /// Restaurants, each with its menu.
+    #[arg(long, default_value_t = 10)]
+    restaurants: usize,
+    /// Customers placing orders in turn.
+    #[arg(long, default_value_t = 1000)]
+    customers: usize,
+    /// How often each driver's app asks for work, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+    /// How long a kitchen takes to prepare an order, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    prep_ms: u64,
+    /// How long to wait for the last orders after arrivals stop, in seconds.
+    #[arg(long, default_value_t = 60)]
+    drain_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !(args.rate > 0.0 && args.duration_secs > 0.0) || args.drivers == 0 {
+        eprintln!("food-load: --rate, --duration-secs and --drivers must be positive");
+        return ExitCode::from(2);
+    }
+    let options = LoadOptions {
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration_secs),
+        drivers: args.drivers,
+        restaurants: args.restaurants,
+        customers: args.customers,
+        poll: Duration::from_millis(args.poll_ms),
+        prep: Duration::from_millis(args.prep_ms),
+        drain: Duration::from_secs(args.drain_secs),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("food-load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let system = RunningSystem::load(&args.system)?;
+        food_system::load::run(&system, &options).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("food-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
