@@ -182,7 +182,7 @@ pub struct View<T> {
     _value: PhantomData<fn() -> T>,
 }
 
-impl<T: prost::Message + Default + Clone> View<T> {
+impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// Opens the view `name` on `hub`, creating its bucket (`view_<name>`) if missing.
     pub async fn open(hub: &Hub, name: &str) -> Result<View<T>, ViewError> {
         if name.is_empty()
@@ -339,8 +339,7 @@ impl<T: prost::Message + Default + Clone> View<T> {
                 None => (0, None),
             };
             let Some(next) = change(current.clone()) else {
-                self.sync_indexes(key, revision, current.clone(), None)
-                    .await?;
+                self.check_indexes(key, revision, current.as_ref()).await?;
                 return Ok(current);
             };
             let bytes = encode(&next).into();
@@ -397,6 +396,27 @@ impl<T: prost::Message + Default + Clone> View<T> {
             let revision = self.entry(key).await?.map_or(0, |(revision, _)| revision);
             self.sync_indexes(key, revision, None, Some(&previous))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// After an update that changed nothing (a redelivery, or an event a command already
+    /// applied): reads each index and brings it in step only if a step was cut short before.
+    async fn check_indexes(
+        &self,
+        key: &str,
+        revision: u64,
+        record: Option<&Record<T>>,
+    ) -> Result<(), ViewError> {
+        let Some(record) = record else {
+            return Ok(());
+        };
+        for index in &self.indexes {
+            if !index.holds(key, record).await? {
+                return self
+                    .sync_indexes(key, revision, Some(record.clone()), None)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -491,7 +511,7 @@ impl<T> std::fmt::Debug for Index<T> {
     }
 }
 
-impl<T: prost::Message + Default + Clone> Index<T> {
+impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
     /// Opens the index view `name` on `hub`, which files an entry `(key, value)` of its primary
     /// view under `index_key(key, value)`.
     pub async fn open(
@@ -515,6 +535,18 @@ impl<T: prost::Message + Default + Clone> Index<T> {
     /// The index as a view of its own, to [`View::scan`] or to copy with [`View::live`].
     pub fn view(&self) -> &View<T> {
         &self.view
+    }
+
+    /// Whether the index is in step with `record`, the primary's entry for `key`.
+    async fn holds(&self, key: &str, record: &Record<T>) -> Result<bool, ViewError> {
+        let place = (self.key)(key, &record.value);
+        check_key(&place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
+        let stored = self.view.get(&place).await?;
+        Ok(if (self.only)(&record.value) {
+            stored.as_ref() == Some(record)
+        } else {
+            stored.is_none()
+        })
     }
 
     /// Files `record` (the primary's entry for `key`, or its absence) in the index.

@@ -286,7 +286,12 @@ impl Dispatch {
         let Some(driver) = claimed else {
             return Ok(Match::DriverTaken);
         };
-        let Some(request) = self.waiting.get(order_id).await? else {
+        // The request as queued (it never changes): from the copy if it has it.
+        let request = match self.queue.get(order_id) {
+            Some(request) => Some(request),
+            None => self.waiting.get(order_id).await?,
+        };
+        let Some(request) = request else {
             self.release_claim(driver_id, order_id).await?;
             return Ok(Match::OrderTaken);
         };
@@ -311,7 +316,7 @@ impl Dispatch {
         }
         self.confirm(driver_id, order_id).await?;
         self.waiting.delete(order_id).await?;
-        self.announce(order_id).await?;
+        self.publish(order_id, assignment).await?;
         Ok(Match::Assigned)
     }
 
@@ -366,9 +371,18 @@ impl Dispatch {
 
     /// Publishes the assignment of `order_id`, always with the same event id.
     async fn announce(&self, order_id: &str) -> Result<(), HandlerError> {
-        let Some(record) = self.assignments.get(order_id).await? else {
-            return Ok(());
-        };
+        match self.assignments.get(order_id).await? {
+            Some(record) => self.publish(order_id, record).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes the assignment `record` of `order_id` under its own event id.
+    async fn publish(
+        &self,
+        order_id: &str,
+        record: Record<Assignment>,
+    ) -> Result<(), HandlerError> {
         let Some(delivery) = record.value.delivery else {
             return Err(HandlerError::permanent(format!(
                 "the assignment of `{order_id}` carries no delivery"

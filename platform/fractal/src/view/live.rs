@@ -50,7 +50,7 @@ struct Inner<T> {
     _stop: DropGuard,
 }
 
-impl<T: prost::Message + Default + Clone + Send + Sync + 'static> View<T> {
+impl<T: prost::Message + Default + Clone + PartialEq + Send + Sync + 'static> View<T> {
     /// A live copy of this view, loaded and following the bucket once this returns.
     pub async fn live(&self) -> Result<LiveView<T>, ViewError> {
         let copy = Arc::new(RwLock::new(BTreeMap::new()));
@@ -146,7 +146,7 @@ impl<T: Clone> LiveView<T> {
 
 /// Follows the bucket from its first revision into `copy` until `stop`, starting the watch
 /// again after the revision it reached whenever it ends or fails.
-async fn follow<T: prost::Message + Default + Clone>(
+async fn follow<T: prost::Message + Default + Clone + PartialEq>(
     view: View<T>,
     copy: Arc<RwLock<BTreeMap<String, Record<T>>>>,
     seen: tokio::sync::watch::Sender<u64>,
