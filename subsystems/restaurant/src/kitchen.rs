@@ -1,8 +1,9 @@
 //! `kitchen`: the restaurant's staff work the orders that reach them. The `tickets` view is
 //! built from `ticket.*` events; a command checks the ticket's status, publishes the next fact
 //! and applies it to the view at once, so the next command sees it. The view is indexed by
-//! restaurant (`tickets_by_restaurant`, `<restaurant>.<order>`), so that `ListTickets` reads
-//! one restaurant's tickets and nothing else.
+//! restaurant (`tickets_by_restaurant`, `<restaurant>.<order>`, and
+//! `open_tickets_by_restaurant` with only the tickets not ready yet), so that `ListTickets`
+//! reads one restaurant's tickets and nothing else.
 
 use std::time::SystemTime;
 
@@ -18,15 +19,15 @@ use crate::v1::kitchen_server::{Kitchen, KitchenServer};
 use crate::v1::{ListTicketsRequest, ListTicketsResponse, Ticket, TicketRequest, TicketStatus};
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
-    let by_restaurant = Index::open(
-        &service.hub,
-        "tickets_by_restaurant",
-        |order_id, t: &Ticket| key(&[&t.restaurant_id, order_id]),
-    )
-    .await?;
+    let place = |order_id: &str, t: &Ticket| key(&[&t.restaurant_id, order_id]);
+    let by_restaurant = Index::open(&service.hub, "tickets_by_restaurant", place).await?;
+    let open_by_restaurant = Index::open(&service.hub, "open_tickets_by_restaurant", place)
+        .await?
+        .only(|t| t.status() != TicketStatus::Ready);
     let view = View::<Ticket>::open(&service.hub, "tickets")
         .await?
-        .indexed_by(by_restaurant.clone());
+        .indexed_by(by_restaurant.clone())
+        .indexed_by(open_by_restaurant.clone());
     let mut consumer = service.consumer();
     for event_type in [TICKET_RECEIVED, TICKET_ACCEPTED, TICKET_READY] {
         let view = view.clone();
@@ -35,6 +36,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let api = KitchenApi {
         view,
         by_restaurant,
+        open_by_restaurant,
         publisher: service.publisher(),
     };
     let grpc = GrpcServer::new()
@@ -75,6 +77,8 @@ pub(crate) async fn store(
 struct KitchenApi {
     view: View<Ticket>,
     by_restaurant: Index<Ticket>,
+    /// Only the tickets not ready yet.
+    open_by_restaurant: Index<Ticket>,
     publisher: Publisher,
 }
 
@@ -162,10 +166,15 @@ impl Kitchen for KitchenApi {
         &self,
         request: Request<ListTicketsRequest>,
     ) -> Result<Response<ListTicketsResponse>, Status> {
-        let restaurant = request.into_inner().restaurant_id;
+        let request = request.into_inner();
+        let restaurant = request.restaurant_id;
         food_contracts::check_id("restaurant_id", &restaurant).map_err(Status::invalid_argument)?;
-        let mut tickets: Vec<Ticket> = self
-            .by_restaurant
+        let index = if request.open_only {
+            &self.open_by_restaurant
+        } else {
+            &self.by_restaurant
+        };
+        let mut tickets: Vec<Ticket> = index
             .view()
             .scan(&key(&[&restaurant]))
             .await?

@@ -46,10 +46,16 @@ fn order(order_id: &str, restaurant_id: &str) -> Order {
 
 /// Restaurant r-1's tickets, if the kitchen answers.
 async fn tickets(client: &KitchenClient<Channel>) -> Option<Vec<Ticket>> {
+    list(client, false).await
+}
+
+/// Restaurant r-1's tickets (only those still to work with `open_only`).
+async fn list(client: &KitchenClient<Channel>, open_only: bool) -> Option<Vec<Ticket>> {
     let response = client
         .clone()
         .list_tickets(ListTicketsRequest {
             restaurant_id: "r-1".into(),
+            open_only,
         })
         .await
         .ok()?;
@@ -191,7 +197,14 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
         .await
         .expect_err("accepted twice");
     assert_eq!(error.code(), Code::FailedPrecondition);
+    let open = list(&client, true).await.expect("listed");
+    assert_eq!(open.len(), 1, "an accepted ticket is still open");
     client.mark_ready(request.clone()).await.expect("ready");
+    // A ready ticket leaves the open list and stays in the full one.
+    assert_eq!(list(&client, true).await.expect("listed"), vec![]);
+    let all = list(&client, false).await.expect("listed");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status(), TicketStatus::Ready);
     let error = client
         .accept_order(TicketRequest {
             restaurant_id: "r-2".into(),

@@ -33,7 +33,8 @@ struct Args {
     /// Customers placing orders in turn.
     #[arg(long, default_value_t = 1000)]
     customers: usize,
-    /// How often each driver's app asks for work, in milliseconds.
+    /// How often each driver's app asks for work, and each kitchen display for tickets, in
+    /// milliseconds.
     #[arg(long, default_value_t = 100)]
     poll_ms: u64,
     /// How long a kitchen takes to prepare an order, in milliseconds.
