@@ -3,13 +3,14 @@
 //! and applies it to the view at once, so the next command sees it. The view is indexed by
 //! restaurant (`tickets_by_restaurant`, `<restaurant>.<order>`, and
 //! `open_tickets_by_restaurant` with only the tickets not ready yet), so that `ListTickets`
-//! reads one restaurant's tickets and nothing else.
+//! reads one restaurant's tickets and nothing else. Kitchen displays poll the open tickets, so
+//! the service keeps a live copy of that index and answers from memory.
 
 use std::time::SystemTime;
 
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
-use fractal::view::{Index, Record, View, ViewError, key};
+use fractal::view::{Index, LiveView, Record, View, ViewError, key};
 use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -24,10 +25,11 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let open_by_restaurant = Index::open(&service.hub, "open_tickets_by_restaurant", place)
         .await?
         .only(|t| t.status() != TicketStatus::Ready);
+    let open = open_by_restaurant.view().live().await?;
     let view = View::<Ticket>::open(&service.hub, "tickets")
         .await?
         .indexed_by(by_restaurant.clone())
-        .indexed_by(open_by_restaurant.clone());
+        .indexed_by(open_by_restaurant);
     let mut consumer = service.consumer();
     for event_type in [TICKET_RECEIVED, TICKET_ACCEPTED, TICKET_READY] {
         let view = view.clone();
@@ -36,7 +38,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let api = KitchenApi {
         view,
         by_restaurant,
-        open_by_restaurant,
+        open,
         publisher: service.publisher(),
     };
     let grpc = GrpcServer::new()
@@ -77,8 +79,8 @@ pub(crate) async fn store(
 struct KitchenApi {
     view: View<Ticket>,
     by_restaurant: Index<Ticket>,
-    /// Only the tickets not ready yet.
-    open_by_restaurant: Index<Ticket>,
+    /// A live copy of `open_tickets_by_restaurant`, which kitchen displays poll.
+    open: LiveView<Ticket>,
     publisher: Publisher,
 }
 
@@ -144,6 +146,8 @@ impl KitchenApi {
                 )
                 .await?;
             store(&self.view, ticket.clone(), now).await?;
+            // The next `ListTickets` shows this step.
+            self.open.sync().await?;
             Ok(ticket)
         }
         .instrument(span)
@@ -169,18 +173,13 @@ impl Kitchen for KitchenApi {
         let request = request.into_inner();
         let restaurant = request.restaurant_id;
         food_contracts::check_id("restaurant_id", &restaurant).map_err(Status::invalid_argument)?;
-        let index = if request.open_only {
-            &self.open_by_restaurant
+        let prefix = key(&[&restaurant]);
+        let listed = if request.open_only {
+            self.open.scan(&prefix)
         } else {
-            &self.by_restaurant
+            self.by_restaurant.view().scan(&prefix).await?
         };
-        let mut tickets: Vec<Ticket> = index
-            .view()
-            .scan(&key(&[&restaurant]))
-            .await?
-            .into_iter()
-            .map(|(_, record)| record.value)
-            .collect();
+        let mut tickets: Vec<Ticket> = listed.into_iter().map(|(_, record)| record.value).collect();
         tickets.sort_by_key(|t| food_contracts::time(t.received_at.as_ref()));
         Ok(Response::new(ListTicketsResponse { tickets }))
     }
