@@ -21,6 +21,7 @@ mod live;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
@@ -501,6 +502,8 @@ pub struct Index<T> {
     view: View<T>,
     key: IndexKey<T>,
     only: IndexFilter<T>,
+    /// The highest revision of the index this process wrote.
+    written: Arc<AtomicU64>,
 }
 
 impl<T> std::fmt::Debug for Index<T> {
@@ -523,6 +526,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
             view: View::open(hub, name).await?,
             key: Arc::new(index_key),
             only: Arc::new(|_| true),
+            written: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -535,6 +539,13 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
     /// The index as a view of its own, to [`View::scan`] or to copy with [`View::live`].
     pub fn view(&self) -> &View<T> {
         &self.view
+    }
+
+    /// The highest revision of the index this process has written: a live copy of the index
+    /// that reached it ([`LiveView::wait_for`]) holds every index write of every update this
+    /// process finished.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 
     /// Whether the index is in step with `record`, the primary's entry for `key`.
@@ -558,13 +569,15 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         let place = (self.key)(key, &record.value);
         check_key(&place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
         if (self.only)(&record.value) {
-            self.view
+            let revision = self
+                .view
                 .store
                 .put(&place, encode(record).into())
                 .await
                 .map_err(|e| {
                     ViewError::new(&self.view.name, format!("cannot write `{place}`"), e)
                 })?;
+            self.written.fetch_max(revision, Ordering::AcqRel);
             Ok(())
         } else {
             self.remove(&place).await
@@ -577,11 +590,24 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         if self.view.get(place).await?.is_none() {
             return Ok(());
         }
-        self.view
-            .store
-            .delete(place)
+        // A key-value delete, published directly to learn its revision.
+        let fail = |e: async_nats::Error| {
+            ViewError::new(&self.view.name, format!("cannot delete `{place}`"), e)
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        let ack = async_nats::jetstream::new(self.view.client.clone())
+            .publish_with_headers(
+                format!("{}{place}", self.view.store.prefix),
+                headers,
+                bytes::Bytes::new(),
+            )
             .await
-            .map_err(|e| ViewError::new(&self.view.name, format!("cannot delete `{place}`"), e))
+            .map_err(|e| fail(e.into()))?
+            .await
+            .map_err(|e| fail(e.into()))?;
+        self.written.fetch_max(ack.sequence, Ordering::AcqRel);
+        Ok(())
     }
 }
 

@@ -283,3 +283,32 @@ async fn a_live_copy_survives_a_hub_restart() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_live_copy_of_an_index_reads_this_processes_own_writes() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let index = by_driver(&hub).await;
+    let live = index.view().live().await.unwrap();
+    let view = View::<Header>::open(&hub, "deliveries")
+        .await
+        .unwrap()
+        .indexed_by(index.clone());
+    for (i, status) in ["assigned", "picked_up", "delivered"].iter().enumerate() {
+        for order in 0..20u64 {
+            let o = format!("o-{order}");
+            apply(
+                &view,
+                &o,
+                delivery("d-1", status),
+                at(order * 10 + i as u64),
+            )
+            .await;
+            live.wait_for(index.written()).await.unwrap();
+            let listed = live.get(&key(&["d-1", &o])).map(|r| r.value.value);
+            let expected = (*status != "delivered").then(|| status.to_string());
+            assert_eq!(listed, expected, "{o} {status}");
+        }
+    }
+    assert!(live.scan("d-1").is_empty());
+}

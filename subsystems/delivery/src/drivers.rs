@@ -36,7 +36,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let assigned = by_driver.view().live().await?;
     let view = View::<Delivery>::open(&service.hub, "deliveries")
         .await?
-        .indexed_by(by_driver);
+        .indexed_by(by_driver.clone());
     let mut consumer = service.consumer();
     for event_type in [DELIVERY_ASSIGNED, DELIVERY_PICKED_UP, DELIVERY_DELIVERED] {
         let view = view.clone();
@@ -44,6 +44,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     }
     let api = DriversApi {
         view,
+        by_driver,
         assigned,
         publisher: service.publisher(),
     };
@@ -83,6 +84,7 @@ async fn store(
 
 struct DriversApi {
     view: View<Delivery>,
+    by_driver: Index<Delivery>,
     /// The live copy of `deliveries_by_driver`.
     assigned: LiveView<Delivery>,
     publisher: Publisher,
@@ -163,7 +165,7 @@ impl DriversApi {
                 .await?;
             store(&self.view, delivery.clone(), now).await?;
             // The driver's next `ListAssigned` shows this step.
-            self.assigned.sync().await?;
+            self.assigned.wait_for(self.by_driver.written()).await?;
             Ok(delivery)
         }
         .instrument(span)

@@ -29,7 +29,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let view = View::<Ticket>::open(&service.hub, "tickets")
         .await?
         .indexed_by(by_restaurant.clone())
-        .indexed_by(open_by_restaurant);
+        .indexed_by(open_by_restaurant.clone());
     let mut consumer = service.consumer();
     for event_type in [TICKET_RECEIVED, TICKET_ACCEPTED, TICKET_READY] {
         let view = view.clone();
@@ -38,6 +38,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let api = KitchenApi {
         view,
         by_restaurant,
+        open_by_restaurant,
         open,
         publisher: service.publisher(),
     };
@@ -79,6 +80,7 @@ pub(crate) async fn store(
 struct KitchenApi {
     view: View<Ticket>,
     by_restaurant: Index<Ticket>,
+    open_by_restaurant: Index<Ticket>,
     /// A live copy of `open_tickets_by_restaurant`, which kitchen displays poll.
     open: LiveView<Ticket>,
     publisher: Publisher,
@@ -147,7 +149,9 @@ impl KitchenApi {
                 .await?;
             store(&self.view, ticket.clone(), now).await?;
             // The next `ListTickets` shows this step.
-            self.open.sync().await?;
+            self.open
+                .wait_for(self.open_by_restaurant.written())
+                .await?;
             Ok(ticket)
         }
         .instrument(span)

@@ -83,8 +83,15 @@ impl<T: Clone> LiveView<T> {
             .map_err(|e| ViewError::new(name, "cannot read the bucket's revision", e))?
             .state
             .last_sequence;
+        self.wait_for(last).await
+    }
+
+    /// Waits until the copy has reached `revision` of the bucket (one this process wrote, such
+    /// as [`super::Index::written`]): read-your-own-writes without asking the hub.
+    pub async fn wait_for(&self, revision: u64) -> Result<(), ViewError> {
+        let name = &self.inner.name;
         let mut seen = self.inner.seen.clone();
-        let reached = tokio::time::timeout(SYNC_TIMEOUT, seen.wait_for(|&at| at >= last))
+        let reached = tokio::time::timeout(SYNC_TIMEOUT, seen.wait_for(|&at| at >= revision))
             .await
             .map(|r| r.is_ok());
         match reached {
@@ -93,7 +100,7 @@ impl<T: Clone> LiveView<T> {
             Err(_) => Err(ViewError::busy(
                 name,
                 format!(
-                    "the live copy is at revision {} of {last} after {SYNC_TIMEOUT:?}",
+                    "the live copy is at revision {} of {revision} after {SYNC_TIMEOUT:?}",
                     self.revision()
                 ),
             )),
