@@ -227,6 +227,7 @@ async fn measure(stored: usize, orders: usize) -> Row {
                 let assigned = drivers
                     .list_assigned(ListAssignedRequest {
                         driver_id: driver_id.clone(),
+                        wait_ms: 0,
                     })
                     .await
                     .unwrap()

@@ -7,7 +7,7 @@
 //! deliveries stored. A command waits until the copy holds its own write, so a driver who
 //! delivered an order never sees it listed again.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
@@ -81,6 +81,9 @@ async fn store(
     .await?;
     Ok(())
 }
+
+/// The longest a `ListAssigned` long poll may wait, in milliseconds.
+const MAX_WAIT_MS: u32 = 30_000;
 
 struct DriversApi {
     view: View<Delivery>,
@@ -213,16 +216,32 @@ impl Drivers for DriversApi {
         &self,
         request: Request<ListAssignedRequest>,
     ) -> Result<Response<ListAssignedResponse>, Status> {
-        let driver = request.into_inner().driver_id;
+        let request = request.into_inner();
+        let driver = request.driver_id;
         food_contracts::check_id("driver_id", &driver).map_err(invalid)?;
-        let mut deliveries: Vec<Delivery> = self
-            .assigned
-            .scan(&key(&[&driver]))
-            .into_iter()
-            .map(|(_, record)| record.value)
-            .collect();
-        deliveries.sort_by_key(|d| food_contracts::time(d.assigned_at.as_ref()));
-        Ok(Response::new(ListAssignedResponse { deliveries }))
+        if request.wait_ms > MAX_WAIT_MS {
+            return Err(invalid(format!(
+                "wait_ms: at most {MAX_WAIT_MS}, not {}",
+                request.wait_ms
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_millis(request.wait_ms.into());
+        loop {
+            let revision = self.assigned.revision();
+            let mut deliveries: Vec<Delivery> = self
+                .assigned
+                .scan(&key(&[&driver]))
+                .into_iter()
+                .map(|(_, record)| record.value)
+                .collect();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !deliveries.is_empty() || left.is_zero() {
+                deliveries.sort_by_key(|d| food_contracts::time(d.assigned_at.as_ref()));
+                return Ok(Response::new(ListAssignedResponse { deliveries }));
+            }
+            // A long poll: look again when the copy changes.
+            self.assigned.changed_since(revision, left).await;
+        }
     }
 
     async fn pick_up(

@@ -73,6 +73,7 @@ async fn assigned(client: &DriversClient<Channel>, driver_id: &str) -> Vec<Deliv
         .clone()
         .list_assigned(ListAssignedRequest {
             driver_id: driver_id.into(),
+            wait_ms: 0,
         })
         .await
         .expect("listed")
@@ -306,4 +307,64 @@ async fn fifty_drivers_and_five_hundred_orders_keep_the_dispatch_invariants() {
         }
     }
     assert!(holding.is_empty(), "undelivered: {holding:?}");
+}
+
+/// A driver's app long-polls: `ListAssigned` with `wait_ms` answers as soon as an order is
+/// assigned, and with nothing once the wait is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_when_an_order_is_assigned() {
+    // Bound whole: the server and services live until the end of the test.
+    let subsystem = start().await;
+    let (hub, mut drivers) = (subsystem.hub.clone(), subsystem.drivers.clone());
+    available(&mut drivers, "d-1").await;
+
+    let waited = drivers
+        .list_assigned(ListAssignedRequest {
+            driver_id: "d-1".into(),
+            wait_ms: 300,
+        })
+        .await
+        .expect("listed")
+        .into_inner();
+    assert!(
+        waited.deliveries.is_empty(),
+        "nothing to do: an empty answer after the wait"
+    );
+
+    let poll = tokio::spawn({
+        let drivers = drivers.clone();
+        async move {
+            drivers
+                .clone()
+                .list_assigned(ListAssignedRequest {
+                    driver_id: "d-1".into(),
+                    wait_ms: 30_000,
+                })
+                .await
+                .expect("listed")
+                .into_inner()
+                .deliveries
+        }
+    });
+    simulate(&hub, [ready("o-1")]).await;
+    let deliveries = tokio::time::timeout(Duration::from_secs(25), poll)
+        .await
+        .expect("answered once the order was assigned, before the wait ran out")
+        .expect("the poll");
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].order_id, "o-1");
+
+    let error = drivers
+        .list_assigned(ListAssignedRequest {
+            driver_id: "d-1".into(),
+            wait_ms: 30_001,
+        })
+        .await
+        .expect_err("too long a wait");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("wait_ms: at most 30000"),
+        "{}",
+        error.message()
+    );
 }

@@ -160,6 +160,8 @@ impl Actors {
                         let assigned = drivers
                             .list_assigned(ListAssignedRequest {
                                 driver_id: driver_id.clone(),
+                                // A long poll: answered as soon as an order is assigned.
+                                wait_ms: 200,
                             })
                             .await?
                             .into_inner()
@@ -173,7 +175,6 @@ impl Actors {
                             drivers.deliver(request).await?;
                             delivered.push(delivery.order_id);
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     // Off shift, so that a later run's orders do not wait for this driver.
                     drivers

@@ -41,8 +41,11 @@ pub struct LoadOptions {
     pub restaurants: usize,
     /// Customers placing the orders in turn.
     pub customers: usize,
-    /// How often a driver's app asks for work, and a kitchen display for tickets.
+    /// How often a driver's app asks for work (when it does not long-poll), and a kitchen
+    /// display for tickets.
     pub poll: Duration,
+    /// How long a driver's `ListAssigned` waits for work (a long poll); zero to poll.
+    pub wait: Duration,
     /// How long a kitchen takes from accepting an order to having it ready.
     pub prep: Duration,
     /// How long to wait for the last orders after arrivals stop.
@@ -187,14 +190,19 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
     };
     let total = (options.rate * options.duration.as_secs_f64()).round() as usize;
     println!(
-        "Load on `{}`: {total} orders at {}/s for {:?} from {} customers, {} restaurants, {} drivers polling every {:?}.",
+        "Load on `{}`: {total} orders at {}/s for {:?} from {} customers, {} restaurants polling every {:?}, {} drivers {}.",
         system.name,
         options.rate,
         options.duration,
         options.customers,
         options.restaurants,
+        options.poll,
         options.drivers,
-        options.poll
+        if options.wait.is_zero() {
+            format!("polling every {:?}", options.poll)
+        } else {
+            format!("long-polling up to {:?}", options.wait)
+        }
     );
     let restaurants = publish_menus(&clients, options.restaurants).await?;
     let tally = Arc::new(Tally::default());
@@ -552,27 +560,28 @@ async fn start_drivers(
         )
         .await?;
         let off = status(DriverStatus::Offline);
-        let (tally, done, poll) = (tally.clone(), done.clone(), options.poll);
+        let (tally, done, poll, wait) = (tally.clone(), done.clone(), options.poll, options.wait);
+        let method = if wait.is_zero() {
+            "ListAssigned"
+        } else {
+            "ListAssigned (long poll)"
+        };
         tasks.push(tokio::spawn(async move {
             // Spread the polls over the interval, as real drivers' apps are.
             tokio::time::sleep(poll.mul_f64(i as f64 / 97.0 % 1.0)).await;
             while !done.load(Ordering::Relaxed) {
                 let request = ListAssignedRequest {
                     driver_id: driver_id.clone(),
+                    wait_ms: wait.as_millis().try_into().unwrap_or(u32::MAX),
                 };
-                let assigned = match timed(
-                    &tally.latencies,
-                    "ListAssigned",
-                    drivers.list_assigned(request),
-                )
-                .await
-                {
-                    Ok(response) => response.deliveries,
-                    Err(e) => {
-                        tally.error("ListAssigned", &e);
-                        Vec::new()
-                    }
-                };
+                let assigned =
+                    match timed(&tally.latencies, method, drivers.list_assigned(request)).await {
+                        Ok(response) => response.deliveries,
+                        Err(e) => {
+                            tally.error("ListAssigned", &e);
+                            Vec::new()
+                        }
+                    };
                 for delivery in assigned {
                     let request = DeliveryRequest {
                         driver_id: driver_id.clone(),
@@ -590,7 +599,9 @@ async fn start_drivers(
                         tally.error("Deliver", &e);
                     }
                 }
-                tokio::time::sleep(poll).await;
+                if wait.is_zero() {
+                    tokio::time::sleep(poll).await;
+                }
             }
             let _ = drivers.set_status(off).await;
         }));

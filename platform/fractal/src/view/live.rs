@@ -107,6 +107,16 @@ impl<T: Clone> LiveView<T> {
         }
     }
 
+    /// Waits until the copy moves past `revision` (any change to the view), for at most
+    /// `timeout`; returns whether it did. For long polls: read, then wait for a change.
+    pub async fn changed_since(&self, revision: u64, timeout: Duration) -> bool {
+        let mut seen = self.inner.seen.clone();
+        matches!(
+            tokio::time::timeout(timeout, seen.wait_for(|&at| at > revision)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// The bucket's revision the copy has reached.
     pub fn revision(&self) -> u64 {
         *self.inner.seen.borrow()

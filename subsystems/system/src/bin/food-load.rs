@@ -33,10 +33,14 @@ struct Args {
     /// Customers placing orders in turn.
     #[arg(long, default_value_t = 1000)]
     customers: usize,
-    /// How often each driver's app asks for work, and each kitchen display for tickets, in
-    /// milliseconds.
+    /// How often each kitchen display asks for tickets (and each driver's app for work, with
+    /// --wait-ms 0), in milliseconds.
     #[arg(long, default_value_t = 100)]
     poll_ms: u64,
+    /// How long each driver's `ListAssigned` waits for work, in milliseconds (a long poll, as
+    /// a driver's app would); 0 polls every --poll-ms instead.
+    #[arg(long, default_value_t = 5000)]
+    wait_ms: u64,
     /// How long a kitchen takes to prepare an order, in milliseconds.
     #[arg(long, default_value_t = 0)]
     prep_ms: u64,
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         restaurants: args.restaurants,
         customers: args.customers,
         poll: Duration::from_millis(args.poll_ms),
+        wait: Duration::from_millis(args.wait_ms),
         prep: Duration::from_millis(args.prep_ms),
         drain: Duration::from_secs(args.drain_secs),
     };
