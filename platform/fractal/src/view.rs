@@ -288,10 +288,10 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                     .and_then(|h| h.get("KV-Operation"))
                     .map(|v| v.as_str());
                 if operation.is_none_or(|op| op == "PUT") {
-                    let record = decode(&message.payload).map_err(|e| {
+                    let (record, _) = decode(&message.payload).map_err(|e| {
                         ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
                     })?;
-                    entries.push((key, record));
+                    entries.extend(record.map(|record| (key, record)));
                 }
                 if pending == 0 {
                     break;
@@ -347,7 +347,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             // Revision 0 means "only if the key has never been written".
             match self.store.update(key, bytes, revision).await {
                 Ok(written) => {
-                    self.sync_indexes(key, written, Some(next.clone()), current.as_ref())
+                    self.sync_indexes(key, written, Some(&next), current.as_ref())
                         .await?;
                     return Ok(Some(next));
                 }
@@ -413,52 +413,39 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             return Ok(());
         };
         for index in &self.indexes {
-            if !index.holds(key, record).await? {
-                return self
-                    .sync_indexes(key, revision, Some(record.clone()), None)
-                    .await;
+            if !index.reflects(key, revision, record).await? {
+                return self.sync_indexes(key, revision, Some(record), None).await;
             }
         }
         Ok(())
     }
 
-    /// Brings every index in step with the entry for `key` as stored at `revision` (`record`),
-    /// removing the entry `previous` had if its index key differs. Reads the entry again after
-    /// writing the indexes and repeats while it changed meanwhile, so that of two writers the
-    /// last to touch an index always leaves it as the entry is.
+    /// Files the entry for `key` as stored at `revision` (`record`, or none once deleted) in
+    /// every index, and marks the index entry `previous` had as removed if its index key
+    /// differs. Each index entry remembers the revision it reflects and is only ever replaced by
+    /// a newer one, so concurrent writers leave the index as the newest entry is.
     async fn sync_indexes(
         &self,
         key: &str,
-        mut revision: u64,
-        mut record: Option<Record<T>>,
+        revision: u64,
+        record: Option<&Record<T>>,
         previous: Option<&Record<T>>,
     ) -> Result<(), ViewError> {
-        if self.indexes.is_empty() {
-            return Ok(());
-        }
         for index in &self.indexes {
             if let Some(previous) = previous {
                 let old = (index.key)(key, &previous.value);
-                let new = record.as_ref().map(|r| (index.key)(key, &r.value));
+                let new = record.map(|r| (index.key)(key, &r.value));
                 if new.as_ref() != Some(&old) {
-                    index.remove(&old).await?;
+                    index.put(&old, revision, None).await?;
                 }
             }
-        }
-        for _ in 0..MAX_CONFLICTS {
-            for index in &self.indexes {
-                index.apply(key, record.as_ref()).await?;
+            if let Some(record) = record {
+                let place = (index.key)(key, &record.value);
+                let kept = (index.only)(&record.value).then_some(record);
+                index.put(&place, revision, kept).await?;
             }
-            let (now, current) = self.entry(key).await?.unwrap_or((0, None));
-            if now == revision {
-                return Ok(());
-            }
-            (revision, record) = (now, current);
         }
-        Err(ViewError::busy(
-            &self.name,
-            format!("`{key}` kept changing while its indexes were written"),
-        ))
+        Ok(())
     }
 
     /// The entry's revision (a deleted entry has one too) and its record, if it holds one.
@@ -474,9 +461,9 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
         if entry.operation != Operation::Put {
             return Ok(Some((entry.revision, None)));
         }
-        let record = decode(&entry.value)
+        let (record, _) = decode(&entry.value)
             .map_err(|e| ViewError::new(&self.name, format!("entry `{key}` does not decode"), e))?;
-        Ok(Some((entry.revision, Some(record))))
+        Ok(Some((entry.revision, record)))
     }
 }
 
@@ -493,10 +480,14 @@ type IndexFilter<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 ///
 /// Every [`View::update`] of the primary writes the stored record to the index in the same
 /// step, so the index follows the primary's own order (newest by event time, idempotent) and
-/// a redelivered event completes a step a crash interrupted. An entry's index key should stay
+/// a redelivered event completes a step a crash interrupted. Each index entry remembers the
+/// revision of the primary entry it copies and is only replaced by a newer one, so two writers
+/// of the same entry leave the index as the newer entry is, whichever writes the index last,
+/// and a reader never sees an older state come back. [`Index::only`] keeps just the records a
+/// query wants (deliveries not yet delivered); the others are marked removed, which readers
+/// ([`View::get`], [`View::scan`], [`LiveView`]) do not see. An entry's index key should stay
 /// the same for the entry's life (a delivery's driver, a ticket's restaurant); when it changes,
-/// the old index entry is removed in the step that changes it. [`Index::only`] keeps just the
-/// records a query wants (deliveries not yet delivered); the others are removed from the index.
+/// the old index entry is marked removed in the step that changes it.
 #[derive(Clone)]
 pub struct Index<T> {
     view: View<T>,
@@ -548,88 +539,122 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         self.written.load(Ordering::Acquire)
     }
 
-    /// Whether the index is in step with `record`, the primary's entry for `key`.
-    async fn holds(&self, key: &str, record: &Record<T>) -> Result<bool, ViewError> {
+    /// Whether the index reflects the primary's entry for `key` as stored at `revision`, or a
+    /// newer one.
+    async fn reflects(
+        &self,
+        key: &str,
+        revision: u64,
+        record: &Record<T>,
+    ) -> Result<bool, ViewError> {
         let place = (self.key)(key, &record.value);
-        check_key(&place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
-        let stored = self.view.get(&place).await?;
-        Ok(if (self.only)(&record.value) {
-            stored.as_ref() == Some(record)
-        } else {
-            stored.is_none()
+        Ok(self.stored(&place).await?.1 >= revision)
+    }
+
+    /// The index entry at `place`: its own revision (0 if never written) and the primary
+    /// revision it reflects (0 if none).
+    async fn stored(&self, place: &str) -> Result<(u64, u64), ViewError> {
+        check_key(place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
+        let entry =
+            self.view.store.entry(place).await.map_err(|e| {
+                ViewError::new(&self.view.name, format!("cannot read `{place}`"), e)
+            })?;
+        Ok(match entry {
+            Some(entry) if entry.operation == Operation::Put => {
+                let (_, source) = decode::<T>(&entry.value).map_err(|e| {
+                    ViewError::new(
+                        &self.view.name,
+                        format!("entry `{place}` does not decode"),
+                        e,
+                    )
+                })?;
+                (entry.revision, source)
+            }
+            Some(entry) => (entry.revision, 0),
+            None => (0, 0),
         })
     }
 
-    /// Files `record` (the primary's entry for `key`, or its absence) in the index.
-    async fn apply(&self, key: &str, record: Option<&Record<T>>) -> Result<(), ViewError> {
-        let Some(record) = record else {
-            // Without the record the index key is unknown: the caller removed it already.
-            return Ok(());
-        };
-        let place = (self.key)(key, &record.value);
-        check_key(&place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
-        if (self.only)(&record.value) {
-            let revision = self
-                .view
-                .store
-                .put(&place, encode(record).into())
-                .await
-                .map_err(|e| {
-                    ViewError::new(&self.view.name, format!("cannot write `{place}`"), e)
-                })?;
-            self.written.fetch_max(revision, Ordering::AcqRel);
-            Ok(())
-        } else {
-            self.remove(&place).await
+    /// Writes `record` at `place` as of the primary's `revision` (`None`: marks it removed),
+    /// unless the index entry there already reflects that revision or a newer one.
+    async fn put(
+        &self,
+        place: &str,
+        revision: u64,
+        record: Option<&Record<T>>,
+    ) -> Result<(), ViewError> {
+        for attempt in 0..MAX_CONFLICTS {
+            let (current, source) = self.stored(place).await?;
+            if source >= revision {
+                return Ok(());
+            }
+            let bytes = encode_indexed(record, revision).into();
+            match self.view.store.update(place, bytes, current).await {
+                Ok(written) => {
+                    self.written.fetch_max(written, Ordering::AcqRel);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(e) => {
+                    return Err(ViewError::new(
+                        &self.view.name,
+                        format!("cannot write `{place}`"),
+                        e,
+                    ));
+                }
+            }
         }
-    }
-
-    /// Removes the index entry `place`, if it holds one (a removed entry stays removed without
-    /// a second delete marker).
-    async fn remove(&self, place: &str) -> Result<(), ViewError> {
-        if self.view.get(place).await?.is_none() {
-            return Ok(());
-        }
-        // A key-value delete, published directly to learn its revision.
-        let fail = |e: async_nats::Error| {
-            ViewError::new(&self.view.name, format!("cannot delete `{place}`"), e)
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("KV-Operation", "DEL");
-        let ack = async_nats::jetstream::new(self.view.client.clone())
-            .publish_with_headers(
-                format!("{}{place}", self.view.store.prefix),
-                headers,
-                bytes::Bytes::new(),
-            )
-            .await
-            .map_err(|e| fail(e.into()))?
-            .await
-            .map_err(|e| fail(e.into()))?;
-        self.written.fetch_max(ack.sequence, Ordering::AcqRel);
-        Ok(())
+        Err(ViewError::busy(
+            &self.view.name,
+            format!("`{place}` kept changing under {MAX_CONFLICTS} attempts to write it"),
+        ))
     }
 }
 
 fn encode<T: prost::Message>(record: &Record<T>) -> Vec<u8> {
-    ViewRecord {
-        time: Some(record.time.into()),
-        trace: record.trace.clone(),
-        value: record.value.encode_to_vec(),
+    encode_indexed(Some(record), 0)
+}
+
+/// An index entry: a copy of the primary's record as of its `source_revision`, or a removal.
+fn encode_indexed<T: prost::Message>(record: Option<&Record<T>>, source_revision: u64) -> Vec<u8> {
+    match record {
+        Some(record) => ViewRecord {
+            time: Some(record.time.into()),
+            trace: record.trace.clone(),
+            value: record.value.encode_to_vec(),
+            source_revision,
+            removed: false,
+        },
+        None => ViewRecord {
+            source_revision,
+            removed: true,
+            ..Default::default()
+        },
     }
     .encode_to_vec()
 }
 
-fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<Record<T>, prost::DecodeError> {
+/// A stored entry's record (none if it is an index's removal) and the primary revision it
+/// reflects (0 outside indexes).
+fn decode<T: prost::Message + Default>(
+    bytes: &[u8],
+) -> Result<(Option<Record<T>>, u64), prost::DecodeError> {
     let stored = ViewRecord::decode(bytes)?;
-    Ok(Record {
+    if stored.removed {
+        return Ok((None, stored.source_revision));
+    }
+    let record = Record {
         value: T::decode(stored.value.as_ref())?,
         time: stored
             .time
             .and_then(|t| SystemTime::try_from(t).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH),
         trace: stored.trace,
-    })
+    };
+    Ok((Some(record), stored.source_revision))
 }
 
 #[cfg(test)]
@@ -647,8 +672,12 @@ mod tests {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             trace: HashMap::from([("traceparent".into(), "00-abc-def-01".into())]),
         };
-        let back: Record<Header> = decode(&encode(&record)).unwrap();
-        assert_eq!(back, record);
+        let (back, source) = decode::<Header>(&encode(&record)).unwrap();
+        assert_eq!((back, source), (Some(record.clone()), 0));
+        let (back, source) = decode::<Header>(&encode_indexed(Some(&record), 7)).unwrap();
+        assert_eq!((back, source), (Some(record), 7));
+        let (back, source) = decode::<Header>(&encode_indexed::<Header>(None, 9)).unwrap();
+        assert_eq!((back, source), (None, 9));
     }
 
     #[test]

@@ -312,3 +312,64 @@ async fn a_live_copy_of_an_index_reads_this_processes_own_writes() {
     }
     assert!(live.scan("d-1").is_empty());
 }
+
+/// Writers racing on the same entries never make an index show an older state again: what a
+/// live copy of the index shows of each delivery only moves forward (assigned, picked up, gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_never_bring_an_older_state_back_into_an_index() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let index = by_driver(&hub).await;
+    let live = index.view().live().await.unwrap();
+    let view = View::<Header>::open(&hub, "deliveries")
+        .await
+        .unwrap()
+        .indexed_by(index.clone());
+    let orders: Vec<String> = (0..30).map(|i| format!("o-{i:02}")).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = tokio::spawn({
+        let (live, done, orders) = (live.clone(), done.clone(), orders.clone());
+        async move {
+            let mut seen: BTreeMap<String, u8> = BTreeMap::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for order in &orders {
+                    let before = seen.get(order).copied().unwrap_or(0);
+                    // Absent: not there yet (0), or gone once delivered (3).
+                    let gone = if before == 0 { 0 } else { 3 };
+                    let now = live
+                        .get(&key(&["d-1", order]))
+                        .map_or(gone, |r| rank(&r.value.value));
+                    seen.insert(order.clone(), now);
+                    assert!(now >= before, "{order} went back from {before} to {now}");
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..8usize {
+        let (view, orders) = (view.clone(), orders.clone());
+        writers.spawn(async move {
+            for (n, order) in orders.iter().enumerate() {
+                let mut steps = ["assigned", "picked_up", "delivered", "assigned", "picked_up"];
+                steps.rotate_left((n + writer) % 5);
+                for (i, status) in steps.iter().enumerate() {
+                    apply(
+                        &view,
+                        order,
+                        delivery("d-1", status),
+                        at(rank(status) as u64 + i as u64),
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    live.sync().await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+    assert!(live.scan("d-1").is_empty(), "every delivery ends delivered");
+}

@@ -191,7 +191,8 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
                 };
                 let record = match entry.operation {
                     Operation::Put => match decode::<T>(&entry.value) {
-                        Ok(record) => Some(record),
+                        // An index's removal marker holds no record.
+                        Ok((record, _)) => record,
                         Err(e) => {
                             tracing::error!(view = %view.name, key = %entry.key, error = %e, "An entry does not decode; the live copy leaves it out.");
                             None
