@@ -29,7 +29,7 @@ use async_nats::jetstream::kv::{self, Operation};
 use futures::StreamExt as _;
 use prost::Message as _;
 
-pub use live::LiveView;
+pub use live::{LiveView, PrefixWatch};
 
 use crate::Hub;
 use crate::proto::ViewRecord;

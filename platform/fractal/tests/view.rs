@@ -351,7 +351,13 @@ async fn racing_writers_never_bring_an_older_state_back_into_an_index() {
         let (view, orders) = (view.clone(), orders.clone());
         writers.spawn(async move {
             for (n, order) in orders.iter().enumerate() {
-                let mut steps = ["assigned", "picked_up", "delivered", "assigned", "picked_up"];
+                let mut steps = [
+                    "assigned",
+                    "picked_up",
+                    "delivered",
+                    "assigned",
+                    "picked_up",
+                ];
                 steps.rotate_left((n + writer) % 5);
                 for (i, status) in steps.iter().enumerate() {
                     apply(
@@ -372,4 +378,31 @@ async fn racing_writers_never_bring_an_older_state_back_into_an_index() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     watcher.await.unwrap();
     assert!(live.scan("d-1").is_empty(), "every delivery ends delivered");
+}
+
+/// A long poll on a live copy wakes for changes under its prefix only.
+#[tokio::test]
+async fn a_prefix_watch_wakes_for_its_own_entries_only() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let view = View::<Header>::open(&hub, "assigned").await.unwrap();
+    let live = view.live().await.unwrap();
+    let mut watch = live.watch_prefix("d-2");
+    let value = delivery("d", "assigned");
+    view.update("d-1.o-1", |_| Some(Record::new(value.clone(), at(1))))
+        .await
+        .unwrap();
+    view.update("d-20.o-2", |_| Some(Record::new(value.clone(), at(1))))
+        .await
+        .unwrap();
+    live.sync().await.unwrap();
+    assert!(
+        !watch.changed(Duration::from_millis(200)).await,
+        "other drivers' entries do not wake it"
+    );
+    view.update("d-2.o-3", |_| Some(Record::new(value.clone(), at(1))))
+        .await
+        .unwrap();
+    assert!(watch.changed(Duration::from_secs(10)).await);
+    assert_eq!(live.scan("d-2").len(), 1);
 }

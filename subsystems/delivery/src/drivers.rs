@@ -226,11 +226,13 @@ impl Drivers for DriversApi {
             )));
         }
         let deadline = Instant::now() + Duration::from_millis(request.wait_ms.into());
+        let prefix = key(&[&driver]);
         loop {
-            let revision = self.assigned.revision();
+            // Watch before reading, so that nothing assigned in between is missed.
+            let mut changes = self.assigned.watch_prefix(&prefix);
             let mut deliveries: Vec<Delivery> = self
                 .assigned
-                .scan(&key(&[&driver]))
+                .scan(&prefix)
                 .into_iter()
                 .map(|(_, record)| record.value)
                 .collect();
@@ -239,8 +241,8 @@ impl Drivers for DriversApi {
                 deliveries.sort_by_key(|d| food_contracts::time(d.assigned_at.as_ref()));
                 return Ok(Response::new(ListAssignedResponse { deliveries }));
             }
-            // A long poll: look again when the copy changes.
-            self.assigned.changed_since(revision, left).await;
+            // A long poll: look again when this driver's entries change.
+            changes.changed(left).await;
         }
     }
 

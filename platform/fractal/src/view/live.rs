@@ -11,8 +11,8 @@
 //!   write, and two handlers that each write and then `sync()` before reading see at least one
 //!   of each other's writes. `sync()` costs one request to the hub, whatever the view holds.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Operation;
@@ -41,9 +41,30 @@ impl<T> std::fmt::Debug for LiveView<T> {
     }
 }
 
+/// Senders of the revision of the latest change under each watched prefix.
+type Watchers = Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>>;
+
+/// Changes under one prefix of a [`LiveView`], from [`LiveView::watch_prefix`].
+#[derive(Debug)]
+pub struct PrefixWatch {
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl PrefixWatch {
+    /// Waits for a change under the prefix since the watch started (or since the last call),
+    /// for at most `timeout`; returns whether one came.
+    pub async fn changed(&mut self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.changes.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
 struct Inner<T> {
     name: String,
     copy: Arc<RwLock<BTreeMap<String, Record<T>>>>,
+    watchers: Watchers,
     /// The bucket's revision the copy has reached.
     seen: tokio::sync::watch::Receiver<u64>,
     stream: async_nats::jetstream::stream::Stream,
@@ -54,13 +75,21 @@ impl<T: prost::Message + Default + Clone + PartialEq + Send + Sync + 'static> Vi
     /// A live copy of this view, loaded and following the bucket once this returns.
     pub async fn live(&self) -> Result<LiveView<T>, ViewError> {
         let copy = Arc::new(RwLock::new(BTreeMap::new()));
+        let watchers = Watchers::default();
         let (seen_tx, seen) = tokio::sync::watch::channel(0);
         let stop = CancellationToken::new();
-        tokio::spawn(follow(self.clone(), copy.clone(), seen_tx, stop.clone()));
+        tokio::spawn(follow(
+            self.clone(),
+            copy.clone(),
+            watchers.clone(),
+            seen_tx,
+            stop.clone(),
+        ));
         let live = LiveView {
             inner: Arc::new(Inner {
                 name: self.name.clone(),
                 copy,
+                watchers,
                 seen,
                 stream: self.store.stream.clone(),
                 _stop: stop.drop_guard(),
@@ -107,14 +136,20 @@ impl<T: Clone> LiveView<T> {
         }
     }
 
-    /// Waits until the copy moves past `revision` (any change to the view), for at most
-    /// `timeout`; returns whether it did. For long polls: read, then wait for a change.
-    pub async fn changed_since(&self, revision: u64, timeout: Duration) -> bool {
-        let mut seen = self.inner.seen.clone();
-        matches!(
-            tokio::time::timeout(timeout, seen.wait_for(|&at| at > revision)).await,
-            Ok(Ok(_))
-        )
+    /// Starts watching for changes to entries under the whole tokens of `prefix`, for a long
+    /// poll: watch, read, and if there is nothing yet, wait with [`PrefixWatch::changed`]. Only
+    /// the watchers of a changed entry's prefixes are woken.
+    pub fn watch_prefix(&self, prefix: &str) -> PrefixWatch {
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changes = watchers
+            .entry(prefix.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe();
+        PrefixWatch { changes }
     }
 
     /// The bucket's revision the copy has reached.
@@ -166,6 +201,7 @@ impl<T: Clone> LiveView<T> {
 async fn follow<T: prost::Message + Default + Clone + PartialEq>(
     view: View<T>,
     copy: Arc<RwLock<BTreeMap<String, Record<T>>>>,
+    watchers: Watchers,
     seen: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -203,12 +239,13 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
                 {
                     let mut copy = copy.write().unwrap_or_else(PoisonError::into_inner);
                     match record {
-                        Some(record) => copy.insert(entry.key, record),
+                        Some(record) => copy.insert(entry.key.clone(), record),
                         None => copy.remove(&entry.key),
                     };
                 }
                 next = entry.revision + 1;
                 seen.send_replace(entry.revision);
+                notify(&watchers, &entry.key, entry.revision);
             },
             Err(e) => {
                 tracing::warn!(view = %view.name, error = %e, "The live copy cannot watch its bucket; retrying.");
@@ -217,6 +254,30 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Wakes the watchers of every prefix of `key` (`a`, `a.b`, `a.b.c` for `a.b.c`), and forgets
+/// those nobody watches any more.
+fn notify(watchers: &Watchers, key: &str, revision: u64) {
+    let mut watchers = watchers.lock().unwrap_or_else(PoisonError::into_inner);
+    if watchers.is_empty() {
+        return;
+    }
+    let ends = key
+        .char_indices()
+        .filter(|(_, c)| *c == '.')
+        .map(|(i, _)| i)
+        .chain([key.len()]);
+    for end in ends {
+        let prefix = &key[..end];
+        if let Some(sender) = watchers.get(prefix) {
+            if sender.is_closed() {
+                watchers.remove(prefix);
+            } else {
+                sender.send_replace(revision);
+            }
         }
     }
 }
