@@ -532,9 +532,9 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         &self.view
     }
 
-    /// The highest revision of the index this process has written: a live copy of the index
-    /// that reached it ([`LiveView::wait_for`]) holds every index write of every update this
-    /// process finished.
+    /// The highest revision of the index this process has written or found in step: a live
+    /// copy of the index that reached it ([`LiveView::wait_for`]) holds the index as every
+    /// update this process finished left it.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
     }
@@ -548,7 +548,13 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         record: &Record<T>,
     ) -> Result<bool, ViewError> {
         let place = (self.key)(key, &record.value);
-        Ok(self.stored(&place).await?.1 >= revision)
+        let (current, source) = self.stored(&place).await?;
+        if source < revision {
+            return Ok(false);
+        }
+        // Another task of this process may have written it and not yet counted it.
+        self.written.fetch_max(current, Ordering::AcqRel);
+        Ok(true)
     }
 
     /// The index entry at `place`: its own revision (0 if never written) and the primary
@@ -586,6 +592,8 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         for attempt in 0..MAX_CONFLICTS {
             let (current, source) = self.stored(place).await?;
             if source >= revision {
+                // Another task of this process may have written it and not yet counted it.
+                self.written.fetch_max(current, Ordering::AcqRel);
                 return Ok(());
             }
             let bytes = encode_indexed(record, revision).into();
