@@ -11,8 +11,8 @@ use food_delivery::v1::drivers_client::DriversClient;
 use food_delivery::v1::{DeliveryRequest, DriverStatus, ListAssignedRequest, SetStatusRequest};
 use food_ordering::v1::checkout_client::CheckoutClient;
 use food_ordering::v1::{
-    GetMenuRequest, GetOrderRequest, LineRequest, ListMenusRequest, OrderStatusResponse,
-    PlaceOrderRequest,
+    CatalogEntry, GetMenuRequest, GetOrderRequest, LineRequest, ListMenusRequest,
+    OrderStatusResponse, PlaceOrderRequest,
 };
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
@@ -208,23 +208,7 @@ impl Actors {
             .into_inner();
         let started = Instant::now();
         let order = checkout
-            .place_order(PlaceOrderRequest {
-                customer_id,
-                restaurant_id: menu.restaurant_id,
-                lines: menu
-                    .items
-                    .iter()
-                    .map(|item| LineRequest {
-                        item_id: item.item_id.clone(),
-                        quantity: 1 + (customer % 3) as u32,
-                    })
-                    .collect(),
-                delivery_address: Some(Address {
-                    street: format!("{} Main Street", customer + 1),
-                    city: "Springfield".into(),
-                    postal_code: "12345".into(),
-                }),
-            })
+            .place_order(order_request(customer, customer_id, &menu))
             .await?
             .into_inner();
         step(&order.order_id, "placed");
@@ -306,6 +290,31 @@ impl Actors {
             }
         }
         Ok(delivered)
+    }
+}
+
+/// Customer number `customer`'s order of everything on `menu`, one to three of each.
+pub(crate) fn order_request(
+    customer: usize,
+    customer_id: String,
+    menu: &CatalogEntry,
+) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        customer_id,
+        restaurant_id: menu.restaurant_id.clone(),
+        lines: menu
+            .items
+            .iter()
+            .map(|item| LineRequest {
+                item_id: item.item_id.clone(),
+                quantity: 1 + (customer % 3) as u32,
+            })
+            .collect(),
+        delivery_address: Some(Address {
+            street: format!("{} Main Street", customer + 1),
+            city: "Springfield".into(),
+            postal_code: "12345".into(),
+        }),
     }
 }
 

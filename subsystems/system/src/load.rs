@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use food_contracts::v1::{Address, Order};
+use food_contracts::v1::Order;
 use food_delivery::v1::drivers_client::DriversClient;
 use food_delivery::v1::{DeliveryRequest, DriverStatus, ListAssignedRequest, SetStatusRequest};
 use food_ordering::v1::checkout_client::CheckoutClient;
-use food_ordering::v1::{GetMenuRequest, GetOrderRequest, LineRequest, PlaceOrderRequest};
+use food_ordering::v1::{GetMenuRequest, GetOrderRequest};
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
 use food_restaurant::v1::{Dish, ListTicketsRequest, SaveMenuRequest, TicketRequest, TicketStatus};
@@ -26,7 +26,7 @@ use fractal::local::RunningSystem;
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 
-use crate::demo::{DemoError, connect, quantile};
+use crate::demo::{DemoError, connect, order_request, quantile};
 
 /// What load to bring.
 #[derive(Debug, Clone)]
@@ -443,23 +443,7 @@ async fn order(
     let placed = timed(
         &tally.latencies,
         "PlaceOrder",
-        checkout.place_order(PlaceOrderRequest {
-            customer_id,
-            restaurant_id: restaurant.clone(),
-            lines: menu
-                .items
-                .iter()
-                .map(|item| LineRequest {
-                    item_id: item.item_id.clone(),
-                    quantity: 1 + (customer % 3) as u32,
-                })
-                .collect(),
-            delivery_address: Some(Address {
-                street: format!("{} Main Street", customer + 1),
-                city: "Springfield".into(),
-                postal_code: "12345".into(),
-            }),
-        }),
+        checkout.place_order(order_request(customer, customer_id, &menu)),
     )
     .await;
     let order = match placed {
