@@ -18,7 +18,7 @@
 
 mod live;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,10 +265,11 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             })
             .await
             .map_err(|e| fail(e.into()))?;
-        let mut entries = Vec::new();
+        // By key: writes made during the pass arrive too, and the newest of each key wins.
+        let mut entries = BTreeMap::new();
         if consumer.cached_info().num_pending == 0 {
             self.remove_consumer(consumer.cached_info().name.clone());
-            return Ok(entries);
+            return Ok(Vec::new());
         }
         let name = consumer.cached_info().name.clone();
         let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
@@ -282,17 +283,25 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                     .strip_prefix(self.store.prefix.as_str())
                     .unwrap_or(&message.subject)
                     .to_owned();
-                let operation = message
-                    .headers
-                    .as_ref()
+                let headers = message.headers.as_ref();
+                let operation = headers
                     .and_then(|h| h.get("KV-Operation"))
                     .map(|v| v.as_str());
-                if operation.is_none_or(|op| op == "PUT") {
-                    let (record, _) = decode(&message.payload).map_err(|e| {
-                        ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
-                    })?;
-                    entries.extend(record.map(|record| (key, record)));
-                }
+                // A marker the server leaves when it removes a message (a TTL, a purge).
+                let marker = headers.is_some_and(|h| h.get("Nats-Marker-Reason").is_some());
+                let record = if operation.is_none_or(|op| op == "PUT") && !marker {
+                    decode(&message.payload)
+                        .map_err(|e| {
+                            ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
+                        })?
+                        .0
+                } else {
+                    None
+                };
+                match record {
+                    Some(record) => entries.insert(key, record),
+                    None => entries.remove(&key),
+                };
                 if pending == 0 {
                     break;
                 }
@@ -312,8 +321,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                 ));
             }
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
+        Ok(entries.into_iter().collect())
     }
 
     /// Deletes a pass's consumer in the background; the hub would drop it when idle anyway.
@@ -382,23 +390,47 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
         Ok(created)
     }
 
-    /// Removes the entry for `key`, and its entries in the indexes.
+    /// Removes the entry for `key`, and marks its entries in the indexes removed. (A process
+    /// that stops between the two leaves the index entry; no later update of the key can tell
+    /// where it was.)
     pub async fn delete(&self, key: &str) -> Result<(), ViewError> {
-        let previous = if self.indexes.is_empty() {
-            None
-        } else {
-            self.get(key).await?
-        };
-        self.store
-            .delete(key)
-            .await
-            .map_err(|e| ViewError::new(&self.name, format!("cannot delete `{key}`"), e))?;
-        if let Some(previous) = previous {
-            let revision = self.entry(key).await?.map_or(0, |(revision, _)| revision);
-            self.sync_indexes(key, revision, None, Some(&previous))
-                .await?;
+        if self.indexes.is_empty() {
+            return self
+                .store
+                .delete(key)
+                .await
+                .map_err(|e| ViewError::new(&self.name, format!("cannot delete `{key}`"), e));
         }
-        Ok(())
+        for attempt in 0..MAX_CONFLICTS {
+            let Some((revision, Some(previous))) = self.entry(key).await? else {
+                return Ok(());
+            };
+            match self.store.delete_expect_revision(key, Some(revision)).await {
+                Ok(()) => {
+                    // As the entry is now: deleted (the marker's revision), or written again
+                    // by someone else since, whose own step files it.
+                    let (now, record) = self.entry(key).await?.unwrap_or((0, None));
+                    return self
+                        .sync_indexes(key, now, record.as_ref(), Some(&previous))
+                        .await;
+                }
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(e) => {
+                    return Err(ViewError::new(
+                        &self.name,
+                        format!("cannot delete `{key}`"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(ViewError::busy(
+            &self.name,
+            format!("`{key}` kept changing under {MAX_CONFLICTS} attempts to delete it"),
+        ))
     }
 
     /// After an update that changed nothing (a redelivery, or an event a command already

@@ -406,3 +406,44 @@ async fn a_prefix_watch_wakes_for_its_own_entries_only() {
     assert!(watch.changed(Duration::from_secs(10)).await);
     assert_eq!(live.scan("d-2").len(), 1);
 }
+
+/// A pass over a view that others write meanwhile returns each key once, as it last saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_during_writes_returns_each_key_once() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let view = View::<Header>::open(&hub, "busy").await.unwrap();
+    for i in 0..200 {
+        let value = delivery("d", "0");
+        view.update(&format!("r-1.o-{i:03}"), |_| {
+            Some(Record::new(value.clone(), at(0)))
+        })
+        .await
+        .unwrap();
+    }
+    let writer = tokio::spawn({
+        let view = view.clone();
+        async move {
+            for round in 1..=5u64 {
+                for i in 0..200 {
+                    let key = format!("r-1.o-{i:03}");
+                    if i % 7 == 0 {
+                        view.delete(&key).await.unwrap();
+                    }
+                    let value = delivery("d", &round.to_string());
+                    view.update(&key, |_| Some(Record::new(value.clone(), at(round))))
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    });
+    while !writer.is_finished() {
+        let scanned = view.scan("r-1").await.unwrap();
+        let keys: std::collections::BTreeSet<&String> = scanned.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), scanned.len(), "a key twice");
+        assert!(scanned.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    }
+    writer.await.unwrap();
+    assert_eq!(view.scan("r-1").await.unwrap().len(), 200);
+}

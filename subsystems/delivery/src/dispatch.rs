@@ -99,11 +99,8 @@ impl Dispatch {
             .map_err(HandlerError::permanent)?;
         let order_id = delivery.order_id.clone();
         if let Some(assignment) = self.assignments.get(&order_id).await? {
-            // Redelivered after the match was made: make sure it was confirmed and announced.
-            if let Some(delivery) = &assignment.value.delivery {
-                self.confirm(&delivery.driver_id, &order_id).await?;
-            }
-            return self.announce(&order_id).await;
+            // Redelivered after the match was made: make sure it was completed.
+            return self.complete(&order_id, assignment).await;
         }
         self.waiting
             .create(&order_id, &Record::new(delivery, event.time))
@@ -152,14 +149,37 @@ impl Dispatch {
             .await?;
         match stored {
             Some(driver) if !driver.value.order_id.is_empty() => {
-                // Redelivered after the match was made: make sure it was announced.
-                self.announce(&driver.value.order_id).await
+                self.settle_claim(&driver.value).await
             }
             Some(driver) if driver.value.available => {
                 self.find_order_for(&driver.value.driver_id).await
             }
             _ => Ok(()),
         }
+    }
+
+    /// A driver's claim met again (a redelivery, or a claim a handler left when it failed
+    /// midway): completes the match it made, or finishes it if the order still waits, or lets
+    /// the driver go.
+    async fn settle_claim(&self, driver: &DispatchDriver) -> Result<(), HandlerError> {
+        let (driver_id, order_id) = (&driver.driver_id, &driver.order_id);
+        if let Some(assignment) = self.assignments.get(order_id).await?
+            && assignment
+                .value
+                .delivery
+                .as_ref()
+                .is_some_and(|d| d.driver_id == *driver_id)
+        {
+            return self.complete(order_id, assignment).await;
+        }
+        if driver.available && self.try_assign(order_id, driver_id).await? == Match::Assigned {
+            return Ok(());
+        }
+        self.release_claim(driver_id, order_id).await?;
+        if driver.available {
+            self.find_order_for(driver_id).await?;
+        }
+        Ok(())
     }
 
     /// A delivery is done: its driver is free again.
@@ -272,7 +292,10 @@ impl Dispatch {
                 claimed = None;
                 let current = current?;
                 let claim = &current.value.order_id;
-                let free = claim.is_empty() || claim == order_id || stale.as_ref() == Some(claim);
+                // A claim judged stale must still be unconfirmed: its order may have become
+                // this driver's assignment since it was judged.
+                let stale = !current.value.confirmed && stale.as_ref() == Some(claim);
+                let free = claim.is_empty() || claim == order_id || stale;
                 if !current.value.available || !free {
                     return None;
                 }
@@ -311,6 +334,19 @@ impl Dispatch {
             trace: request.trace,
         };
         if !self.assignments.create(order_id, &assignment).await? {
+            // Matched already: by another handler, or by one cut short after recording it.
+            // Complete that match (so its order leaves the queue), then see whose it is.
+            if let Some(existing) = self.assignments.get(order_id).await? {
+                let ours = existing
+                    .value
+                    .delivery
+                    .as_ref()
+                    .is_some_and(|d| d.driver_id == driver_id);
+                self.complete(order_id, existing).await?;
+                if ours {
+                    return Ok(Match::Assigned);
+                }
+            }
             self.release_claim(driver_id, order_id).await?;
             return Ok(Match::OrderTaken);
         }
@@ -334,6 +370,22 @@ impl Dispatch {
             return Ok(());
         }
         self.free(driver_id, order_id).await
+    }
+
+    /// Finishes a recorded match, whatever part of it a failed handler left undone: the
+    /// driver's claim confirmed, the order off the queue, the assignment announced.
+    async fn complete(
+        &self,
+        order_id: &str,
+        assignment: Record<Assignment>,
+    ) -> Result<(), HandlerError> {
+        if let Some(delivery) = &assignment.value.delivery {
+            self.confirm(&delivery.driver_id, order_id).await?;
+        }
+        if self.waiting.get(order_id).await?.is_some() {
+            self.waiting.delete(order_id).await?;
+        }
+        self.publish(order_id, assignment).await
     }
 
     /// Marks the driver's claim on `order_id` as the assignment it became.
@@ -369,15 +421,7 @@ impl Dispatch {
         Ok(())
     }
 
-    /// Publishes the assignment of `order_id`, always with the same event id.
-    async fn announce(&self, order_id: &str) -> Result<(), HandlerError> {
-        match self.assignments.get(order_id).await? {
-            Some(record) => self.publish(order_id, record).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Publishes the assignment `record` of `order_id` under its own event id.
+    /// Publishes the assignment `record` of `order_id`, always with the same event id.
     async fn publish(
         &self,
         order_id: &str,
