@@ -71,8 +71,24 @@ pub fn nats_server_binary() -> &'static Path {
     })
 }
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface, for a process to listen on.
+///
+/// Chosen at random below Linux's ephemeral range (32768 and up), where the system never puts
+/// the local end of an outgoing connection: a port the system handed out (`bind` to port 0)
+/// could be taken by one of the many connections the tests open between choosing it and the
+/// process listening on it, and a client would then reach the wrong server.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher as _, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..1000 {
+        let draw = RandomState::new()
+            .hash_one((DRAWS.fetch_add(1, Ordering::Relaxed), std::process::id()));
+        let port = 10_000 + (draw % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
