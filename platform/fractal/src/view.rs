@@ -361,8 +361,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     // Someone else wrote first; back off a little and read again.
-                    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    back_off(attempt).await;
                 }
                 Err(e) => {
                     return Err(ViewError::new(
@@ -415,8 +414,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                         .await;
                 }
                 Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
-                    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    back_off(attempt).await;
                 }
                 Err(e) => {
                     return Err(ViewError::new(
@@ -635,8 +633,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
                     return Ok(());
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    back_off(attempt).await;
                 }
                 Err(e) => {
                     return Err(ViewError::new(
@@ -652,6 +649,12 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
             format!("`{place}` kept changing under {MAX_CONFLICTS} attempts to write it"),
         ))
     }
+}
+
+/// A short random pause after losing a compare-and-set, growing with the attempts.
+async fn back_off(attempt: usize) {
+    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
 }
 
 fn encode<T: prost::Message>(record: &Record<T>) -> Vec<u8> {

@@ -10,6 +10,10 @@
 //!   was called, from any process: a writer that calls it after its own write reads that
 //!   write, and two handlers that each write and then `sync()` before reading see at least one
 //!   of each other's writes. `sync()` costs one request to the hub, whatever the view holds.
+//! - [`LiveView::wait_for`] a revision this process wrote (an [`super::Index::written`]) gives
+//!   read-your-own-writes without asking the hub; another process's copy may still lag.
+//! - [`LiveView::watch_prefix`] wakes a long poll when an entry under its prefix changes, and
+//!   only then.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
