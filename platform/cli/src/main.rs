@@ -44,6 +44,9 @@ enum Command {
         /// Add this to every port, to run beside another copy.
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
+        /// Report a service, bridge or hub that exits, but do not start it again.
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Drive orders end to end through the system (started for the demo if not running).
     Demo {
@@ -247,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up {
             subsystems,
             port_offset,
+            no_restart,
         } => {
             let topology = load(&topology_path)?
                 .select(&subsystems)
@@ -279,7 +283,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "State and logs in {}. Ctrl-C stops everything.",
                 state.display()
             );
-            shutdown.cancelled().await;
+            // Supervise until Ctrl-C or SIGTERM.
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        for report in up.supervise(!no_restart)? {
+                            println!("{report}");
+                        }
+                    }
+                }
+            }
             println!("Stopping…");
             up.stop();
             println!("Stopped.");

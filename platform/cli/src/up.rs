@@ -1,6 +1,11 @@
 //! `fractal up`: one `nats-server` per hub, then every service and bridge as a child process,
 //! all state and logs under one folder. Children are stopped on Ctrl-C/SIGTERM, services and
 //! bridges first, hubs last; a watchdog process stops them too if `fractal up` itself dies.
+//!
+//! While it runs, `fractal up` supervises its children as Kubernetes does its pods: one that
+//! exits is reported at once (name, exit status or signal, the end of its log) and started
+//! again after a back-off of 1 s doubling to 30 s, reset once it has run for a minute; one
+//! that keeps crashing is reported as crash-looping and retried every 30 s.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
@@ -29,12 +34,72 @@ pub(crate) struct UpOptions {
     pub(crate) ready_timeout: Duration,
 }
 
-/// A child process of `fractal up`.
+/// The first wait before starting an exited child again.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait; a child waiting this long is crash-looping.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a child must run for its back-off to start from the beginning again.
+const STEADY: Duration = Duration::from_secs(60);
+
+/// The wait before starting a child again that exited after running for `ran_for`, the last
+/// wait having been `previous` (zero at first).
+fn next_backoff(previous: Duration, ran_for: Duration) -> Duration {
+    if ran_for >= STEADY {
+        FIRST_BACKOFF
+    } else {
+        (previous * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+    }
+}
+
+/// A child process of `fractal up`, and how to start it again.
 #[derive(Debug)]
 struct Managed {
     name: String,
     child: Child,
     log: PathBuf,
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    /// Where its pid is recorded in `running.json`.
+    role: Role,
+    started: Instant,
+    restarts: u32,
+    backoff: Duration,
+    /// Exited: when to start it again (`None`: not again).
+    exited: Option<Option<Instant>>,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Hub,
+    Service(String),
+    Bridge(String),
+}
+
+impl Managed {
+    fn start(
+        name: String,
+        role: Role,
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> anyhow::Result<Managed> {
+        let child = spawn(program, args, &env, &log)?;
+        Ok(Managed {
+            name,
+            child,
+            log,
+            program: program.to_path_buf(),
+            args: args.iter().map(|a| a.to_os_string()).collect(),
+            env,
+            role,
+            started: Instant::now(),
+            restarts: 0,
+            backoff: Duration::ZERO,
+            exited: None,
+        })
+    }
 }
 
 /// A running system.
@@ -234,12 +299,14 @@ impl Up {
                 ),
             )?;
             let log = logs.join(format!("hub-{name}.log"));
-            let child = spawn(nats, &["-c".as_ref(), conf.as_os_str()], &[], &log)?;
-            self.hubs.push(Managed {
-                name: format!("hub {name}"),
-                child,
+            self.hubs.push(Managed::start(
+                format!("hub {name}"),
+                Role::Hub,
+                nats,
+                &["-c".as_ref(), conf.as_os_str()],
+                Vec::new(),
                 log,
-            });
+            )?);
             urls.insert(name.clone(), format!("nats://127.0.0.1:{port}"));
             self.write_pids()?;
         }
@@ -268,11 +335,13 @@ impl Up {
             };
             let name = service.name();
             let log = logs.join(format!("{}.log", name.replace('/', "-")));
-            let child = spawn(
+            let managed = Managed::start(
+                name.clone(),
+                Role::Service(name.clone()),
                 &program,
                 &["--config".as_ref(), service.config_path.as_os_str()],
-                &env,
-                &log,
+                env,
+                log.clone(),
             )?;
             self.system.services.insert(
                 name.clone(),
@@ -280,11 +349,11 @@ impl Up {
                     hub: service.hub().to_owned(),
                     grpc,
                     admin: admin.replace("0.0.0.0", "127.0.0.1"),
-                    pid: child.id(),
+                    pid: managed.child.id(),
                     log: log.display().to_string(),
                 },
             );
-            self.processes.push(Managed { name, child, log });
+            self.processes.push(managed);
             self.write_pids()?;
         }
         for bridge in &topology.bridges {
@@ -298,11 +367,13 @@ impl Up {
             ];
             let name = format!("bridge {}", config.name);
             let log = logs.join(format!("bridge-{}.log", config.name));
-            let child = spawn(
+            let managed = Managed::start(
+                name,
+                Role::Bridge(config.name.clone()),
                 &program,
                 &["--config".as_ref(), bridge.config_path.as_os_str()],
-                &env,
-                &log,
+                env,
+                log.clone(),
             )?;
             self.system.bridges.insert(
                 config.name.clone(),
@@ -310,11 +381,11 @@ impl Up {
                     hub: config.source.name.clone(),
                     grpc: None,
                     admin: admin.replace("0.0.0.0", "127.0.0.1"),
-                    pid: child.id(),
+                    pid: managed.child.id(),
                     log: log.display().to_string(),
                 },
             );
-            self.processes.push(Managed { name, child, log });
+            self.processes.push(managed);
             self.write_pids()?;
         }
         eprintln!(
@@ -323,19 +394,118 @@ impl Up {
             topology.bridges.len()
         );
         self.wait_until_ready(options.ready_timeout).await?;
+        self.write_running()
+    }
+
+    fn write_running(&self) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(&self.system)?;
         std::fs::write(&self.running_file, json)
-            .with_context(|| format!("cannot write {}", self.running_file.display()))?;
-        Ok(())
+            .with_context(|| format!("cannot write {}", self.running_file.display()))
+    }
+
+    /// One round of supervision: reports each child that exited since the last round and,
+    /// with `restart`, starts again each one whose back-off is over. Returns what it reports,
+    /// a line or a few each.
+    pub(crate) fn supervise(&mut self, restart: bool) -> anyhow::Result<Vec<String>> {
+        let mut reports = Vec::new();
+        let mut restarted = false;
+        for managed in self.hubs.iter_mut().chain(self.processes.iter_mut()) {
+            match managed.exited {
+                None => {
+                    let Ok(Some(status)) = managed.child.try_wait() else {
+                        continue;
+                    };
+                    let mut report = format!(
+                        "{} exited ({status}) after {:.0?}; the end of {}:\n{}",
+                        managed.name,
+                        managed.started.elapsed(),
+                        managed.log.display(),
+                        tail(&managed.log, 10)
+                    );
+                    if !restart {
+                        report.push_str("\nNot restarted (--no-restart).");
+                        managed.exited = Some(None);
+                    } else {
+                        managed.backoff = next_backoff(managed.backoff, managed.started.elapsed());
+                        if managed.backoff == MAX_BACKOFF {
+                            report.push_str(&format!(
+                                "\n{} is crash-looping ({} restarts); next try in {:?}.",
+                                managed.name, managed.restarts, managed.backoff
+                            ));
+                        } else {
+                            report.push_str(&format!("\nRestarting in {:?}.", managed.backoff));
+                        }
+                        managed.exited = Some(Some(Instant::now() + managed.backoff));
+                    }
+                    reports.push(report);
+                }
+                Some(Some(at)) if Instant::now() >= at => {
+                    let args: Vec<&std::ffi::OsStr> =
+                        managed.args.iter().map(|a| a.as_os_str()).collect();
+                    match spawn(&managed.program, &args, &managed.env, &managed.log) {
+                        Ok(child) => {
+                            managed.child = child;
+                            managed.started = Instant::now();
+                            managed.restarts += 1;
+                            managed.exited = None;
+                            restarted = true;
+                            let pid = managed.child.id();
+                            match &managed.role {
+                                Role::Service(name) => {
+                                    if let Some(p) = self.system.services.get_mut(name) {
+                                        p.pid = pid;
+                                    }
+                                }
+                                Role::Bridge(name) => {
+                                    if let Some(p) = self.system.bridges.get_mut(name) {
+                                        p.pid = pid;
+                                    }
+                                }
+                                Role::Hub => {}
+                            }
+                            reports.push(format!(
+                                "{} restarted (pid {pid}; {} restart{} so far).",
+                                managed.name,
+                                managed.restarts,
+                                if managed.restarts == 1 { "" } else { "s" }
+                            ));
+                        }
+                        Err(e) => {
+                            managed.backoff = next_backoff(managed.backoff, Duration::ZERO);
+                            managed.exited = Some(Some(Instant::now() + managed.backoff));
+                            reports.push(format!(
+                                "{} could not be started again: {e:#}; next try in {:?}.",
+                                managed.name, managed.backoff
+                            ));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if !reports.is_empty() {
+            self.write_pids()?;
+        }
+        if restarted {
+            self.write_running()?;
+        }
+        Ok(reports)
     }
 
     /// The pids the watchdog stops if `fractal up` dies: services and bridges first.
     fn write_pids(&self) -> anyhow::Result<()> {
+        // Only running children: an exited one's pid may belong to another process now.
         let pids: Vec<String> = self
             .processes
             .iter()
+            .filter(|m| m.exited.is_none())
             .map(|m| format!("process {}", m.child.id()))
-            .chain(self.hubs.iter().map(|m| format!("hub {}", m.child.id())))
+            .chain(
+                self.hubs
+                    .iter()
+                    .filter(|m| m.exited.is_none())
+                    .map(|m| format!("hub {}", m.child.id())),
+            )
             .collect();
         let file = self.running_file.with_file_name("pids");
         std::fs::write(&file, pids.join("\n"))
@@ -466,7 +636,8 @@ impl Up {
     /// Stops services and bridges (SIGTERM, then SIGKILL after 10 s), then the hubs.
     pub(crate) fn stop(&mut self) {
         for group in [&mut self.processes, &mut self.hubs] {
-            for managed in group.iter() {
+            // A child that exited is not signalled: its pid may belong to another process now.
+            for managed in group.iter().filter(|m| m.exited.is_none()) {
                 signal(managed.child.id(), "TERM");
             }
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -552,5 +723,22 @@ pub(crate) fn watchdog(parent: u32, state: &Path) {
     }
     for file in ["pids", "up.pid", "running.json"] {
         let _ = std::fs::remove_file(state.join(file));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_to_thirty_seconds_and_starts_over_after_a_steady_minute() {
+        let mut wait = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            wait = next_backoff(wait, Duration::from_secs(2));
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(next_backoff(wait, Duration::from_secs(61)), FIRST_BACKOFF);
     }
 }

@@ -339,6 +339,11 @@ fn free_offset() -> u16 {
 
 /// `fractal up` on the shipped topology at a free port offset, once it is running.
 fn up(args: &[&str], state: &Path) -> std::process::Child {
+    up_to(args, state, Stdio::null())
+}
+
+/// `fractal up` as [`up`], its output going to `out`.
+fn up_to(args: &[&str], state: &Path, out: impl Into<Stdio>) -> std::process::Child {
     let offset = free_offset().to_string();
     let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
         .arg("up")
@@ -352,7 +357,7 @@ fn up(args: &[&str], state: &Path) -> std::process::Child {
         ])
         .arg(state)
         .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(Stdio::null())
         .spawn()
         .expect("fractal up starts");
@@ -563,4 +568,96 @@ fn one_subsystem_runs_alone_with_its_upstream_simulated() {
         "everything it started is gone"
     );
     assert!(!state.join("running.json").exists());
+}
+
+/// Supervision: a service and a bridge killed while orders flow are reported and started
+/// again, and every order is still delivered, once.
+#[test]
+fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out_path = dir.path().join("up.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut up = up_to(&[], &state, out);
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let dispatch = running.services["delivery/dispatch"].pid;
+    let bridge = running.bridges["system-to-delivery"].pid;
+
+    let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "demo",
+            "--orders",
+            "20",
+            "--topology",
+            &shipped(),
+            "--state",
+        ])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    for pid in [dispatch, bridge] {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let demo = demo.wait_with_output().unwrap();
+    assert!(demo.status.success(), "{}", text(&demo));
+    assert!(
+        text(&demo).contains("20/20 orders delivered"),
+        "{}",
+        text(&demo)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let report = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let seen = [
+            "delivery/dispatch exited (signal: 9",
+            "delivery/dispatch restarted",
+            "bridge system-to-delivery exited (signal: 9",
+            "bridge system-to-delivery restarted",
+        ]
+        .iter()
+        .all(|line| report.contains(line));
+        if seen {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "not reported:\n{report}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(report.contains("Restarting in 1s."), "{report}");
+    let again = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    for (old, new) in [
+        (dispatch, again.services["delivery/dispatch"].pid),
+        (bridge, again.bridges["system-to-delivery"].pid),
+    ] {
+        assert_ne!(old, new);
+        assert!(alive(new), "the restarted process runs");
+    }
+
+    // Each order delivered once: one `order.delivered` per order on the ordering hub.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let delivered = runtime.block_on(async {
+        let hub = fractal::Hub::connect(&fractal::HubConfig::local(
+            "ordering",
+            &again.hubs["ordering"],
+        ))
+        .await
+        .unwrap();
+        fractal_testkit::events_of_type(&hub, "order.delivered").await
+    });
+    let mut orders: Vec<&str> = delivered.iter().map(|e| e.key.as_str()).collect();
+    orders.sort();
+    orders.dedup();
+    assert_eq!((delivered.len(), orders.len()), (20, 20));
+
+    Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(up.wait().unwrap().success());
 }
