@@ -65,8 +65,17 @@ struct Managed {
     started: Instant,
     restarts: u32,
     backoff: Duration,
-    /// Exited: when to start it again (`None`: not again).
-    exited: Option<Option<Instant>>,
+    state: State,
+}
+
+/// Where a child of `fractal up` is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    /// Exited; started again at that time.
+    Restarting(Instant),
+    /// Exited for good (`--no-restart`).
+    Stopped,
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +106,7 @@ impl Managed {
             started: Instant::now(),
             restarts: 0,
             backoff: Duration::ZERO,
-            exited: None,
+            state: State::Running,
         })
     }
 }
@@ -410,8 +419,8 @@ impl Up {
         let mut reports = Vec::new();
         let mut restarted = false;
         for managed in self.hubs.iter_mut().chain(self.processes.iter_mut()) {
-            match managed.exited {
-                None => {
+            match managed.state {
+                State::Running => {
                     let Ok(Some(status)) = managed.child.try_wait() else {
                         continue;
                     };
@@ -424,7 +433,7 @@ impl Up {
                     );
                     if !restart {
                         report.push_str("\nNot restarted (--no-restart).");
-                        managed.exited = Some(None);
+                        managed.state = State::Stopped;
                     } else {
                         managed.backoff = next_backoff(managed.backoff, managed.started.elapsed());
                         if managed.backoff == MAX_BACKOFF {
@@ -435,11 +444,11 @@ impl Up {
                         } else {
                             report.push_str(&format!("\nRestarting in {:?}.", managed.backoff));
                         }
-                        managed.exited = Some(Some(Instant::now() + managed.backoff));
+                        managed.state = State::Restarting(Instant::now() + managed.backoff);
                     }
                     reports.push(report);
                 }
-                Some(Some(at)) if Instant::now() >= at => {
+                State::Restarting(at) if Instant::now() >= at => {
                     let args: Vec<&std::ffi::OsStr> =
                         managed.args.iter().map(|a| a.as_os_str()).collect();
                     match spawn(&managed.program, &args, &managed.env, &managed.log) {
@@ -447,7 +456,7 @@ impl Up {
                             managed.child = child;
                             managed.started = Instant::now();
                             managed.restarts += 1;
-                            managed.exited = None;
+                            managed.state = State::Running;
                             restarted = true;
                             let pid = managed.child.id();
                             match &managed.role {
@@ -472,7 +481,7 @@ impl Up {
                         }
                         Err(e) => {
                             managed.backoff = next_backoff(managed.backoff, Duration::ZERO);
-                            managed.exited = Some(Some(Instant::now() + managed.backoff));
+                            managed.state = State::Restarting(Instant::now() + managed.backoff);
                             reports.push(format!(
                                 "{} could not be started again: {e:#}; next try in {:?}.",
                                 managed.name, managed.backoff
@@ -480,7 +489,7 @@ impl Up {
                         }
                     }
                 }
-                Some(_) => {}
+                State::Restarting(_) | State::Stopped => {}
             }
         }
         if !reports.is_empty() {
@@ -498,12 +507,12 @@ impl Up {
         let pids: Vec<String> = self
             .processes
             .iter()
-            .filter(|m| m.exited.is_none())
+            .filter(|m| m.state == State::Running)
             .map(|m| format!("process {}", m.child.id()))
             .chain(
                 self.hubs
                     .iter()
-                    .filter(|m| m.exited.is_none())
+                    .filter(|m| m.state == State::Running)
                     .map(|m| format!("hub {}", m.child.id())),
             )
             .collect();
@@ -637,7 +646,7 @@ impl Up {
     pub(crate) fn stop(&mut self) {
         for group in [&mut self.processes, &mut self.hubs] {
             // A child that exited is not signalled: its pid may belong to another process now.
-            for managed in group.iter().filter(|m| m.exited.is_none()) {
+            for managed in group.iter().filter(|m| m.state == State::Running) {
                 signal(managed.child.id(), "TERM");
             }
             let deadline = Instant::now() + Duration::from_secs(10);

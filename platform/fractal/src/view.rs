@@ -157,7 +157,7 @@ pub fn key(tokens: &[&str]) -> String {
     key
 }
 
-/// Why `key` cannot be a view's key (or, with `prefix`, the start of one), if it cannot.
+/// Why `key` cannot be a view's key (or a prefix of whole tokens of one), if it cannot.
 fn check_key(key: &str) -> Result<(), String> {
     let valid_token = |t: &str| {
         !t.is_empty()
@@ -218,11 +218,6 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             indexes: Vec::new(),
             _value: PhantomData,
         })
-    }
-
-    /// The view's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The same view, keeping `index` in step with every [`View::update`] from now on.
@@ -480,6 +475,15 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
 
     /// The entry's revision (a deleted entry has one too) and its record, if it holds one.
     async fn entry(&self, key: &str) -> Result<Option<(u64, Option<Record<T>>)>, ViewError> {
+        Ok(self
+            .stored(key)
+            .await?
+            .map(|(revision, record, _)| (revision, record)))
+    }
+
+    /// The entry as stored: its revision, its record if it holds one, and (in an index) the
+    /// primary revision it reflects.
+    async fn stored(&self, key: &str) -> Result<Option<(u64, Option<Record<T>>, u64)>, ViewError> {
         let entry = self
             .store
             .entry(key)
@@ -489,11 +493,11 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             return Ok(None);
         };
         if entry.operation != Operation::Put {
-            return Ok(Some((entry.revision, None)));
+            return Ok(Some((entry.revision, None, 0)));
         }
-        let (record, _) = decode(&entry.value)
+        let (record, source) = decode(&entry.value)
             .map_err(|e| ViewError::new(&self.name, format!("entry `{key}` does not decode"), e))?;
-        Ok(Some((entry.revision, record)))
+        Ok(Some((entry.revision, record, source)))
     }
 }
 
@@ -591,24 +595,11 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
     /// revision it reflects (0 if none).
     async fn stored(&self, place: &str) -> Result<(u64, u64), ViewError> {
         check_key(place).map_err(|problem| ViewError::invalid(&self.view.name, problem))?;
-        let entry =
-            self.view.store.entry(place).await.map_err(|e| {
-                ViewError::new(&self.view.name, format!("cannot read `{place}`"), e)
-            })?;
-        Ok(match entry {
-            Some(entry) if entry.operation == Operation::Put => {
-                let (_, source) = decode::<T>(&entry.value).map_err(|e| {
-                    ViewError::new(
-                        &self.view.name,
-                        format!("entry `{place}` does not decode"),
-                        e,
-                    )
-                })?;
-                (entry.revision, source)
-            }
-            Some(entry) => (entry.revision, 0),
-            None => (0, 0),
-        })
+        Ok(self
+            .view
+            .stored(place)
+            .await?
+            .map_or((0, 0), |(revision, _, source)| (revision, source)))
     }
 
     /// Writes `record` at `place` as of the primary's `revision` (`None`: marks it removed),

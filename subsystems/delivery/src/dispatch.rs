@@ -164,11 +164,7 @@ impl Dispatch {
     async fn settle_claim(&self, driver: &DispatchDriver) -> Result<(), HandlerError> {
         let (driver_id, order_id) = (&driver.driver_id, &driver.order_id);
         if let Some(assignment) = self.assignments.get(order_id).await?
-            && assignment
-                .value
-                .delivery
-                .as_ref()
-                .is_some_and(|d| d.driver_id == *driver_id)
+            && assigned_to(&assignment, driver_id)
         {
             return self.complete(order_id, assignment).await;
         }
@@ -337,11 +333,7 @@ impl Dispatch {
             // Matched already: by another handler, or by one cut short after recording it.
             // Complete that match (so its order leaves the queue), then see whose it is.
             if let Some(existing) = self.assignments.get(order_id).await? {
-                let ours = existing
-                    .value
-                    .delivery
-                    .as_ref()
-                    .is_some_and(|d| d.driver_id == driver_id);
+                let ours = assigned_to(&existing, driver_id);
                 self.complete(order_id, existing).await?;
                 if ours {
                     return Ok(Match::Assigned);
@@ -360,13 +352,8 @@ impl Dispatch {
     /// claimed for `order_id` and no assignment of it names them (another handler may have
     /// assigned them that very order).
     async fn release_claim(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
-        let assigned = self
-            .assignments
-            .get(order_id)
-            .await?
-            .and_then(|a| a.value.delivery)
-            .is_some_and(|d| d.driver_id == driver_id);
-        if assigned {
+        let assigned = self.assignments.get(order_id).await?;
+        if assigned.is_some_and(|a| assigned_to(&a, driver_id)) {
             return Ok(());
         }
         self.free(driver_id, order_id).await
@@ -450,4 +437,13 @@ impl Dispatch {
         tracing::info!(order_id, driver_id = %delivery.driver_id, "Driver assigned.");
         Ok(())
     }
+}
+
+/// Whether `assignment` gives its order to `driver_id`.
+fn assigned_to(assignment: &Record<Assignment>, driver_id: &str) -> bool {
+    assignment
+        .value
+        .delivery
+        .as_ref()
+        .is_some_and(|d| d.driver_id == driver_id)
 }

@@ -100,23 +100,9 @@ impl Actors {
 
     /// The restaurant publishes its menu; returns once customers can see it.
     pub async fn publish_menu(&self) -> Result<(), DemoError> {
-        let dish = |id: &str, name: &str, price_cents: i64| Dish {
-            dish_id: id.into(),
-            name: name.into(),
-            description: format!("The house {name}."),
-            price_cents,
-            available: true,
-        };
         self.menus
             .clone()
-            .save_menu(SaveMenuRequest {
-                restaurant_id: RESTAURANT.into(),
-                restaurant_name: "Trattoria Fractale".into(),
-                dishes: vec![
-                    dish("pizza", "pizza margherita", 900),
-                    dish("salad", "green salad", 700),
-                ],
-            })
+            .save_menu(menu(RESTAURANT, "Trattoria Fractale"))
             .await?;
         wait(self.timeout, "the menu to reach ordering", || {
             let mut checkout = self.checkout.clone();
@@ -290,6 +276,25 @@ impl Actors {
             }
         }
         Ok(delivered)
+    }
+}
+
+/// The menu every demo restaurant serves: a pizza and a salad.
+pub(crate) fn menu(restaurant_id: &str, restaurant_name: &str) -> SaveMenuRequest {
+    let dish = |id: &str, name: &str, price_cents: i64| Dish {
+        dish_id: id.into(),
+        name: name.into(),
+        description: format!("The house {name}."),
+        price_cents,
+        available: true,
+    };
+    SaveMenuRequest {
+        restaurant_id: restaurant_id.into(),
+        restaurant_name: restaurant_name.into(),
+        dishes: vec![
+            dish("pizza", "pizza margherita", 900),
+            dish("salad", "green salad", 700),
+        ],
     }
 }
 

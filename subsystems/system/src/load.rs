@@ -8,9 +8,9 @@
 //! ordering hub, whose `Order` snapshot carries both `placed_at` and `delivered_at`, so the
 //! figures do not depend on how often anyone polls.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,12 +21,12 @@ use food_ordering::v1::checkout_client::CheckoutClient;
 use food_ordering::v1::{GetMenuRequest, GetOrderRequest};
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
-use food_restaurant::v1::{Dish, ListTicketsRequest, SaveMenuRequest, TicketRequest, TicketStatus};
+use food_restaurant::v1::{ListTicketsRequest, TicketRequest, TicketStatus};
 use fractal::local::RunningSystem;
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 
-use crate::demo::{DemoError, connect, order_request, quantile};
+use crate::demo::{DemoError, connect, menu, order_request, quantile};
 
 /// What load to bring.
 #[derive(Debug, Clone)]
@@ -90,9 +90,8 @@ struct Clients {
 #[derive(Default)]
 struct Tally {
     latencies: Latencies,
-    /// Orders placed, by id, with when the customer placed them.
-    placed: Mutex<HashMap<String, Instant>>,
-    placed_count: AtomicUsize,
+    /// Orders placed, by id.
+    placed: Mutex<HashSet<String>>,
     /// Placed → delivered, from each delivered order's snapshot.
     took: Mutex<Vec<Duration>>,
     /// When each order was seen delivered, since the start.
@@ -110,6 +109,13 @@ impl Tally {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(format!("{what}: {:?}", status.code()))
             .or_default() += 1;
+    }
+
+    fn placed_count(&self) -> usize {
+        self.placed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn delivered_count(&self) -> usize {
@@ -236,7 +242,7 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
                     .placed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .contains_key(&order.order_id);
+                    .contains(&order.order_id);
                 let fresh = known
                     && tally
                         .delivered
@@ -306,7 +312,7 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
             tick.tick().await;
             while !done.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let placed = tally.placed_count.load(Ordering::Relaxed);
+                let placed = tally.placed_count();
                 let delivered = tally.delivered_count();
                 let in_flight = placed.saturating_sub(delivered);
                 println!(
@@ -377,26 +383,7 @@ async fn publish_menus(clients: &Clients, count: usize) -> Result<Vec<String>, D
         clients
             .menus
             .clone()
-            .save_menu(SaveMenuRequest {
-                restaurant_id: id.clone(),
-                restaurant_name: format!("Restaurant {id}"),
-                dishes: vec![
-                    Dish {
-                        dish_id: "pizza".into(),
-                        name: "pizza margherita".into(),
-                        description: "The house pizza.".into(),
-                        price_cents: 900,
-                        available: true,
-                    },
-                    Dish {
-                        dish_id: "salad".into(),
-                        name: "green salad".into(),
-                        description: "The house salad.".into(),
-                        price_cents: 700,
-                        available: true,
-                    },
-                ],
-            })
+            .save_menu(menu(id, &format!("Restaurant {id}")))
             .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -454,8 +441,7 @@ async fn order(
         .placed
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(order.order_id.clone(), Instant::now());
-    tally.placed_count.fetch_add(1, Ordering::Relaxed);
+        .insert(order.order_id);
 }
 
 /// A restaurant's kitchen display: every `poll` it lists the open tickets, accepts each new
