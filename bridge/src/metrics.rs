@@ -28,6 +28,7 @@ struct Families {
     pending: Family<RouteLabels, Gauge>,
     last_relay: Family<RouteLabels, Gauge>,
     stalled: Family<RouteLabels, Gauge>,
+    oldest_waiting: Family<RouteLabels, Gauge>,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
@@ -39,6 +40,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         pending: Family::default(),
         last_relay: Family::default(),
         stalled: Family::default(),
+        oldest_waiting: Family::default(),
     };
     use fractal::metrics::register;
     register(
@@ -76,6 +78,11 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         "1 when the route has events waiting and has relayed nothing for stall_after_secs.",
         families.stalled.clone(),
     );
+    register(
+        "fractal_bridge_oldest_waiting_seconds",
+        "Age of the oldest selected event on the source hub not yet relayed (0 when none waits).",
+        families.oldest_waiting.clone(),
+    );
     families
 });
 
@@ -89,6 +96,7 @@ pub(crate) struct RouteMetrics {
     pub(crate) pending: Gauge,
     pub(crate) last_relay: Gauge,
     pub(crate) stalled: Gauge,
+    pub(crate) oldest_waiting: Gauge,
 }
 
 impl RouteMetrics {
@@ -105,6 +113,7 @@ impl RouteMetrics {
             pending: f.pending.get_or_create(&labels).clone(),
             last_relay: f.last_relay.get_or_create(&labels).clone(),
             stalled: f.stalled.get_or_create(&labels).clone(),
+            oldest_waiting: f.oldest_waiting.get_or_create(&labels).clone(),
             labels,
         }
     }

@@ -858,6 +858,15 @@ impl Route {
                 Ok(info) => {
                     let pending = info.num_pending as i64 + info.num_ack_pending as i64;
                     self.metrics.pending.set(pending);
+                    let oldest = if pending > 0 {
+                        self.oldest_waiting(info.ack_floor.stream_sequence + 1)
+                            .await
+                    } else {
+                        None
+                    };
+                    self.metrics
+                        .oldest_waiting
+                        .set(oldest.map_or(0, |time| unix_now() - time));
                     let idle = unix_now() - self.metrics.last_relay.get();
                     let stalled = pending > 0 && idle >= self.relay.stall_after_secs as i64;
                     self.metrics.stalled.set(i64::from(stalled));
@@ -874,6 +883,28 @@ impl Route {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+
+    /// The Unix time of the first event the route selects at or after `sequence` on the
+    /// source: the oldest one waiting to be relayed.
+    async fn oldest_waiting(&self, sequence: u64) -> Option<i64> {
+        let stream = self
+            .source
+            .jetstream()
+            .get_stream_no_info(self.source.events_stream())
+            .await
+            .ok()?;
+        let mut oldest = None;
+        for subject in self.config.subjects() {
+            if let Ok(message) = stream
+                .get_first_raw_message_by_subject(&subject, sequence)
+                .await
+            {
+                let time = message.time.unix_timestamp();
+                oldest = Some(oldest.map_or(time, |t: i64| t.min(time)));
+            }
+        }
+        oldest
     }
 }
 

@@ -218,3 +218,48 @@ mod chrono_like {
         }
     }
 }
+
+/// The last `n` messages of `stream` on `hub`, oldest first: a read of `n` messages whatever
+/// the stream holds.
+pub(crate) async fn latest(
+    hub: &Hub,
+    stream: &str,
+    n: u64,
+) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
+    let mut stream = hub
+        .jetstream()
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("hub `{}` has no stream `{stream}`", hub.name()))?;
+    let state = stream.info().await?.state.clone();
+    if state.messages == 0 || n == 0 {
+        return Ok(Vec::new());
+    }
+    let start = state
+        .last_sequence
+        .saturating_sub(n - 1)
+        .max(state.first_sequence);
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut read = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let message = message?;
+        let last = message
+            .info()
+            .is_ok_and(|i| i.stream_sequence >= state.last_sequence);
+        read.push(message);
+        if last || read.len() as u64 >= n {
+            break;
+        }
+    }
+    Ok(read)
+}

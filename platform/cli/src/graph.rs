@@ -68,8 +68,8 @@ fn join(set: &BTreeSet<String>) -> String {
 /// The topology as indented text.
 pub(crate) fn text(topology: &Topology) -> String {
     let mut out = format!("System `{}`\n\nHubs and their services:\n", topology.name);
-    for (hub, port) in &topology.hubs {
-        let _ = writeln!(out, "  {hub} (port {port})");
+    for (hub, spec) in &topology.hubs {
+        let _ = writeln!(out, "  {hub} (port {})", spec.port);
         for service in topology.services.iter().filter(|s| s.hub() == hub) {
             let _ = writeln!(out, "    {} [{}]", service.name(), service.spec.program);
         }

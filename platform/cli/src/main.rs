@@ -1,10 +1,13 @@
 //! `fractal`: run a system (or one subsystem) locally from its topology file, draw it, watch
-//! and publish events, inspect and resubmit faults.
+//! and publish events, inspect and resubmit faults, and see whether it is healthy.
 
 mod events;
 mod faults;
 mod graph;
+mod status;
+mod table;
 mod topology;
+mod ui;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -107,6 +110,27 @@ enum Command {
     },
     /// Validate the topology and every config it names, starting nothing.
     Check,
+    /// Whether the system is healthy and, if not, where: every hub, service and bridge route.
+    /// Exits 0 when healthy, 1 when anything is unhealthy, 3 when a part cannot be told.
+    Status {
+        /// Refresh every interval until Ctrl-C (in place on a terminal).
+        #[arg(long)]
+        watch: bool,
+        /// Output format (`json`: one object per reading).
+        #[arg(long, value_enum, default_value_t = status::Output::Text)]
+        format: status::Output,
+        #[command(flatten)]
+        reading: Reading,
+    },
+    /// Serve a live page of the system: its topology with health, rates and lag, and each
+    /// hub's latest events and faults.
+    Ui {
+        /// Where the page listens.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        #[command(flatten)]
+        reading: Reading,
+    },
     /// Stops what `fractal up` started if it dies (started by `fractal up`).
     #[command(hide = true)]
     Watchdog {
@@ -115,6 +139,45 @@ enum Command {
         #[arg(long)]
         state: PathBuf,
     },
+}
+
+/// How `status` and `ui` read the system.
+#[derive(Debug, clap::Args)]
+struct Reading {
+    /// Seconds between the readings rates are taken from.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Read a deployed system at the addresses in this TOML file (`[hubs.NAME] monitors`,
+    /// `url`; `[services]` and `[bridges]` admin addresses) instead of a local run.
+    #[arg(long, value_name = "FILE")]
+    endpoints: Option<PathBuf>,
+    /// A fault younger than this many seconds makes its hub unhealthy.
+    #[arg(long, default_value_t = 300)]
+    fault_window: u64,
+    /// A consumer lag growing past this makes its service unhealthy.
+    #[arg(long, default_value_t = 1000)]
+    max_lag: u64,
+}
+
+impl Reading {
+    fn observer(&self, topology: Topology, state: &Path) -> anyhow::Result<status::Observer> {
+        if !(0.1..=3600.0).contains(&self.interval) {
+            bail!(
+                "--interval: {} is not between 0.1 and 3600 seconds",
+                self.interval
+            );
+        }
+        status::Observer::new(
+            topology,
+            state,
+            self.endpoints.as_deref(),
+            status::Thresholds {
+                fault_window: Duration::from_secs(self.fault_window),
+                max_lag: self.max_lag,
+            },
+            Duration::from_secs_f64(self.interval),
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,7 +262,7 @@ async fn hub(topology_path: &Path, state: &Path, name: &str) -> anyhow::Result<H
         })?,
         None => {
             let topology = load(topology_path)?;
-            let port = topology.hubs.get(name).with_context(|| {
+            let port = topology.hubs.get(name).map(|h| h.port).with_context(|| {
                 format!(
                     "hub `{name}` is not in the topology (hubs: {})",
                     topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -372,6 +435,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+        }
+        Command::Status {
+            watch,
+            format,
+            reading,
+        } => {
+            let observer = reading.observer(load(&topology_path)?, &state)?;
+            let shutdown = fractal::service::shutdown_on_signal();
+            return status::run(observer, format, watch, shutdown).await;
+        }
+        Command::Ui { listen, reading } => {
+            let topology = load(&topology_path)?;
+            let observer = reading.observer(topology.clone(), &state)?;
+            let shutdown = fractal::service::shutdown_on_signal();
+            ui::serve(&topology, observer, &listen, shutdown).await?;
         }
         Command::Watchdog { .. } => {}
     }

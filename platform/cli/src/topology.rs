@@ -34,6 +34,17 @@ pub(crate) struct TopologyFile {
 pub(crate) struct HubSpec {
     /// Its client port on this machine.
     pub(crate) port: u16,
+    /// Its monitoring port (`/varz`, `/jsz`, `/healthz`). Default: the client port + 4000, as
+    /// NATS's own 4222 and 8222.
+    #[serde(default)]
+    pub(crate) monitor: Option<u16>,
+}
+
+impl HubSpec {
+    /// The monitoring port.
+    pub(crate) fn monitor(&self) -> u16 {
+        self.monitor.unwrap_or(self.port.saturating_add(4000))
+    }
 }
 
 /// A service.
@@ -77,6 +88,15 @@ impl Validate for TopologyFile {
             problems.check(&at, wire::check_token(name));
             if hub.port == 0 {
                 problems.add(join(&at, "port"), "must be a port number, not 0");
+            }
+            if hub.monitor == Some(0) || (hub.monitor.is_none() && hub.port > u16::MAX - 4000) {
+                problems.add(
+                    join(&at, "monitor"),
+                    "must be a port number, not 0 (the default, port + 4000, is past 65535)",
+                );
+            }
+            if hub.monitor() == hub.port {
+                problems.add(join(&at, "monitor"), "must differ from the client port");
             }
         }
         for (i, service) in self.services.iter().enumerate() {
@@ -156,8 +176,8 @@ pub(crate) struct Topology {
     pub(crate) path: PathBuf,
     /// The system's name.
     pub(crate) name: String,
-    /// Hub name → client port.
-    pub(crate) hubs: BTreeMap<String, u16>,
+    /// Its hubs, by name.
+    pub(crate) hubs: BTreeMap<String, HubSpec>,
     /// The services.
     pub(crate) services: Vec<Service>,
     /// The bridges.
@@ -241,7 +261,7 @@ impl Topology {
         let topology = Topology {
             path: path.to_path_buf(),
             name: file.name,
-            hubs: file.hubs.iter().map(|(n, h)| (n.clone(), h.port)).collect(),
+            hubs: file.hubs.clone(),
             services,
             bridges,
             demo: file.demo,
@@ -258,7 +278,7 @@ impl Topology {
         bridge_specs: &[BridgeSpec],
         problems: &mut Problems,
     ) {
-        let hub_port = |name: &str| self.hubs.get(name).copied();
+        let hub_port = |name: &str| self.hubs.get(name).map(|h| h.port);
         let service_at = |s: &Service| {
             let i = service_specs
                 .iter()
@@ -338,8 +358,13 @@ impl Topology {
                 ports.insert(port, owner);
             }
         };
-        for (name, port) in &self.hubs {
-            claim(Some(*port), format!("hubs.{name}.port"), problems);
+        for (name, hub) in &self.hubs {
+            claim(Some(hub.port), format!("hubs.{name}.port"), problems);
+            claim(
+                Some(hub.monitor()),
+                format!("hubs.{name}.monitor"),
+                problems,
+            );
         }
         for service in &self.services {
             if let Some(grpc) = &service.config.grpc {

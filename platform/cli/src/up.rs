@@ -293,17 +293,20 @@ impl Up {
     ) -> anyhow::Result<()> {
         let offset = options.port_offset;
         let mut urls = BTreeMap::new();
-        for (name, port) in &topology.hubs {
-            let port = port.checked_add(offset).with_context(|| {
-                format!("hub `{name}`: port {port} + offset {offset} is past 65535")
-            })?;
+        for (name, spec) in &topology.hubs {
+            let [port, monitor] = [spec.port, spec.monitor()].map(|port| {
+                port.checked_add(offset).with_context(|| {
+                    format!("hub `{name}`: port {port} + offset {offset} is past 65535")
+                })
+            });
+            let (port, monitor) = (port?, monitor?);
             let store = options.state.join("hubs").join(name);
             std::fs::create_dir_all(&store)?;
             let conf = options.state.join("hubs").join(format!("{name}.conf"));
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\njetstream {{\n  store_dir: {:?}\n}}\n",
                     store.display().to_string()
                 ),
             )?;
@@ -317,6 +320,9 @@ impl Up {
                 log,
             )?);
             urls.insert(name.clone(), format!("nats://127.0.0.1:{port}"));
+            self.system
+                .monitors
+                .insert(name.clone(), vec![format!("http://127.0.0.1:{monitor}")]);
             self.write_pids()?;
         }
         self.system.hubs = urls.clone();
@@ -360,6 +366,8 @@ impl Up {
                     admin: admin.replace("0.0.0.0", "127.0.0.1"),
                     pid: managed.child.id(),
                     log: log.display().to_string(),
+                    restarts: 0,
+                    state: "running".into(),
                 },
             );
             self.processes.push(managed);
@@ -392,6 +400,8 @@ impl Up {
                     admin: admin.replace("0.0.0.0", "127.0.0.1"),
                     pid: managed.child.id(),
                     log: log.display().to_string(),
+                    restarts: 0,
+                    state: "running".into(),
                 },
             );
             self.processes.push(managed);
@@ -417,7 +427,6 @@ impl Up {
     /// a line or a few each.
     pub(crate) fn supervise(&mut self, restart: bool) -> anyhow::Result<Vec<String>> {
         let mut reports = Vec::new();
-        let mut restarted = false;
         for managed in self.hubs.iter_mut().chain(self.processes.iter_mut()) {
             match managed.state {
                 State::Running => {
@@ -457,21 +466,7 @@ impl Up {
                             managed.started = Instant::now();
                             managed.restarts += 1;
                             managed.state = State::Running;
-                            restarted = true;
                             let pid = managed.child.id();
-                            match &managed.role {
-                                Role::Service(name) => {
-                                    if let Some(p) = self.system.services.get_mut(name) {
-                                        p.pid = pid;
-                                    }
-                                }
-                                Role::Bridge(name) => {
-                                    if let Some(p) = self.system.bridges.get_mut(name) {
-                                        p.pid = pid;
-                                    }
-                                }
-                                Role::Hub => {}
-                            }
                             reports.push(format!(
                                 "{} restarted (pid {pid}; {} restart{} so far).",
                                 managed.name,
@@ -494,11 +489,31 @@ impl Up {
         }
         if !reports.is_empty() {
             self.write_pids()?;
-        }
-        if restarted {
+            self.describe_processes();
             self.write_running()?;
         }
         Ok(reports)
+    }
+
+    /// Copies each service's and bridge's pid, restarts and state into the description.
+    fn describe_processes(&mut self) {
+        for managed in &self.processes {
+            let process = match &managed.role {
+                Role::Service(name) => self.system.services.get_mut(name),
+                Role::Bridge(name) => self.system.bridges.get_mut(name),
+                Role::Hub => None,
+            };
+            let Some(process) = process else { continue };
+            process.pid = managed.child.id();
+            process.restarts = managed.restarts;
+            process.state = match managed.state {
+                State::Running => "running",
+                State::Restarting(_) if managed.backoff == MAX_BACKOFF => "crash-looping",
+                State::Restarting(_) => "restarting",
+                State::Stopped => "stopped",
+            }
+            .into();
+        }
     }
 
     /// The pids the watchdog stops if `fractal up` dies: services and bridges first.
@@ -590,22 +605,18 @@ impl Up {
 
     /// What runs where, as a table.
     pub(crate) fn table(&self) -> String {
-        let mut rows = vec![[
-            "what".to_owned(),
-            "hub".into(),
-            "gRPC".into(),
-            "admin".into(),
-        ]];
+        let mut rows = vec![["what", "hub", "gRPC", "admin"].map(String::from).to_vec()];
         for (hub, url) in &self.system.hubs {
-            rows.push([
+            let monitors = self.system.monitors.get(hub).cloned().unwrap_or_default();
+            rows.push(vec![
                 format!("hub {hub}"),
                 url.clone(),
                 String::new(),
-                String::new(),
+                monitors.join(", "),
             ]);
         }
         for (name, p) in &self.system.services {
-            rows.push([
+            rows.push(vec![
                 name.clone(),
                 p.hub.clone(),
                 p.grpc.clone().unwrap_or_default(),
@@ -613,33 +624,14 @@ impl Up {
             ]);
         }
         for (name, p) in &self.system.bridges {
-            rows.push([
+            rows.push(vec![
                 format!("bridge {name}"),
                 p.hub.clone(),
                 String::new(),
                 p.admin.clone(),
             ]);
         }
-        let widths: Vec<usize> = (0..4)
-            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-            .collect();
-        rows.iter()
-            .map(|r| {
-                format!(
-                    "  {:<w0$}  {:<w1$}  {:<w2$}  {}",
-                    r[0],
-                    r[1],
-                    r[2],
-                    r[3],
-                    w0 = widths[0],
-                    w1 = widths[1],
-                    w2 = widths[2]
-                )
-                .trim_end()
-                .to_owned()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        crate::table::table(&rows).trim_end().to_owned()
     }
 
     /// Stops services and bridges (SIGTERM, then SIGKILL after 10 s), then the hubs.

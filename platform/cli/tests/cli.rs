@@ -320,21 +320,26 @@ async fn a_resubmitted_fault_reaches_its_consumer_once_the_cause_is_fixed() {
     shutdown.cancel();
 }
 
-/// An offset at which every port of the shipped topology is free.
+/// An offset at which every port of the shipped topology is free, a different one for each
+/// call in this process.
 fn free_offset() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let ports = [
-        4222u16, 4223, 4224, 4225, 9161, 9162, 9163, 9171, 9172, 9181, 9182, 9183, 9191, 9201,
-        9202, 9203, 9204, 9205, 9206, 50061, 50062, 50071, 50081, 50091,
+        4222u16, 4223, 4224, 4225, 8222, 8223, 8224, 8225, 9161, 9162, 9163, 9171, 9172, 9181,
+        9182, 9183, 9191, 9201, 9202, 9203, 9204, 9205, 9206, 50061, 50062, 50071, 50081, 50091,
     ];
     let start = 1000 + (std::process::id() % 50) as u16 * 200;
-    (0..100)
-        .map(|i| start + i * 7)
-        .find(|offset| {
-            ports
-                .iter()
-                .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok())
-        })
-        .expect("a free port offset")
+    loop {
+        let i = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(i < 400, "no free port offset");
+        let offset = start + i * 7;
+        if ports
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok())
+        {
+            return offset;
+        }
+    }
 }
 
 /// `fractal up` on the shipped topology at a free port offset, once it is running.
@@ -660,4 +665,201 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
         .status()
         .unwrap();
     assert!(up.wait().unwrap().success());
+}
+
+/// `fractal status --format json` on the system running from `state`: its exit code and the
+/// status.
+fn status(state: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "status",
+            "--format",
+            "json",
+            "--interval",
+            "0.5",
+            "--topology",
+            &shipped(),
+            "--state",
+        ])
+        .arg(state)
+        .args(extra)
+        .output()
+        .expect("fractal status runs");
+    let json =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&output)));
+    (output.status.code().expect("an exit code"), json)
+}
+
+fn problems(status: &serde_json::Value) -> Vec<String> {
+    status["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| p.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The pid of the nats-server of `hub` that `fractal up` started from `state`.
+fn hub_pid(state: &Path, hub: &str) -> u32 {
+    let conf = state.join("hubs").join(format!("{hub}.conf"));
+    std::fs::read_dir("/proc")
+        .expect("/proc lists processes")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&*conf.to_string_lossy()))
+        })
+        .expect("the hub's nats-server runs")
+}
+
+#[test]
+fn status_is_healthy_when_quiet_and_names_a_stopped_service_and_a_bridge_whose_target_hub_is_down()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut up = up(&["--no-restart"], &state);
+
+    let (code, quiet) = status(&state, &[]);
+    assert_eq!(code, 0, "{quiet:#}");
+    assert_eq!(quiet["health"], "healthy");
+    assert_eq!(quiet["hubs"].as_array().unwrap().len(), 4);
+    assert_eq!(quiet["services"].as_array().unwrap().len(), 9);
+    assert!(
+        quiet["bridges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["ready"] == true)
+    );
+
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let kitchen = running.services["restaurant/kitchen"].pid;
+    Command::new("kill")
+        .args(["-KILL", &kitchen.to_string()])
+        .status()
+        .unwrap();
+    let (code, stopped) = status(&state, &[]);
+    assert_eq!(code, 1, "{stopped:#}");
+    let found = problems(&stopped);
+    assert!(
+        found.iter().any(|p| p.starts_with("restaurant/kitchen: ")),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 1, "only the kitchen: {found:#?}");
+
+    // The system hub down: the hub and every bridge that relays to or from it are named.
+    Command::new("kill")
+        .args(["-KILL", &hub_pid(&state, "system").to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let (code, down) = status(&state, &[]);
+        assert_eq!(code, 1, "{down:#}");
+        let found = problems(&down);
+        let named = found.iter().any(|p| p.starts_with("hub system: down"))
+            && found.iter().any(|p| {
+                p.starts_with("bridge restaurant-to-system: not ready") && p.contains("`system`")
+            });
+        if named {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "{found:#?}");
+    };
+    assert!(
+        found.iter().any(|p| p.starts_with("restaurant/kitchen: ")),
+        "{found:#?}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(up.wait().unwrap().success());
+}
+
+#[test]
+fn status_of_a_system_that_does_not_answer_names_each_part_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    // An admin endpoint whose /metrics is garbage, and nothing at all behind the hubs' monitors.
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_addr = garbage.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for stream in garbage.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let body = if String::from_utf8_lossy(&request[..n]).contains("/metrics") {
+                "<html>not metrics</html>\n"
+            } else {
+                "ready\n"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoints = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &endpoints,
+        format!(
+            "[hubs.ordering]\nmonitors = [\"http://{closed}\"]\n\n[services]\n\"ordering/checkout\" = \"{garbage_addr}\"\n\"ordering/gateway\" = \"{closed}\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, status) = status(
+        dir.path(),
+        &["--endpoints", &endpoints.display().to_string()],
+    );
+    assert_eq!(code, 1, "{status:#}");
+    let found = problems(&status);
+    let expected = [
+        format!("hub ordering: down: nothing answers at http://{closed}/jsz"),
+        format!(
+            "ordering/checkout: http://{garbage_addr}/metrics is not Prometheus text: line 1: `<html>not metrics</html>`"
+        ),
+        format!("ordering/gateway: nothing answers at http://{closed}/readyz"),
+    ];
+    for line in &expected {
+        assert!(
+            found.iter().any(|p| p.starts_with(line.as_str())),
+            "{line}\n{found:#?}"
+        );
+    }
+    // Parts the file does not name are unknown, not healthy.
+    let system = status["hubs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "system")
+        .unwrap();
+    assert_eq!(system["health"], "unknown");
+
+    // A name the topology does not have, and a bad URL, are each reported with where they are.
+    std::fs::write(
+        &endpoints,
+        "[hubs.nowhere]\nmonitors = [\"localhost:8222\"]\n",
+    )
+    .unwrap();
+    let output = fractal(&[
+        "status",
+        "--topology",
+        &shipped(),
+        "--endpoints",
+        &endpoints.display().to_string(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let said = text(&output);
+    assert!(
+        said.contains("hubs.nowhere.monitors[0]")
+            && said.contains("is not an http:// or https:// URL"),
+        "{said}"
+    );
 }

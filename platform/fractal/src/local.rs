@@ -16,6 +16,9 @@ pub struct RunningSystem {
     pub pid: u32,
     /// Each hub's client URL, by hub name.
     pub hubs: BTreeMap<String, String>,
+    /// Each hub's monitoring endpoints (`http://127.0.0.1:8222`), one per node, by hub name.
+    #[serde(default)]
+    pub monitors: BTreeMap<String, Vec<String>>,
     /// Each service by `<subsystem>/<service>`.
     pub services: BTreeMap<String, RunningProcess>,
     /// Each bridge by name.
@@ -35,6 +38,12 @@ pub struct RunningProcess {
     pub pid: u32,
     /// Its log file.
     pub log: String,
+    /// How often it was started again after exiting.
+    #[serde(default)]
+    pub restarts: u32,
+    /// `running`, `restarting`, `crash-looping` or `stopped` (exited, not restarted).
+    #[serde(default)]
+    pub state: String,
 }
 
 /// A running system's description could not be read, or lacks what was asked of it.
