@@ -178,13 +178,18 @@ impl Dispatch {
         Ok(())
     }
 
-    /// A delivery is done: its driver is free again.
+    /// A delivery is done: its driver is free again. A driver found already matched with
+    /// another order was matched by an attempt at this very event that was cut short (or by
+    /// another handler since): that match is completed, so it is announced even if the attempt
+    /// stopped after taking the order off the queue.
     async fn delivered(&self, event: Event) -> Result<(), HandlerError> {
         let delivery: Delivery = event.payload()?;
         food_contracts::check_id("driver_id", &delivery.driver_id)
             .map_err(HandlerError::permanent)?;
-        self.free(&delivery.driver_id, &delivery.order_id).await?;
-        self.find_order_for(&delivery.driver_id).await
+        match self.free(&delivery.driver_id, &delivery.order_id).await? {
+            Some(driver) if !driver.order_id.is_empty() => self.settle_claim(&driver).await,
+            _ => self.find_order_for(&delivery.driver_id).await,
+        }
     }
 
     /// Drivers on shift and free: not on a delivery, or on `order_id` (a retry), or holding a
@@ -356,7 +361,8 @@ impl Dispatch {
         if assigned.is_some_and(|a| assigned_to(&a, driver_id)) {
             return Ok(());
         }
-        self.free(driver_id, order_id).await
+        self.free(driver_id, order_id).await?;
+        Ok(())
     }
 
     /// Finishes a recorded match, whatever part of it a failed handler left undone: the
@@ -391,9 +397,15 @@ impl Dispatch {
         Ok(())
     }
 
-    /// Frees the driver if they are still on `order_id`.
-    async fn free(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
-        self.drivers
+    /// Frees the driver if they are still on `order_id`. Returns the driver as stored
+    /// afterwards.
+    async fn free(
+        &self,
+        driver_id: &str,
+        order_id: &str,
+    ) -> Result<Option<DispatchDriver>, ViewError> {
+        let stored = self
+            .drivers
             .update(driver_id, |current| {
                 let current = current?;
                 if current.value.order_id != order_id {
@@ -405,7 +417,7 @@ impl Dispatch {
                 Some(current.with(driver, SystemTime::UNIX_EPOCH))
             })
             .await?;
-        Ok(())
+        Ok(stored.map(|record| record.value))
     }
 
     /// Publishes the assignment `record` of `order_id`, always with the same event id.

@@ -368,3 +368,76 @@ async fn a_long_poll_answers_when_an_order_is_assigned() {
         error.message()
     );
 }
+
+/// Dispatch cut short after it took an order off the queue for a driver and before it
+/// announced the match: the redelivered event that made the match completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_comes_again() {
+    use food_delivery::v1::{Assignment, DispatchDriver};
+    use fractal::view::{Record, View};
+
+    let server = NatsServer::start();
+    let hub = server.hub("delivery").await;
+    // What the cut-short attempt at `delivery.delivered` of o-1 left: d-1 matched with o-2
+    // (claim confirmed, assignment recorded, o-2 off the queue), nothing published.
+    let now = SystemTime::now();
+    let drivers = View::<DispatchDriver>::open(&hub, "dispatch_drivers")
+        .await
+        .unwrap();
+    let driver = DispatchDriver {
+        driver_id: "d-1".into(),
+        name: "Driver d-1".into(),
+        available: true,
+        order_id: "o-2".into(),
+        confirmed: true,
+        ..Default::default()
+    };
+    assert!(
+        drivers
+            .create("d-1", &Record::new(driver, now))
+            .await
+            .unwrap()
+    );
+    let delivery = |order_id: &str, status: DeliveryStatus| Delivery {
+        order_id: order_id.into(),
+        driver_id: "d-1".into(),
+        driver_name: "Driver d-1".into(),
+        status: status.into(),
+        ..Default::default()
+    };
+    let assignments = View::<Assignment>::open(&hub, "dispatch_assignments")
+        .await
+        .unwrap();
+    let assignment = Assignment {
+        delivery: Some(delivery("o-2", DeliveryStatus::Assigned)),
+        event_id: ulid::Ulid::new().to_string(),
+    };
+    assert!(
+        assignments
+            .create("o-2", &Record::new(assignment, now))
+            .await
+            .unwrap()
+    );
+
+    let _dispatch = RunningService::start(
+        &server,
+        "delivery",
+        "delivery",
+        "dispatch",
+        food_delivery::run,
+    )
+    .await;
+    simulate(
+        &hub,
+        [NewEvent::new(
+            "delivery.delivered",
+            "o-1",
+            &delivery("o-1", DeliveryStatus::Delivered),
+        )],
+    )
+    .await;
+    let announced = wait_for_events(&hub, "delivery.assigned", 1).await;
+    assert_eq!(announced[0].key, "o-2");
+    let announced: Delivery = announced[0].payload().unwrap();
+    assert_eq!(announced.driver_id, "d-1");
+}
