@@ -321,18 +321,20 @@ async fn a_resubmitted_fault_reaches_its_consumer_once_the_cause_is_fixed() {
 }
 
 /// An offset at which every port of the shipped topology is free, a different one for each
-/// call in this process.
+/// call in this process. Offsets lie between 10939 and 15444, so that every shifted port is
+/// below 65536 and none is in Linux's ephemeral range (32768 to 60999), where an outgoing
+/// connection could hold it; offsets 50 apart keep two systems' ports apart.
 fn free_offset() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let ports = [
         4222u16, 4223, 4224, 4225, 8222, 8223, 8224, 8225, 9161, 9162, 9163, 9171, 9172, 9181,
         9182, 9183, 9191, 9201, 9202, 9203, 9204, 9205, 9206, 50061, 50062, 50071, 50081, 50091,
     ];
-    let start = 1000 + (std::process::id() % 50) as u16 * 200;
+    let slot = (std::process::id() % 80) as u16;
     loop {
         let i = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(i < 400, "no free port offset");
-        let offset = start + i * 7;
+        assert!(i < 80, "no free port offset");
+        let offset = 10_950 + ((slot + i) % 80) * 50;
         if ports
             .iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + offset)).is_ok())
@@ -340,6 +342,13 @@ fn free_offset() -> u16 {
             return offset;
         }
     }
+}
+
+/// Whole systems run one at a time: each is nineteen processes, and the machine may have two
+/// cores.
+fn one_system_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `fractal up` on the shipped topology at a free port offset, once it is running.
@@ -401,6 +410,7 @@ fn alive(pid: u32) -> bool {
 fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let _turn = one_system_at_a_time();
     let mut up = up(&[], &state);
     let started = pids(&state);
     assert_eq!(started.len(), 4 + 9 + 6, "hubs, services and bridges");
@@ -513,6 +523,7 @@ fn one_subsystem_runs_alone_with_its_upstream_simulated() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let state_arg = state.display().to_string();
+    let _turn = one_system_at_a_time();
     let mut up = up(&["--subsystem", "delivery"], &state);
     let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
     assert_eq!(running.hubs.keys().collect::<Vec<_>>(), ["delivery"]);
@@ -583,6 +594,7 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
     let state = dir.path().join("state");
     let out_path = dir.path().join("up.out");
     let out = std::fs::File::create(&out_path).unwrap();
+    let _turn = one_system_at_a_time();
     let mut up = up_to(&[], &state, out);
     let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
     let dispatch = running.services["delivery/dispatch"].pid;
@@ -717,6 +729,7 @@ fn status_is_healthy_when_quiet_and_names_a_stopped_service_and_a_bridge_whose_t
 {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let _turn = one_system_at_a_time();
     let mut up = up(&["--no-restart"], &state);
 
     let (code, quiet) = status(&state, &[]);
@@ -862,4 +875,233 @@ fn status_of_a_system_that_does_not_answer_names_each_part_and_exits_non_zero() 
             && said.contains("is not an http:// or https:// URL"),
         "{said}"
     );
+}
+
+/// A browser driven through WebDriver (Debian's chromium and chromium-driver, which
+/// `scripts/test` installs).
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn open() -> Browser {
+        let chromedriver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let port = fractal_testkit::free_port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {chromedriver} ({e}); scripts/ensure-chromium installs it")
+            });
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(20), "chromedriver answers", || {
+            let http = http.clone();
+            let url = format!("{base}/status");
+            async move { http.get(url).send().await.ok().map(|_| ()) }
+        })
+        .await;
+        let profile = tempfile::tempdir().expect("a profile folder");
+        let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let answer: serde_json::Value = http
+            .post(format!("{base}/session"))
+            .json(&serde_json::json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": binary,
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--window-size=1500,900",
+                        format!("--user-data-dir={}", profile.path().display()),
+                    ],
+                },
+            }}}))
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("a JSON answer");
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {answer}"))
+            .to_owned();
+        Browser {
+            http,
+            session: format!("{base}/session/{session}"),
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let answer: serde_json::Value = self
+            .http
+            .post(format!("{}/{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("a JSON answer");
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command("url", serde_json::json!({ "url": url })).await;
+    }
+
+    /// Each drawn part (`hub:system`, `service:restaurant/kitchen`, `bridge:…`) with its
+    /// health and its text.
+    async fn parts(&self) -> std::collections::BTreeMap<String, (String, String)> {
+        let script = "return [...document.querySelectorAll('[data-part]')]\
+            .map(e => [e.dataset.part, e.dataset.health, e.textContent]);";
+        let value = self
+            .command(
+                "execute/sync",
+                serde_json::json!({ "script": script, "args": [] }),
+            )
+            .await;
+        value
+            .as_array()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .map(|p| {
+                        let s = |i: usize| p[i].as_str().unwrap_or_default().to_owned();
+                        (s(0), (s(1), s(2)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        use base64::Engine as _;
+        let answer: serde_json::Value = self
+            .http
+            .get(format!("{}/screenshot", self.session))
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("a JSON answer");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(answer["value"].as_str().expect("a screenshot"))
+            .expect("base64");
+        std::fs::write(path, png).expect("the screenshot is written");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_page_shows_every_part_and_a_service_that_goes_down_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _turn = one_system_at_a_time();
+    let mut up = up(&[], &state);
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let port = fractal_testkit::free_port();
+    let mut ui = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "ui",
+            "--interval",
+            "0.5",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--topology", &shipped(), "--state"])
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let expected: Vec<String> = running
+        .hubs
+        .keys()
+        .map(|h| format!("hub:{h}"))
+        .chain(running.services.keys().map(|s| format!("service:{s}")))
+        .chain(running.bridges.keys().map(|b| format!("bridge:{b}")))
+        .collect();
+    let kitchen = running.services["restaurant/kitchen"].pid;
+    let signal = |name: &str, pid: u32| {
+        Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .unwrap();
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let browser = Browser::open().await;
+        let page = format!("http://127.0.0.1:{port}/");
+        eventually(Duration::from_secs(20), "the page loads", || async {
+            browser.goto(&page).await;
+            (!browser.parts().await.is_empty()).then_some(())
+        })
+        .await;
+        let health = |parts: &std::collections::BTreeMap<String, (String, String)>, part: &str| {
+            parts.get(part).map(|(h, _)| h.clone()).unwrap_or_default()
+        };
+        eventually(
+            Duration::from_secs(30),
+            "every part drawn, healthy",
+            || async {
+                let parts = browser.parts().await;
+                expected
+                    .iter()
+                    .all(|p| health(&parts, p) == "healthy")
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(browser.parts().await.len(), expected.len());
+
+        // Frozen, the kitchen answers nothing: it is marked down.
+        signal("STOP", kitchen);
+        eventually(
+            Duration::from_secs(30),
+            "the kitchen marked down",
+            || async {
+                (health(&browser.parts().await, "service:restaurant/kitchen") == "unhealthy")
+                    .then_some(())
+            },
+        )
+        .await;
+        // Killed, fractal up starts it again: it recovers, its restart counted.
+        signal("KILL", kitchen);
+        eventually(Duration::from_secs(30), "the kitchen recovered", || async {
+            let parts = browser.parts().await;
+            parts
+                .get("service:restaurant/kitchen")
+                .is_some_and(|(health, text)| health == "healthy" && text.contains("1 restarts"))
+                .then_some(())
+        })
+        .await;
+        let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fractal-ui.png");
+        browser.screenshot(&screenshot).await;
+        println!("Screenshot of the page: {}", screenshot.display());
+    });
+
+    let _ = ui.kill();
+    let _ = ui.wait();
+    Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(up.wait().unwrap().success());
 }
