@@ -821,13 +821,27 @@ impl Status {
     }
 }
 
-fn health_of(problems: &[String], known: bool) -> Health {
-    if !problems.is_empty() {
-        Health::Unhealthy
-    } else if known {
-        Health::Healthy
-    } else {
-        Health::Unknown
+/// What was found wrong with a part: problems make it unhealthy; what could not be read
+/// (nothing answers, an answer that makes no sense) makes it unknown.
+#[derive(Debug, Default)]
+struct Findings {
+    problems: Vec<String>,
+    unreadable: Vec<String>,
+}
+
+impl Findings {
+    /// Its health, `known` when there is an address to read it at; and every finding.
+    fn health(self, known: bool) -> (Health, Vec<String>) {
+        let health = if !self.problems.is_empty() {
+            Health::Unhealthy
+        } else if !known || !self.unreadable.is_empty() {
+            Health::Unknown
+        } else {
+            Health::Healthy
+        };
+        let mut all = self.problems;
+        all.extend(self.unreadable);
+        (health, all)
     }
 }
 
@@ -840,14 +854,15 @@ fn assess_hub(
 ) -> HubStatus {
     let empty = Vec::new();
     let nodes = after.hubs.get(&hub.name).unwrap_or(&empty);
-    let mut problems = Vec::new();
+    let nodes_up = nodes.iter().filter(|n| n.is_ok()).count();
+    let mut findings = Findings::default();
     for (monitor, node) in hub.monitors.iter().zip(nodes) {
         if let Err(e) = node {
-            problems.push(if hub.monitors.len() == 1 {
-                format!("down: {e}")
+            if nodes_up == 0 {
+                findings.unreadable.push(format!("unreachable: {e}"));
             } else {
-                format!("node {monitor} down: {e}")
-            });
+                findings.problems.push(format!("node {monitor} down: {e}"));
+            }
         }
     }
     // The node that knows most: a lagging replica knows less.
@@ -864,7 +879,6 @@ fn assess_hub(
     let events = best(after, |s| s.events.as_ref());
     let faults = best(after, |s| s.faults.as_ref());
     let events_before = best(before, |s| s.events.as_ref());
-    let nodes_up = nodes.iter().filter(|n| n.is_ok()).count();
     let last_fault_secs = faults
         .as_ref()
         .filter(|f| f.messages > 0)
@@ -873,14 +887,15 @@ fn assess_hub(
     if let (Some(faults), Some(age)) = (&faults, last_fault_secs)
         && age < thresholds.fault_window.as_secs()
     {
-        problems.push(format!(
+        findings.problems.push(format!(
             "new faults: the newest of {} came {age} s ago (see `fractal faults {} list`)",
             faults.messages, hub.name
         ));
     }
+    let (health, problems) = findings.health(!hub.monitors.is_empty());
     HubStatus {
         name: hub.name.clone(),
-        health: health_of(&problems, !hub.monitors.is_empty()),
+        health,
         problems,
         nodes: hub.monitors.len(),
         nodes_up,
@@ -895,33 +910,67 @@ fn assess_hub(
     }
 }
 
-/// The problems of a process that `fractal up` supervises or that does not answer, and
-/// whether it is ready.
+/// What is wrong with a process: down or restarting under `fractal up`, not ready, not
+/// answering, its metrics unreadable. Returns whether it is ready and its metrics before and
+/// after.
 fn assess_process(
     process: &ProcessTarget,
+    before: &Reading,
     after: &Reading,
-    problems: &mut Vec<String>,
-) -> Option<bool> {
+    findings: &mut Findings,
+) -> (Option<bool>, Option<Metrics>, Option<Metrics>) {
     if let Some(local) = &process.local {
         match local.state.as_str() {
             "running" if !crate::up::alive(local.pid) => {
-                problems.push(format!("down (pid {} is gone)", local.pid));
+                findings
+                    .problems
+                    .push(format!("down (pid {} is gone)", local.pid));
             }
             "running" => {}
-            state => problems.push(format!("{state} ({} restarts)", local.restarts)),
+            state => findings
+                .problems
+                .push(format!("{state} ({} restarts)", local.restarts)),
         }
     }
-    let reading = after.processes.get(&process.name)?;
-    process.admin.as_ref()?;
-    match &reading.ready {
+    let metrics = |r: &Reading| {
+        r.processes
+            .get(&process.name)
+            .and_then(|p| p.metrics.as_ref().ok())
+            .cloned()
+    };
+    let (m0, m1) = (metrics(before), metrics(after));
+    let Some(reading) = after.processes.get(&process.name) else {
+        return (None, m0, m1);
+    };
+    if process.admin.is_none() {
+        return (None, m0, m1);
+    }
+    let down = !findings.problems.is_empty();
+    let ready = match &reading.ready {
         Ok(()) => Some(true),
-        Err(e) => {
-            if problems.is_empty() || !e.starts_with("nothing answers") {
-                problems.push(e.clone());
-            }
+        // It answered: not ready.
+        Err(e) if e.starts_with("not ready") => {
+            findings.problems.push(e.clone());
             Some(false)
         }
+        // `fractal up` runs it, yet it does not answer: it hangs.
+        Err(e) if process.local.is_some() => {
+            if !down {
+                findings.problems.push(format!("not answering: {e}"));
+            }
+            None
+        }
+        Err(e) => {
+            findings.unreadable.push(e.clone());
+            None
+        }
+    };
+    if ready.is_some()
+        && let Err(e) = &reading.metrics
+    {
+        findings.unreadable.push(e.clone());
     }
+    (ready, m0, m1)
 }
 
 fn assess_service(
@@ -931,20 +980,9 @@ fn assess_service(
     secs: f64,
     thresholds: Thresholds,
 ) -> ServiceStatus {
-    let mut problems = Vec::new();
-    let ready = assess_process(service, after, &mut problems);
-    let metrics = |r: &Reading| {
-        r.processes
-            .get(&service.name)
-            .and_then(|p| p.metrics.as_ref().ok())
-            .cloned()
-    };
-    let (m0, m1) = (metrics(before), metrics(after));
-    if ready == Some(true)
-        && let Some(Err(e)) = after.processes.get(&service.name).map(|p| &p.metrics)
-    {
-        problems.push(e.clone());
-    }
+    let mut findings = Findings::default();
+    let (ready, m0, m1) = assess_process(service, before, after, &mut findings);
+    let problems = &mut findings.problems;
     let per_sec = |name: &str| match (&m0, &m1) {
         (Some(a), Some(b)) => Some(rate(a.sum(name, &[]), b.sum(name, &[]), secs)),
         _ => None,
@@ -975,10 +1013,11 @@ fn assess_service(
             ));
         }
     }
+    let (health, problems) = findings.health(service.admin.is_some());
     ServiceStatus {
         name: service.name.clone(),
         hub: service.hub.clone(),
-        health: health_of(&problems, service.admin.is_some()),
+        health,
         problems,
         ready,
         state: service.local.as_ref().map(|l| l.state.clone()),
@@ -997,20 +1036,9 @@ fn assess_bridge(
     secs: f64,
 ) -> BridgeStatus {
     let process = &bridge.process;
-    let mut problems = Vec::new();
-    let ready = assess_process(process, after, &mut problems);
-    let metrics = |r: &Reading| {
-        r.processes
-            .get(&process.name)
-            .and_then(|p| p.metrics.as_ref().ok())
-            .cloned()
-    };
-    let (m0, m1) = (metrics(before), metrics(after));
-    if ready == Some(true)
-        && let Some(Err(e)) = after.processes.get(&process.name).map(|p| &p.metrics)
-    {
-        problems.push(e.clone());
-    }
+    let mut findings = Findings::default();
+    let (ready, m0, m1) = assess_process(process, before, after, &mut findings);
+    let problems = &mut findings.problems;
     let routes = bridge
         .routes
         .iter()
@@ -1061,11 +1089,12 @@ fn assess_bridge(
             }
         })
         .collect();
+    let (health, problems) = findings.health(process.admin.is_some());
     BridgeStatus {
         name: process.name.clone(),
         source: process.hub.clone(),
         target: bridge.target.clone(),
-        health: health_of(&problems, process.admin.is_some()),
+        health,
         problems,
         ready,
         state: process.local.as_ref().map(|l| l.state.clone()),
@@ -1365,6 +1394,148 @@ mod tests {
         assert!(e.starts_with("line 2: `<html>oops</html>`"), "{e}");
         let e = Metrics::parse("x{a=\"1} 2\n").unwrap_err();
         assert!(e.contains("end inside a value"), "{e}");
+    }
+
+    fn targets() -> Targets {
+        let process = |name: &str, hub: &str| ProcessTarget {
+            name: name.into(),
+            hub: hub.into(),
+            admin: Some("127.0.0.1:1".into()),
+            local: None,
+        };
+        Targets {
+            system: "s".into(),
+            source: "test".into(),
+            hubs: vec![HubTarget {
+                name: "a".into(),
+                url: None,
+                monitors: vec!["http://127.0.0.1:1".into()],
+                events_stream: "EVENTS".into(),
+                faults_stream: "FAULTS".into(),
+            }],
+            services: vec![process("a/worker", "a")],
+            bridges: vec![BridgeTarget {
+                process: process("a-to-b", "a"),
+                target: "b".into(),
+                routes: vec!["orders".into()],
+            }],
+        }
+    }
+
+    /// A reading of `targets()`: the hub's newest fault `fault_age` seconds ago, the service's
+    /// and the bridge's metrics as given.
+    fn reading(at: Instant, fault_age: Option<u64>, service: &str, bridge: &str) -> Reading {
+        let faults = fault_age.map(|age| {
+            let time = time::OffsetDateTime::now_utc() - time::Duration::seconds(age as i64);
+            StreamState {
+                messages: 1,
+                bytes: 100,
+                last_ts: time
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok(),
+            }
+        });
+        let process = |metrics: &str| ProcessReading {
+            ready: Ok(()),
+            metrics: Metrics::parse(metrics),
+        };
+        Reading {
+            at,
+            hubs: [(
+                "a".to_owned(),
+                vec![Ok(Streams {
+                    events: Some(StreamState::default()),
+                    faults,
+                })],
+            )]
+            .into(),
+            processes: [
+                ("a/worker".to_owned(), process(service)),
+                ("a-to-b".to_owned(), process(bridge)),
+            ]
+            .into(),
+        }
+    }
+
+    fn service(handled: u64, failed: u64, lag: u64) -> String {
+        format!(
+            "fractal_events_handled_total{{service=\"a/worker\"}} {handled}\n\
+             fractal_events_failed_total{{service=\"a/worker\"}} {failed}\n\
+             fractal_consumer_pending_messages{{consumer=\"worker\"}} {lag}\n"
+        )
+    }
+
+    fn route(relayed: u64, stalled: u64, rejected: u64) -> String {
+        format!(
+            "fractal_bridge_relayed_total{{bridge=\"a-to-b\",route=\"orders\"}} {relayed}\n\
+             fractal_bridge_stalled{{bridge=\"a-to-b\",route=\"orders\"}} {stalled}\n\
+             fractal_bridge_rejected_total{{bridge=\"a-to-b\",route=\"orders\",reason=\"contract\"}} {rejected}\n"
+        )
+    }
+
+    fn assess(before: Reading, after: Reading) -> Status {
+        let thresholds = Thresholds {
+            fault_window: Duration::from_secs(300),
+            max_lag: 1000,
+        };
+        Status::assess(&targets(), &before, &after, thresholds)
+    }
+
+    #[test]
+    fn a_busy_healthy_system_has_rates_and_no_problems() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let status = assess(
+            reading(t0, Some(3600), &service(100, 0, 5), &route(40, 0, 0)),
+            reading(t1, Some(3602), &service(300, 0, 9), &route(140, 0, 0)),
+        );
+        assert_eq!(status.health, Health::Healthy, "{:?}", status.problems);
+        assert_eq!(status.services[0].handled_per_sec, Some(100.0));
+        assert_eq!(status.bridges[0].routes[0].relayed_per_sec, Some(50.0));
+        assert_eq!(
+            status.hubs[0].last_fault_secs.map(|s| s >= 3600),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn stuck_failing_stalled_rejecting_and_new_faults_are_each_named() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let problems = |before, after| assess(before, after).problems;
+
+        let stuck = problems(
+            reading(t0, None, &service(100, 0, 5), &route(0, 0, 0)),
+            reading(t1, None, &service(100, 0, 9), &route(0, 0, 0)),
+        );
+        assert_eq!(
+            stuck,
+            ["a/worker: stuck: its lag grew from 5 to 9 and it handled nothing in 2 s"]
+        );
+        let failing = problems(
+            reading(t0, None, &service(100, 3, 5), &route(0, 0, 0)),
+            reading(t1, None, &service(100, 9, 5), &route(0, 0, 0)),
+        );
+        assert_eq!(
+            failing,
+            ["a/worker: failing: 6 attempts failed and none succeeded in 2 s"]
+        );
+        let growing = problems(
+            reading(t0, None, &service(100, 0, 1500), &route(0, 0, 0)),
+            reading(t1, None, &service(900, 0, 2500), &route(0, 0, 0)),
+        );
+        assert_eq!(growing, ["a/worker: lag growing: 1500 → 2500"]);
+        let route_trouble = problems(
+            reading(t0, Some(10), &service(0, 0, 0), &route(7, 1, 2)),
+            reading(t1, Some(12), &service(0, 0, 0), &route(7, 1, 5)),
+        );
+        assert_eq!(route_trouble.len(), 3, "{route_trouble:#?}");
+        assert!(route_trouble[0].starts_with("hub a: new faults: the newest of 1 came 1"));
+        assert_eq!(
+            route_trouble[1],
+            "bridge a-to-b: route orders: rejected 3 events (contract) in 2 s"
+        );
+        assert!(route_trouble[2].starts_with("bridge a-to-b: route orders: stalled"));
     }
 
     #[test]

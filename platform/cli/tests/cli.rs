@@ -770,7 +770,9 @@ fn status_is_healthy_when_quiet_and_names_a_stopped_service_and_a_bridge_whose_t
         let (code, down) = status(&state, &[]);
         assert_eq!(code, 1, "{down:#}");
         let found = problems(&down);
-        let named = found.iter().any(|p| p.starts_with("hub system: down"))
+        let named = found
+            .iter()
+            .any(|p| p.starts_with("hub system: unreachable"))
             && found.iter().any(|p| {
                 p.starts_with("bridge restaurant-to-system: not ready") && p.contains("`system`")
             });
@@ -831,10 +833,12 @@ fn status_of_a_system_that_does_not_answer_names_each_part_and_exits_non_zero() 
         dir.path(),
         &["--endpoints", &endpoints.display().to_string()],
     );
-    assert_eq!(code, 1, "{status:#}");
+    // Nothing it could read is wrong; what it could not read is unknown: exit code 3.
+    assert_eq!(code, 3, "{status:#}");
+    assert_eq!(status["health"], "unknown");
     let found = problems(&status);
     let expected = [
-        format!("hub ordering: down: nothing answers at http://{closed}/jsz"),
+        format!("hub ordering: unreachable: nothing answers at http://{closed}/jsz"),
         format!(
             "ordering/checkout: http://{garbage_addr}/metrics is not Prometheus text: line 1: `<html>not metrics</html>`"
         ),
