@@ -18,8 +18,8 @@ pub use config::BridgeConfig;
 /// Runs the bridge until `shutdown` is cancelled. The configuration must have been validated.
 pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (Some(source), Some(target)) = (
-        Hub::connect_with_retry(&config.source, false, &shutdown).await,
-        Hub::connect_with_retry(&config.target, false, &shutdown).await,
+        Hub::connect_with_retry(&config.source, &shutdown).await?,
+        Hub::connect_with_retry(&config.target, &shutdown).await?,
     ) else {
         return Ok(());
     };

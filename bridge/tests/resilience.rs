@@ -125,7 +125,14 @@ async fn replays_are_dropped_within_the_targets_duplicate_window_only() {
     let hub_b = Hub::connect(&target).await.unwrap();
     hub_b.provision().await.unwrap();
     let orders = route("orders", &["order.placed"]);
-    let mut bridge = Bridge::start("ab", ("a", &a), ("b", &b), &orders);
+    // Every client of hub b says what its owner provisioned.
+    let mut bridge = Bridge::start_with_env(
+        "ab",
+        ("a", &a),
+        ("b", &b),
+        &orders,
+        &[("BRIDGE_TARGET__EVENTS__DUPLICATE_WINDOW_SECS", "3")],
+    );
     simulate(&hub_a, (0..100).map(|n| numbered("order.placed", "k", n))).await;
     wait_for_count(&hub_b, 100, Duration::from_secs(20)).await;
 

@@ -4,6 +4,7 @@
 mod events;
 mod faults;
 mod graph;
+mod hubs;
 mod status;
 mod table;
 mod topology;
@@ -253,28 +254,39 @@ fn programs() -> anyhow::Result<PathBuf> {
 
 /// Connects to `hub` of the running system, or of the topology if nothing runs.
 async fn hub(topology_path: &Path, state: &Path, name: &str) -> anyhow::Result<Hub> {
-    let url = match up::running(state) {
-        Some(system) => system.hubs.get(name).cloned().with_context(|| {
-            format!(
-                "hub `{name}` is not running (running: {})",
-                system.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        })?,
+    let urls = match up::running(state) {
+        Some(system) => system
+            .nodes
+            .get(name)
+            .cloned()
+            .or_else(|| system.hubs.get(name).map(|url| vec![url.clone()]))
+            .with_context(|| {
+                format!(
+                    "hub `{name}` is not running (running: {})",
+                    system.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?,
         None => {
             let topology = load(topology_path)?;
-            let port = topology.hubs.get(name).map(|h| h.port).with_context(|| {
-                format!(
-                    "hub `{name}` is not in the topology (hubs: {})",
-                    topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            })?;
-            format!("nats://127.0.0.1:{port}")
+            topology
+                .hub_config(name, 0)
+                .with_context(|| {
+                    format!(
+                        "hub `{name}` is not in the topology (hubs: {})",
+                        topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })?
+                .urls
         }
     };
-    let mut config = HubConfig::local(name, &url);
+    let mut config = HubConfig::local(name, "");
+    config.urls = urls;
     config.connect_timeout_secs = 3;
     Hub::connect(&config).await.with_context(|| {
-        format!("cannot reach hub `{name}` at {url}; is the system up? start it with `fractal up`")
+        format!(
+            "cannot reach hub `{name}` at {}; is the system up? start it with `fractal up`",
+            config.urls.join(", ")
+        )
     })
 }
 

@@ -29,21 +29,78 @@ pub(crate) struct TopologyFile {
     pub(crate) demo: Option<DemoSpec>,
 }
 
-/// A hub.
+/// A hub: its servers and the one definition of its streams.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct HubSpec {
-    /// Its client port on this machine.
+    /// Its client port on this machine (its first node's; node `i` adds `100 × i`).
     pub(crate) port: u16,
     /// Its monitoring port (`/varz`, `/jsz`, `/healthz`). Default: the client port + 4000, as
     /// NATS's own 4222 and 8222.
     #[serde(default)]
     pub(crate) monitor: Option<u16>,
+    /// Its cluster port, for the routes between its nodes. Default: the client port + 2000,
+    /// as NATS's own 6222.
+    #[serde(default)]
+    pub(crate) cluster: Option<u16>,
+    /// How many servers it runs as: 1, or a cluster of 3 or 5.
+    #[serde(default = "one")]
+    pub(crate) nodes: usize,
+    /// When its servers write to disk: `default` (NATS's own: every 2 minutes, relying on
+    /// replicas) or `always` (before acknowledging each write).
+    #[serde(default)]
+    pub(crate) sync: Sync,
+    /// Its events and faults streams (and views), the same for every client; unset settings
+    /// keep the platform's defaults (an unlimited, file-backed lake), and replicas default to
+    /// as many as the hub has nodes, at most 3.
+    #[serde(default)]
+    pub(crate) streams: fractal::hub::StreamSettings,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// When a hub's servers write to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Sync {
+    /// NATS's default: fsync every 2 minutes; replicas carry what is not yet on disk.
+    #[default]
+    Default,
+    /// fsync before acknowledging each write.
+    Always,
 }
 
 impl HubSpec {
     /// The monitoring port.
     pub(crate) fn monitor(&self) -> u16 {
         self.monitor.unwrap_or(self.port.saturating_add(4000))
+    }
+
+    /// The cluster port.
+    pub(crate) fn cluster(&self) -> u16 {
+        self.cluster.unwrap_or(self.port.saturating_add(2000))
+    }
+
+    /// The replicas of its streams and views.
+    pub(crate) fn replicas(&self) -> usize {
+        self.streams.replicas.unwrap_or(self.nodes.min(3))
+    }
+
+    /// `stream` with the settings this hub defines (its name stays the client's).
+    pub(crate) fn apply(&self, stream: &mut fractal::hub::StreamConfig) {
+        let settings = fractal::hub::StreamSettings {
+            name: None,
+            replicas: Some(self.replicas()),
+            ..self.streams.clone()
+        };
+        *stream = settings.onto(stream.clone());
+    }
+
+    /// The ports of node `i`: client, monitoring and cluster.
+    pub(crate) fn node_ports(&self, i: usize) -> [u16; 3] {
+        let step = 100 * i as u16;
+        [self.port, self.monitor(), self.cluster()].map(|p| p.saturating_add(step))
     }
 }
 
@@ -97,6 +154,38 @@ impl Validate for TopologyFile {
             }
             if hub.monitor() == hub.port {
                 problems.add(join(&at, "monitor"), "must differ from the client port");
+            }
+            if ![1, 3, 5].contains(&hub.nodes) {
+                problems.add(
+                    join(&at, "nodes"),
+                    format!(
+                        "{} nodes: a hub runs as 1 server or a cluster of 3 or 5",
+                        hub.nodes
+                    ),
+                );
+            } else if !(hub.nodes == 1 || hub.cluster.is_some() || hub.port <= u16::MAX - 2400) {
+                problems.add(
+                    join(&at, "cluster"),
+                    "the default, port + 2000, is past 65535",
+                );
+            }
+            if hub.streams.name.is_some() {
+                problems.add(
+                    join(&at, "streams.name"),
+                    "each client names the hub's streams in its own configuration",
+                );
+            }
+            let replicas = hub.replicas();
+            if ![1, 3, 5].contains(&replicas) {
+                problems.add(join(&at, "streams.replicas"), "must be 1, 3 or 5");
+            } else if replicas > hub.nodes {
+                problems.add(
+                    join(&at, "streams.replicas"),
+                    format!(
+                        "{replicas} replicas need at least {replicas} nodes; the hub has {}",
+                        hub.nodes
+                    ),
+                );
             }
         }
         for (i, service) in self.services.iter().enumerate() {
@@ -359,12 +448,27 @@ impl Topology {
             }
         };
         for (name, hub) in &self.hubs {
-            claim(Some(hub.port), format!("hubs.{name}.port"), problems);
-            claim(
-                Some(hub.monitor()),
-                format!("hubs.{name}.monitor"),
-                problems,
-            );
+            for i in 0..hub.nodes {
+                let [port, monitor, cluster] = hub.node_ports(i);
+                let node = if i == 0 {
+                    String::new()
+                } else {
+                    format!(" (node {i})")
+                };
+                claim(Some(port), format!("hubs.{name}.port{node}"), problems);
+                claim(
+                    Some(monitor),
+                    format!("hubs.{name}.monitor{node}"),
+                    problems,
+                );
+                if hub.nodes > 1 {
+                    claim(
+                        Some(cluster),
+                        format!("hubs.{name}.cluster{node}"),
+                        problems,
+                    );
+                }
+            }
         }
         for service in &self.services {
             if let Some(grpc) = &service.config.grpc {
@@ -428,6 +532,36 @@ impl Topology {
                 }
             }
         }
+    }
+
+    /// The configuration of hub `name` as its clients must see it: every node's URL (local,
+    /// shifted by `offset`), and its streams as the topology defines them, named as its
+    /// clients name them.
+    pub(crate) fn hub_config(&self, name: &str, offset: u16) -> Option<fractal::HubConfig> {
+        let spec = self.hubs.get(name)?;
+        let mut config = self
+            .services
+            .iter()
+            .map(|s| &s.config.hub)
+            .chain(
+                self.bridges
+                    .iter()
+                    .flat_map(|b| [&b.config.source, &b.config.target]),
+            )
+            .find(|h| h.name == name)
+            .cloned()
+            .unwrap_or_else(|| fractal::HubConfig::local(name, ""));
+        config.urls = (0..spec.nodes)
+            .map(|i| {
+                format!(
+                    "nats://127.0.0.1:{}",
+                    spec.node_ports(i)[0].saturating_add(offset)
+                )
+            })
+            .collect();
+        spec.apply(&mut config.events);
+        spec.apply(&mut config.faults);
+        Some(config)
     }
 
     /// The part of the topology that runs `subsystems` (hub names) alone: their hubs, their

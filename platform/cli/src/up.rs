@@ -212,6 +212,34 @@ fn shifted(listen: &str, offset: u16) -> anyhow::Result<String> {
     Ok(std::net::SocketAddr::new(addr.ip(), port).to_string())
 }
 
+/// The environment that gives a client (under `key`: `ORDERING_HUB__`, `BRIDGE_SOURCE__`) the
+/// hub as `fractal up` runs it: every node's URL and the streams as the topology defines them.
+fn hub_env(key: &str, hub: &fractal::HubConfig) -> Vec<(String, String)> {
+    let urls: Vec<String> = hub.urls.iter().map(|u| format!("{u:?}")).collect();
+    let mut env = vec![(format!("{key}URLS"), format!("[{}]", urls.join(",")))];
+    for (stream, config) in [("EVENTS", &hub.events), ("FAULTS", &hub.faults)] {
+        let storage = match config.storage {
+            fractal::hub::Storage::File => "file",
+            fractal::hub::Storage::Memory => "memory",
+        };
+        for (setting, value) in [
+            ("NAME", config.name.clone()),
+            ("REPLICAS", config.replicas.to_string()),
+            ("STORAGE", storage.to_owned()),
+            ("MAX_AGE_SECS", config.max_age_secs.to_string()),
+            ("MAX_BYTES", config.max_bytes.to_string()),
+            ("MAX_MESSAGES", config.max_messages.to_string()),
+            (
+                "DUPLICATE_WINDOW_SECS",
+                config.duplicate_window_secs.to_string(),
+            ),
+        ] {
+            env.push((format!("{key}{stream}__{setting}"), value));
+        }
+    }
+    env
+}
+
 fn env_prefix(program: &str) -> String {
     format!("{}_", program.to_uppercase().replace('-', "_"))
 }
@@ -292,54 +320,61 @@ impl Up {
         logs: &Path,
     ) -> anyhow::Result<()> {
         let offset = options.port_offset;
-        let mut urls = BTreeMap::new();
+        let mut all_nodes = Vec::new();
         for (name, spec) in &topology.hubs {
-            let [port, monitor] = [spec.port, spec.monitor()].map(|port| {
-                port.checked_add(offset).with_context(|| {
-                    format!("hub `{name}`: port {port} + offset {offset} is past 65535")
-                })
-            });
-            let (port, monitor) = (port?, monitor?);
-            let store = options.state.join("hubs").join(name);
-            std::fs::create_dir_all(&store)?;
-            let conf = options.state.join("hubs").join(format!("{name}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\njetstream {{\n  store_dir: {:?}\n}}\n",
-                    store.display().to_string()
-                ),
-            )?;
-            let log = logs.join(format!("hub-{name}.log"));
-            self.hubs.push(Managed::start(
-                format!("hub {name}"),
-                Role::Hub,
-                nats,
-                &["-c".as_ref(), conf.as_os_str()],
-                Vec::new(),
-                log,
-            )?);
-            urls.insert(name.clone(), format!("nats://127.0.0.1:{port}"));
+            let nodes = crate::hubs::nodes(name, spec, offset)?;
+            for (i, node) in nodes.iter().enumerate() {
+                let store = options.state.join("hubs").join(&node.name);
+                std::fs::create_dir_all(&store)?;
+                let conf = options
+                    .state
+                    .join("hubs")
+                    .join(format!("{}.conf", node.name));
+                std::fs::write(
+                    &conf,
+                    crate::hubs::server_config(name, spec, &nodes, i, &store),
+                )?;
+                self.hubs.push(Managed::start(
+                    format!("hub {}", node.name),
+                    Role::Hub,
+                    nats,
+                    &["-c".as_ref(), conf.as_os_str()],
+                    Vec::new(),
+                    logs.join(format!("hub-{}.log", node.name)),
+                )?);
+                self.write_pids()?;
+            }
+            self.system.hubs.insert(name.clone(), nodes[0].url());
             self.system
-                .monitors
-                .insert(name.clone(), vec![format!("http://127.0.0.1:{monitor}")]);
-            self.write_pids()?;
+                .nodes
+                .insert(name.clone(), nodes.iter().map(|n| n.url()).collect());
+            self.system.monitors.insert(
+                name.clone(),
+                nodes.iter().map(|n| n.monitor_url()).collect(),
+            );
+            all_nodes.extend(nodes);
         }
-        self.system.hubs = urls.clone();
-        for (name, url) in &urls {
-            self.wait_for_hub(name, url, options.ready_timeout).await?;
-            eprintln!("  hub {name} listening on {url}");
+        for node in &all_nodes {
+            self.wait_for_node(node, options.ready_timeout).await?;
+        }
+        // The provisioning step: each hub's streams, as the topology defines them, before any
+        // client connects.
+        let mut hubs = BTreeMap::new();
+        for name in topology.hubs.keys() {
+            let config = topology
+                .hub_config(name, offset)
+                .with_context(|| format!("hub `{name}` is not in the topology"))?;
+            self.provision(&config, options.ready_timeout).await?;
+            eprintln!("  hub {name} ready at {}", config.urls.join(", "));
+            hubs.insert(name.clone(), config);
         }
 
-        let list = |hub: &str| format!("[\"{}\"]", urls[hub]);
         for service in &topology.services {
             let program = program(&options.programs, &service.spec.program)?;
             let prefix = env_prefix(&service.spec.program);
             let admin = shifted(&service.config.admin.listen, offset)?;
-            let mut env = vec![
-                (format!("{prefix}HUB__URLS"), list(service.hub())),
-                (format!("{prefix}ADMIN__LISTEN"), admin.clone()),
-            ];
+            let mut env = hub_env(&format!("{prefix}HUB__"), &hubs[service.hub()]);
+            env.push((format!("{prefix}ADMIN__LISTEN"), admin.clone()));
             let grpc = match &service.config.grpc {
                 Some(grpc) => {
                     let listen = shifted(&grpc.listen, offset)?;
@@ -377,11 +412,9 @@ impl Up {
             let program = program(&options.programs, "fractal-bridge")?;
             let config = &bridge.config;
             let admin = shifted(&config.admin.listen, offset)?;
-            let env = vec![
-                ("BRIDGE_SOURCE__URLS".to_owned(), list(&config.source.name)),
-                ("BRIDGE_TARGET__URLS".to_owned(), list(&config.target.name)),
-                ("BRIDGE_ADMIN__LISTEN".to_owned(), admin.clone()),
-            ];
+            let mut env = hub_env("BRIDGE_SOURCE__", &hubs[&config.source.name]);
+            env.extend(hub_env("BRIDGE_TARGET__", &hubs[&config.target.name]));
+            env.push(("BRIDGE_ADMIN__LISTEN".to_owned(), admin.clone()));
             let name = format!("bridge {}", config.name);
             let log = logs.join(format!("bridge-{}.log", config.name));
             let managed = Managed::start(
@@ -536,23 +569,55 @@ impl Up {
             .with_context(|| format!("cannot write {}", file.display()))
     }
 
-    async fn wait_for_hub(
+    /// Waits until the node says it is healthy: listening, and with JetStream current (in a
+    /// cluster, once the nodes have elected a leader).
+    async fn wait_for_node(
         &mut self,
-        name: &str,
-        url: &str,
+        node: &crate::hubs::Node,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let addr = url.trim_start_matches("nats://").to_owned();
+        let monitor = format!("127.0.0.1:{}", node.monitor);
         let deadline = Instant::now() + timeout;
         loop {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            let healthy = fractal::admin::probe(monitor.as_str(), "/healthz")
+                .await
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+            if healthy {
                 return Ok(());
             }
             self.check_alive()?;
             if Instant::now() > deadline {
-                bail!("hub `{name}` did not start listening on {addr} within {timeout:?}");
+                bail!(
+                    "hub node `{}` was not healthy within {timeout:?} (monitoring {monitor})",
+                    node.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates or updates the hub's streams, retrying while a new cluster settles.
+    async fn provision(
+        &mut self,
+        config: &fractal::HubConfig,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = async {
+                let hub = fractal::Hub::connect(config).await?;
+                hub.provision().await
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(anyhow::Error::new(e).context("cannot provision the hub's streams"));
+                }
+                Err(_) => {
+                    self.check_alive()?;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
         }
     }
 

@@ -37,11 +37,12 @@ pub struct HubConfig {
     /// Timeout for JetStream requests and publish acknowledgements, in seconds.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
-    /// The stream that stores every event published to the hub: the event lake.
-    #[serde(default = "default_events_stream")]
+    /// The stream that stores every event published to the hub: the event lake. Settings
+    /// not given keep their defaults (`EVENTS`, file storage, no limits).
+    #[serde(default = "default_events_stream", deserialize_with = "events_stream")]
     pub events: StreamConfig,
-    /// The stream that stores faults.
-    #[serde(default = "default_faults_stream")]
+    /// The stream that stores faults. Settings not given keep their defaults (`FAULTS`).
+    #[serde(default = "default_faults_stream", deserialize_with = "faults_stream")]
     pub faults: StreamConfig,
 }
 
@@ -59,6 +60,55 @@ fn default_events_stream() -> StreamConfig {
 }
 fn default_faults_stream() -> StreamConfig {
     StreamConfig::named("FAULTS")
+}
+fn events_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamConfig, D::Error> {
+    Ok(StreamSettings::deserialize(d)?.onto(default_events_stream()))
+}
+fn faults_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamConfig, D::Error> {
+    Ok(StreamSettings::deserialize(d)?.onto(default_faults_stream()))
+}
+
+/// Some settings of a stream, as a configuration gives them: each one given replaces the
+/// stream's own (see [`StreamConfig`] for what each means).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct StreamSettings {
+    pub name: Option<String>,
+    pub storage: Option<Storage>,
+    pub replicas: Option<usize>,
+    pub max_age_secs: Option<u64>,
+    pub max_bytes: Option<i64>,
+    pub max_messages: Option<i64>,
+    pub duplicate_window_secs: Option<u64>,
+}
+
+impl StreamSettings {
+    /// `stream` with these settings.
+    pub fn onto(self, mut stream: StreamConfig) -> StreamConfig {
+        if let Some(v) = self.name {
+            stream.name = v;
+        }
+        if let Some(v) = self.storage {
+            stream.storage = v;
+        }
+        if let Some(v) = self.replicas {
+            stream.replicas = v;
+        }
+        if let Some(v) = self.max_age_secs {
+            stream.max_age_secs = v;
+        }
+        if let Some(v) = self.max_bytes {
+            stream.max_bytes = v;
+        }
+        if let Some(v) = self.max_messages {
+            stream.max_messages = v;
+        }
+        if let Some(v) = self.duplicate_window_secs {
+            stream.duplicate_window_secs = v;
+        }
+        stream
+    }
 }
 
 impl HubConfig {
@@ -366,6 +416,53 @@ impl StreamConfig {
     }
 }
 
+/// Each setting a client configures that `existing` has otherwise: `what is X on the hub, Y
+/// here`.
+fn differences(existing: &stream::Config, wanted: &stream::Config) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut compare = |what: &str, hub: String, here: String| {
+        if hub != here {
+            found.push(format!("{what} is {hub} on the hub, {here} here"));
+        }
+    };
+    compare(
+        "subjects",
+        format!("{:?}", existing.subjects),
+        format!("{:?}", wanted.subjects),
+    );
+    compare(
+        "storage",
+        format!("{:?}", existing.storage).to_lowercase(),
+        format!("{:?}", wanted.storage).to_lowercase(),
+    );
+    compare(
+        "replicas",
+        existing.num_replicas.to_string(),
+        wanted.num_replicas.to_string(),
+    );
+    compare(
+        "max_age_secs",
+        existing.max_age.as_secs().to_string(),
+        wanted.max_age.as_secs().to_string(),
+    );
+    compare(
+        "max_bytes",
+        existing.max_bytes.to_string(),
+        wanted.max_bytes.to_string(),
+    );
+    compare(
+        "max_messages",
+        existing.max_messages.to_string(),
+        wanted.max_messages.to_string(),
+    );
+    compare(
+        "duplicate_window_secs",
+        existing.duplicate_window.as_secs().to_string(),
+        wanted.duplicate_window.as_secs().to_string(),
+    );
+    found
+}
+
 /// The kind of a [`HubError`], for callers that react differently to each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HubErrorKind {
@@ -375,6 +472,8 @@ pub enum HubErrorKind {
     Connect,
     /// The hub refused to create or update a stream.
     Provision,
+    /// A stream exists with settings other than this client's configuration.
+    Mismatch,
 }
 
 /// An operation on a hub failed.
@@ -519,31 +618,31 @@ impl Hub {
     }
 
     /// Connects, retrying with backoff until the hub answers, then makes sure its streams
-    /// exist: created and updated to the configuration when `provision` (the hub's owners),
-    /// only created where missing otherwise (guests, such as bridges). Returns `None` if
-    /// `shutdown` is cancelled first.
+    /// exist as configured ([`Hub::ensure_streams`]). `Ok(None)` if `shutdown` is cancelled
+    /// first; an error only for what retrying cannot mend: a stream that exists with other
+    /// settings, credentials that cannot be read.
     pub async fn connect_with_retry(
         config: &HubConfig,
-        provision: bool,
         shutdown: &tokio_util::sync::CancellationToken,
-    ) -> Option<Hub> {
+    ) -> Result<Option<Hub>, HubError> {
         let mut delay = Duration::from_millis(200);
         loop {
             let attempt = async {
                 let hub = Hub::connect(config).await?;
-                if provision {
-                    hub.provision().await?;
-                } else {
-                    hub.ensure_streams().await?;
-                }
+                hub.ensure_streams().await?;
                 Ok::<_, HubError>(hub)
             };
             match attempt.await {
-                Ok(hub) => return Some(hub),
+                Ok(hub) => return Ok(Some(hub)),
+                Err(e)
+                    if matches!(e.kind(), HubErrorKind::Mismatch | HubErrorKind::Credentials) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::warn!(hub = %config.name, error = %e, retry_in_ms = delay.as_millis() as u64, "Hub unavailable; retrying.");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return None,
+                        _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(10));
@@ -552,8 +651,9 @@ impl Hub {
         }
     }
 
-    /// Creates the hub's streams, or updates them to match the configuration. Safe to call
-    /// from every process at start-up.
+    /// Creates the hub's streams, or updates them to match the configuration: the
+    /// provisioning step of the hub's owner (`fractal up`, a deployment's provisioning job),
+    /// with rights to administer streams. Services and bridges only [check](Hub::ensure_streams).
     pub async fn provision(&self) -> Result<(), HubError> {
         let events = format!("{}.>", wire::EVENTS_PREFIX);
         let faults = format!("{}.>", wire::FAULTS_PREFIX);
@@ -574,15 +674,20 @@ impl Hub {
         Ok(())
     }
 
-    /// Creates the hub's streams where they are missing, leaving existing ones as their owner
-    /// configured them. For guests of a hub, such as bridges.
+    /// Makes sure the hub's streams exist as this client's configuration says: creates one
+    /// that is missing (a hub nobody provisioned, as in a test), and fails with
+    /// [`HubErrorKind::Mismatch`], naming each setting and both values, when one exists with
+    /// other settings. It never rewrites a stream: one definition of a hub's streams, applied
+    /// by its provisioning step, holds for every client.
     pub async fn ensure_streams(&self) -> Result<(), HubError> {
         for (config, prefix) in [
             (&self.config.events, wire::EVENTS_PREFIX),
             (&self.config.faults, wire::FAULTS_PREFIX),
         ] {
-            self.jetstream
-                .get_or_create_stream(config.to_nats(&format!("{prefix}.>")))
+            let wanted = config.to_nats(&format!("{prefix}.>"));
+            let existing = self
+                .jetstream
+                .get_or_create_stream(wanted.clone())
                 .await
                 .map_err(|e| {
                     HubError::new(
@@ -592,6 +697,21 @@ impl Hub {
                         e,
                     )
                 })?;
+            let differences = differences(&existing.cached_info().config, &wanted);
+            if !differences.is_empty() {
+                return Err(HubError {
+                    kind: HubErrorKind::Mismatch,
+                    hub: self.name.clone(),
+                    message: format!(
+                        "stream `{}` exists with other settings than this client's: {}; the hub's \
+                         streams are defined once, by its provisioning step (the topology's hub \
+                         section), and every client must say the same",
+                        config.name,
+                        differences.join("; ")
+                    ),
+                    source: None,
+                });
+            }
         }
         Ok(())
     }
@@ -624,5 +744,10 @@ impl Hub {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
+    }
+
+    /// How many replicas the hub's streams have, and its views are to have.
+    pub fn replicas(&self) -> usize {
+        self.config.events.replicas
     }
 }

@@ -16,6 +16,9 @@ pub struct RunningSystem {
     pub pid: u32,
     /// Each hub's client URL, by hub name.
     pub hubs: BTreeMap<String, String>,
+    /// Each hub's client URLs, one per node, by hub name.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Vec<String>>,
     /// Each hub's monitoring endpoints (`http://127.0.0.1:8222`), one per node, by hub name.
     #[serde(default)]
     pub monitors: BTreeMap<String, Vec<String>>,

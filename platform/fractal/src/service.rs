@@ -85,13 +85,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Connects to the hub (retrying until it answers), provisions its streams and serves the
-    /// admin endpoint. `None` if `shutdown` came first.
+    /// Connects to the hub (retrying until it answers), makes sure its streams exist as
+    /// configured and serves the admin endpoint. `None` if `shutdown` came first.
     pub async fn start(
         config: ServiceConfig,
         shutdown: CancellationToken,
-    ) -> std::io::Result<Option<Service>> {
-        let Some(hub) = Hub::connect_with_retry(&config.hub, true, &shutdown).await else {
+    ) -> Result<Option<Service>, ServiceError> {
+        let Some(hub) = Hub::connect_with_retry(&config.hub, &shutdown).await? else {
             return Ok(None);
         };
         let started = Arc::new(AtomicBool::new(false));

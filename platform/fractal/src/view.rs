@@ -206,6 +206,8 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                     description: format!("View `{name}` of hub `{}`.", hub.name()),
                     history: 1,
                     storage: async_nats::jetstream::stream::StorageType::File,
+                    // Replicated like the hub's streams.
+                    num_replicas: hub.replicas(),
                     ..Default::default()
                 })
                 .await

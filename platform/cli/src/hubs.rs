@@ -1,0 +1,145 @@
+//! A hub's servers: each node's `nats-server` configuration, as `fractal up` runs it and
+//! `fractal hub config` prints it. One node is a plain JetStream server; three or five form a
+//! cluster with routes to each other and a stable `server_name` each.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::topology::{HubSpec, Sync};
+
+/// One server of a hub, on this machine.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    /// Its `server_name`: the hub's name, or `<hub>-<i>` in a cluster.
+    pub(crate) name: String,
+    pub(crate) client: u16,
+    pub(crate) monitor: u16,
+    pub(crate) cluster: u16,
+}
+
+impl Node {
+    /// Its client URL.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client)
+    }
+
+    /// Its monitoring URL.
+    pub(crate) fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor)
+    }
+}
+
+/// The nodes of hub `name`, every port shifted by `offset`.
+pub(crate) fn nodes(name: &str, spec: &HubSpec, offset: u16) -> anyhow::Result<Vec<Node>> {
+    (0..spec.nodes)
+        .map(|i| {
+            let [client, monitor, cluster] = spec.node_ports(i).map(|port| {
+                port.checked_add(offset).with_context(|| {
+                    format!("hub `{name}`: port {port} + offset {offset} is past 65535")
+                })
+            });
+            Ok(Node {
+                name: if spec.nodes == 1 {
+                    name.to_owned()
+                } else {
+                    format!("{name}-{i}")
+                },
+                client: client?,
+                monitor: monitor?,
+                cluster: cluster?,
+            })
+        })
+        .collect()
+}
+
+/// The configuration of node `i` of hub `name`, its store in `store`.
+pub(crate) fn server_config(
+    name: &str,
+    spec: &HubSpec,
+    nodes: &[Node],
+    i: usize,
+    store: &Path,
+) -> String {
+    let node = &nodes[i];
+    let mut conf = format!(
+        "# Hub `{name}`, node {} of {}: generated from the topology.\n\
+         server_name: {}\n\
+         listen: 127.0.0.1:{}\n\
+         http: 127.0.0.1:{}\n\
+         jetstream {{\n  store_dir: {:?}\n",
+        i + 1,
+        nodes.len(),
+        node.name,
+        node.client,
+        node.monitor,
+        store.display().to_string()
+    );
+    if spec.sync == Sync::Always {
+        conf.push_str("  # fsync before acknowledging each write.\n  sync_interval: always\n");
+    }
+    conf.push_str("}\n");
+    if nodes.len() > 1 {
+        let _ = write!(
+            conf,
+            "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{}\n  routes: [\n",
+            node.cluster
+        );
+        for other in nodes {
+            let _ = writeln!(conf, "    nats://127.0.0.1:{}", other.cluster);
+        }
+        conf.push_str("  ]\n}\n");
+    }
+    conf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(port: u16, nodes: usize, sync: Sync) -> HubSpec {
+        HubSpec {
+            port,
+            monitor: None,
+            cluster: None,
+            nodes,
+            sync,
+            streams: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_three_node_hub_is_a_cluster_with_routes_to_every_node() {
+        let spec = spec(4224, 3, Sync::Always);
+        let nodes = nodes("ordering", &spec, 10).unwrap();
+        let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["ordering-0", "ordering-1", "ordering-2"]);
+        assert_eq!(
+            nodes.iter().map(|n| n.client).collect::<Vec<_>>(),
+            [4234, 4334, 4434]
+        );
+        let conf = server_config("ordering", &spec, &nodes, 1, Path::new("/s"));
+        for line in [
+            "server_name: ordering-1",
+            "listen: 127.0.0.1:4334",
+            "http: 127.0.0.1:8334",
+            "sync_interval: always",
+            "listen: 127.0.0.1:6334",
+            "nats://127.0.0.1:6234",
+            "nats://127.0.0.1:6434",
+        ] {
+            assert!(conf.contains(line), "{line} in\n{conf}");
+        }
+    }
+
+    #[test]
+    fn one_node_has_no_cluster_and_keeps_nats_default_sync() {
+        let spec = spec(4222, 1, Sync::Default);
+        let nodes = nodes("system", &spec, 0).unwrap();
+        let conf = server_config("system", &spec, &nodes, 0, Path::new("/s"));
+        assert!(conf.contains("server_name: system\n"), "{conf}");
+        assert!(!conf.contains("cluster"), "{conf}");
+        assert!(!conf.contains("sync_interval"), "{conf}");
+    }
+}
