@@ -176,7 +176,9 @@ impl Validate for TopologyFile {
                 );
             }
             let replicas = hub.replicas();
-            if ![1, 3, 5].contains(&replicas) {
+            if ![1, 3, 5].contains(&hub.nodes) {
+                // Reported above; the default replicas follow from the nodes.
+            } else if ![1, 3, 5].contains(&replicas) {
                 problems.add(join(&at, "streams.replicas"), "must be 1, 3 or 5");
             } else if replicas > hub.nodes {
                 problems.add(

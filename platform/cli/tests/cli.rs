@@ -55,17 +55,24 @@ fn check_lists_every_problem_of_a_broken_topology() {
     );
     write(
         "fractal.toml",
-        "name = \"broken\"\n[hubs.alpha]\nport = 5001\n[hubs.beta]\nport = 5001\n[[services]]\nprogram = \"alpha\"\nconfig = \"service.toml\"\ncolour = \"red\"\n[[bridges]]\nconfig = \"bridge.toml\"\n",
+        "name = \"broken\"\n[hubs.alpha]\nport = 5001\nnodes = 2\n[hubs.beta]\nport = 5001\nstreams = { replicas = 3 }\n[[services]]\nprogram = \"alpha\"\nconfig = \"service.toml\"\ncolour = \"red\"\n[[bridges]]\nconfig = \"bridge.toml\"\n",
     );
     let topology = dir.path().join("fractal.toml").display().to_string();
     let output = fractal(&["check", "--topology", &topology]);
     assert!(!output.status.success());
-    // The unknown key stops the topology before its files are read.
-    assert!(
-        text(&output).contains("services.0.colour: unknown key"),
-        "{}",
-        text(&output)
-    );
+    // The unknown key stops the topology before its files are read, with the other problems
+    // of the file itself: a cluster of two, more replicas than nodes.
+    for problem in [
+        "services.0.colour: unknown key",
+        "hubs.alpha.nodes: 2 nodes: a hub runs as 1 server or a cluster of 3 or 5",
+        "hubs.beta.streams.replicas: 3 replicas need at least 3 nodes; the hub has 1",
+    ] {
+        assert!(
+            text(&output).contains(problem),
+            "{problem} in {}",
+            text(&output)
+        );
+    }
 
     write(
         "good-contract.toml",
@@ -326,10 +333,17 @@ async fn a_resubmitted_fault_reaches_its_consumer_once_the_cause_is_fixed() {
 /// connection could hold it; offsets 50 apart keep two systems' ports apart.
 fn free_offset() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let ports = [
-        4222u16, 4223, 4224, 4225, 8222, 8223, 8224, 8225, 9161, 9162, 9163, 9171, 9172, 9181,
-        9182, 9183, 9191, 9201, 9202, 9203, 9204, 9205, 9206, 50061, 50062, 50071, 50081, 50091,
+    // Every process's ports, and those of hubs of three nodes (each node 100 further on, with
+    // cluster ports from 6222).
+    let mut ports = vec![
+        9161u16, 9162, 9163, 9171, 9172, 9181, 9182, 9183, 9191, 9201, 9202, 9203, 9204, 9205,
+        9206, 50061, 50062, 50071, 50081, 50091,
     ];
+    for hub in 0..4 {
+        for node in 0..3 {
+            ports.extend([4222, 6222, 8222].map(|p| p + hub + 100 * node));
+        }
+    }
     let slot = (std::process::id() % 80) as u16;
     loop {
         let i = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -1103,6 +1117,110 @@ fn the_page_shows_every_part_and_a_service_that_goes_down_and_comes_back() {
 
     let _ = ui.kill();
     let _ = ui.wait();
+    Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(up.wait().unwrap().success());
+}
+
+/// The shipped topology with every hub a cluster of three nodes, written into `dir`.
+fn three_node_topology(dir: &Path) -> String {
+    let shipped = std::fs::read_to_string(shipped()).expect("the shipped topology");
+    let root = root().canonicalize().expect("the repository");
+    let mut topology = String::new();
+    for line in shipped.lines() {
+        let line = line.replace("config = \"", &format!("config = \"{}/", root.display()));
+        topology.push_str(&line);
+        topology.push('\n');
+        if line.starts_with("port = ") {
+            topology.push_str("nodes = 3\n");
+        }
+    }
+    let path = dir.join("fractal.toml");
+    std::fs::write(&path, topology).expect("the topology is written");
+    path.display().to_string()
+}
+
+/// Hubs of three nodes: the whole system runs on them, and goes on when a node of a hub is
+/// killed while orders flow.
+#[test]
+fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
+    let _turn = one_system_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let topology = three_node_topology(dir.path());
+    let offset = free_offset().to_string();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "up",
+            "--topology",
+            &topology,
+            "--port-offset",
+            &offset,
+            "--state",
+        ])
+        .arg(&state)
+        .env("NATS_SERVER_BIN", fractal_testkit::nats_server_binary())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !state.join("running.json").is_file() {
+        assert!(up.try_wait().unwrap().is_none(), "fractal up exited");
+        assert!(Instant::now() < deadline, "the system did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    assert!(
+        running.nodes.values().all(|urls| urls.len() == 3),
+        "{running:?}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args([
+            "status",
+            "--format",
+            "json",
+            "--interval",
+            "0.5",
+            "--topology",
+            &topology,
+            "--state",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for hub in status["hubs"].as_array().unwrap() {
+        assert_eq!(
+            (hub["nodes"].as_u64(), hub["nodes_up"].as_u64()),
+            (Some(3), Some(3)),
+            "{hub}"
+        );
+    }
+
+    let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .args(["demo", "--orders", "20", "--topology", &topology, "--state"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // The ordering hub's first node: the one every client lists first.
+    Command::new("kill")
+        .args(["-KILL", &hub_pid(&state, "ordering-0").to_string()])
+        .status()
+        .unwrap();
+    let demo = demo.wait_with_output().unwrap();
+    assert!(
+        text(&demo).contains("20/20 orders delivered"),
+        "{}",
+        text(&demo)
+    );
+
     Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
         .status()

@@ -4,7 +4,9 @@
 //! - Events with the same partition key are handled one at a time, in stream order; events
 //!   with different keys run concurrently on `concurrency` lanes.
 //! - A handler succeeds, fails with a [`HandlerError::Retryable`] error (tried again on the
-//!   same lane after a backoff, so later events of the key wait), or fails with a
+//!   same lane after a backoff, so later events of the key wait), fails with a
+//!   [`HandlerError::Unavailable`] error (the same, but the attempt is not counted: a hub
+//!   electing a new leader or out of reach is not the event's fault), or fails with a
 //!   [`HandlerError::Permanent`] error.
 //! - After `max_deliveries` attempts, at once for a permanent error, and for a message that is
 //!   not a well-formed event, the message becomes a [fault](crate::fault) and is then
@@ -170,6 +172,10 @@ pub enum HandlerError {
     /// Trying again cannot help (the event is invalid for this handler).
     #[error("{0}")]
     Permanent(Box<dyn std::error::Error + Send + Sync>),
+    /// The hub (or a dependency) cannot answer right now: tried again after a backoff for as
+    /// long as it takes, without counting towards `max_deliveries`.
+    #[error("{0}")]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl HandlerError {
@@ -198,7 +204,11 @@ impl From<crate::publish::PublishError> for HandlerError {
         use crate::publish::PublishErrorKind as Kind;
         match error.kind() {
             Kind::InvalidEvent | Kind::TooLarge => HandlerError::Permanent(Box::new(error)),
-            Kind::TimedOut | Kind::Refused => HandlerError::Retryable(Box::new(error)),
+            Kind::TimedOut => HandlerError::Unavailable(Box::new(error)),
+            Kind::Refused if crate::hub::unavailable(&error) => {
+                HandlerError::Unavailable(Box::new(error))
+            }
+            Kind::Refused => HandlerError::Retryable(Box::new(error)),
         }
     }
 }
@@ -610,6 +620,8 @@ async fn handle(shared: &Shared, message: Message) {
         .await;
         return;
     }
+    // Waits for an unavailable hub, since the last counted attempt.
+    let mut waits = 0;
     loop {
         let span = tracing::info_span!(
             "process",
@@ -651,7 +663,26 @@ async fn handle(shared: &Shared, message: Message) {
                 return;
             }
             Err(HandlerError::Retryable(e)) => e,
+            Err(HandlerError::Unavailable(e)) => {
+                registered.failed.inc();
+                waits += 1;
+                let delay = backoff(&shared.config, waits);
+                tracing::warn!(
+                    service = %shared.service,
+                    id = %event.id,
+                    event_type = %event.event_type,
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %e,
+                    "Hub unavailable; the event waits."
+                );
+                if !wait(shared, &message, delay).await {
+                    return;
+                }
+                continue;
+            }
         };
+        waits = 0;
         registered.failed.inc();
         if attempt >= max {
             let reason = format!("failed {attempt} times; last error: {error}");
@@ -677,16 +708,23 @@ async fn handle(shared: &Shared, message: Message) {
             error = %error,
             "Handler failed; retrying."
         );
-        // Keep the hub from redelivering while this lane waits.
-        let _ = message.ack_with(AckKind::Progress).await;
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                return;
-            }
-            _ = tokio::time::sleep(delay) => {}
+        if !wait(shared, &message, delay).await {
+            return;
         }
         attempt += 1;
+    }
+}
+
+/// Waits `delay` before `message` is tried again, keeping the hub from redelivering it
+/// meanwhile. False if shutdown came first (the message is released for redelivery).
+async fn wait(shared: &Shared, message: &async_nats::jetstream::Message, delay: Duration) -> bool {
+    let _ = message.ack_with(AckKind::Progress).await;
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            false
+        }
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 

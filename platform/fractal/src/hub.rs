@@ -463,6 +463,35 @@ fn differences(existing: &stream::Config, wanted: &stream::Config) -> Vec<String
     found
 }
 
+/// How long a read, write or publish waits for a hub that cannot answer (a node gone, a
+/// cluster electing a leader, which takes a few seconds) before it fails.
+pub(crate) const RIDE_OUT: Duration = Duration::from_secs(15);
+
+/// Whether `error` (or a cause of it) says the hub cannot answer right now rather than that
+/// the request was wrong: a timeout, no server listening for the request (a stream whose
+/// cluster is electing a leader), a lost connection.
+pub(crate) fn unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    const SIGNS: [&str; 7] = [
+        // A publish of the same id is being stored: its outcome decides.
+        "is in process",
+        "timed out",
+        "no responders",
+        "no stream found",
+        "unavailable",
+        "disconnected",
+        "broken pipe",
+    ];
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string().to_lowercase();
+        if SIGNS.iter().any(|sign| text.contains(sign)) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The kind of a [`HubError`], for callers that react differently to each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HubErrorKind {

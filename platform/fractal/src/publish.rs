@@ -134,9 +134,25 @@ impl Publisher {
         &self.hub
     }
 
-    /// Publishes one event and waits until the hub has stored it.
+    /// Publishes one event and waits until the hub has stored it. A hub that cannot answer
+    /// for a moment (a node gone, a cluster electing a leader) is waited for, up to
+    /// 15 s; the event's id keeps a publish that did land from being stored twice.
     pub async fn publish(&self, event: NewEvent) -> Result<Published, PublishError> {
-        self.send(event).await?.wait().await
+        let started = std::time::Instant::now();
+        loop {
+            let sent = match self.send(event.clone()).await {
+                Ok(pending) => pending.wait().await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Err(e)
+                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                sent => return sent,
+            }
+        }
     }
 
     /// Publishes events in order without waiting for each acknowledgement before sending the
@@ -146,21 +162,35 @@ impl Publisher {
         &self,
         events: impl IntoIterator<Item = NewEvent>,
     ) -> Result<Vec<Published>, PublishError> {
-        let events = events.into_iter();
-        let mut published = Vec::with_capacity(events.size_hint().0);
+        let events: Vec<NewEvent> = events.into_iter().collect();
+        let mut published = Vec::with_capacity(events.len());
         let mut pending: VecDeque<Pending> = VecDeque::with_capacity(PIPELINE_WINDOW);
-        for event in events {
-            if pending.len() == PIPELINE_WINDOW
-                && let Some(oldest) = pending.pop_front()
-            {
-                published.push(oldest.wait().await?);
+        let pipelined = async {
+            for event in &events {
+                if pending.len() == PIPELINE_WINDOW
+                    && let Some(oldest) = pending.pop_front()
+                {
+                    published.push(oldest.wait().await?);
+                }
+                pending.push_back(self.send(event.clone()).await?);
             }
-            pending.push_back(self.send(event).await?);
+            while let Some(p) = pending.pop_front() {
+                published.push(p.wait().await?);
+            }
+            Ok::<_, PublishError>(())
+        };
+        match pipelined.await {
+            Ok(()) => Ok(published),
+            // The hub cannot answer for a moment: the rest one at a time, each waiting for it
+            // (those sent already are recognised by their ids).
+            Err(e) if crate::hub::unavailable(&e) => {
+                for event in &events[published.len()..] {
+                    published.push(self.publish(event.clone()).await?);
+                }
+                Ok(published)
+            }
+            Err(e) => Err(e),
         }
-        for p in pending {
-            published.push(p.wait().await?);
-        }
-        Ok(published)
     }
 
     async fn send(&self, event: NewEvent) -> Result<Pending, PublishError> {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use async_nats::jetstream::kv::{self, Operation};
@@ -41,6 +41,20 @@ const MAX_CONFLICTS: usize = 64;
 /// How long one pass over a bucket may take before it is given up as an error.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether a write was refused because the entry changed since it was read. A clustered hub
+/// may say so with error 10164 ("wrong last sequence", without the sequence), which the client
+/// library reports as a publish failure rather than as a wrong revision.
+fn conflicted(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains("wrong last sequence") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// A view could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("view `{view}`: {message}")]
@@ -54,11 +68,13 @@ pub struct ViewError {
 }
 
 impl ViewError {
+    /// An error of the hub; its cause is part of the message, for logs that show one line.
     fn new(view: &str, message: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
+        let source = source.into();
         ViewError {
             view: view.to_owned(),
-            message: message.into(),
-            source: Some(source.into()),
+            message: format!("{}: {source}", message.into()),
+            source: Some(source),
             corrupt: false,
         }
     }
@@ -88,12 +104,14 @@ impl ViewError {
     }
 }
 
-/// A view error is worth retrying (the hub may be back in a moment) unless an entry is
-/// unreadable.
+/// A view error is worth retrying unless an entry is unreadable; one that says the hub cannot
+/// answer right now waits for it without counting as an attempt.
 impl From<ViewError> for crate::HandlerError {
     fn from(error: ViewError) -> Self {
         if error.corrupt {
             crate::HandlerError::Permanent(Box::new(error))
+        } else if crate::hub::unavailable(&error) {
+            crate::HandlerError::Unavailable(Box::new(error))
         } else {
             crate::HandlerError::Retryable(Box::new(error))
         }
@@ -339,6 +357,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
         F: FnMut(Option<Record<T>>) -> Option<Record<T>>,
     {
         check_key(key).map_err(|problem| ViewError::invalid(&self.name, problem))?;
+        let started = Instant::now();
         for attempt in 0..MAX_CONFLICTS {
             let (revision, current) = match self.entry(key).await? {
                 Some((revision, record)) => (revision, record),
@@ -356,9 +375,16 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                         .await?;
                     return Ok(Some(next));
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || conflicted(&e) => {
                     // Someone else wrote first; back off a little and read again.
                     back_off(attempt).await;
+                }
+                // A node gone, a cluster electing a leader: read again and write once more,
+                // for a while; the revision keeps a write that did land from applying twice.
+                Err(e)
+                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
                     return Err(ViewError::new(
@@ -390,12 +416,23 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// that stops between the two leaves the index entry; no later update of the key can tell
     /// where it was.)
     pub async fn delete(&self, key: &str) -> Result<(), ViewError> {
+        let started = Instant::now();
         if self.indexes.is_empty() {
-            return self
-                .store
-                .delete(key)
-                .await
-                .map_err(|e| ViewError::new(&self.name, format!("cannot delete `{key}`"), e));
+            loop {
+                match self.store.delete(key).await {
+                    Err(e)
+                        if crate::hub::unavailable(&e)
+                            && started.elapsed() < crate::hub::RIDE_OUT =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    deleted => {
+                        return deleted.map_err(|e| {
+                            ViewError::new(&self.name, format!("cannot delete `{key}`"), e)
+                        });
+                    }
+                }
+            }
         }
         for attempt in 0..MAX_CONFLICTS {
             let Some((revision, Some(previous))) = self.entry(key).await? else {
@@ -410,8 +447,13 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                         .sync_indexes(key, now, record.as_ref(), Some(&previous))
                         .await;
                 }
-                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision || conflicted(&e) => {
                     back_off(attempt).await;
+                }
+                Err(e)
+                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
                     return Err(ViewError::new(
@@ -486,11 +528,22 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// The entry as stored: its revision, its record if it holds one, and (in an index) the
     /// primary revision it reflects.
     async fn stored(&self, key: &str) -> Result<Option<(u64, Option<Record<T>>, u64)>, ViewError> {
-        let entry = self
-            .store
-            .entry(key)
-            .await
-            .map_err(|e| ViewError::new(&self.name, format!("cannot read `{key}`"), e))?;
+        let started = Instant::now();
+        let entry = loop {
+            match self.store.entry(key).await {
+                // A node gone, a cluster electing a leader: wait it out, for a while.
+                Err(e)
+                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                read => {
+                    break read.map_err(|e| {
+                        ViewError::new(&self.name, format!("cannot read `{key}`"), e)
+                    })?;
+                }
+            }
+        };
         let Some(entry) = entry else {
             return Ok(None);
         };
@@ -612,6 +665,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         revision: u64,
         record: Option<&Record<T>>,
     ) -> Result<(), ViewError> {
+        let started = Instant::now();
         for attempt in 0..MAX_CONFLICTS {
             let (current, source) = self.stored(place).await?;
             if source >= revision {
@@ -625,8 +679,13 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
                     self.written.fetch_max(written, Ordering::AcqRel);
                     return Ok(());
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || conflicted(&e) => {
                     back_off(attempt).await;
+                }
+                Err(e)
+                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
                     return Err(ViewError::new(

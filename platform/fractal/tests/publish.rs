@@ -75,6 +75,58 @@ async fn an_invalid_event_type_is_refused_before_sending() {
     assert!(error.to_string().contains("Bad Type"), "{error}");
 }
 
+/// One definition of a hub's streams: a client that says otherwise than what the hub's owner
+/// provisioned is stopped with both values, and the stream is left as it was.
+#[tokio::test]
+async fn a_client_whose_stream_settings_differ_from_the_hub_is_refused_and_changes_nothing() {
+    let server = NatsServer::start();
+    let mut owner = server.hub_config("alpha");
+    owner.events.max_messages = 1000;
+    owner.events.duplicate_window_secs = 60;
+    let hub = fractal::Hub::connect(&owner).await.expect("connects");
+    hub.provision().await.expect("provisions");
+    hub.ensure_streams()
+        .await
+        .expect("the owner's own settings agree");
+
+    let client = fractal::Hub::connect(&server.hub_config("alpha"))
+        .await
+        .expect("connects");
+    let error = client.ensure_streams().await.unwrap_err();
+    assert_eq!(error.kind(), fractal::hub::HubErrorKind::Mismatch);
+    let message = error.to_string();
+    for part in [
+        "stream `EVENTS` exists with other settings",
+        "max_messages is 1000 on the hub, -1 here",
+        "duplicate_window_secs is 60 on the hub, 86400 here",
+    ] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    let info = hub
+        .jetstream()
+        .get_stream("EVENTS")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    assert_eq!(info.max_messages, 1000);
+
+    // A service with such a configuration does not start; it says why.
+    let mut config: fractal::service::ServiceConfig = fractal::config::from_toml(&format!(
+        "subsystem = \"alpha\"\nservice = \"svc\"\nhub = {{ name = \"alpha\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:0\" }}\n",
+        server.url()
+    ))
+    .expect("a service config");
+    config.hub.connect_timeout_secs = 2;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let refused = fractal::service::Service::start(config, shutdown).await;
+    let error = refused.expect_err("the service does not start").to_string();
+    assert!(error.contains("max_messages is 1000 on the hub"), "{error}");
+}
+
 #[tokio::test]
 async fn provisioning_is_idempotent_and_applies_new_limits() {
     let server = NatsServer::start();
