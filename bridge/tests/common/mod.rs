@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fractal::proto::Header;
 use fractal::{Event, Hub, NewEvent};
-use fractal_testkit::{NatsServer, eventually, free_port, stream_messages};
+use fractal_testkit::{Servers, eventually, free_port, stream_messages};
 
 /// A bridge process, killable and restartable.
 pub struct Bridge {
@@ -22,19 +22,27 @@ pub struct Bridge {
 }
 
 /// The `[[routes]]` and settings of a bridge config, after the hubs.
-pub fn config(
+pub fn config<S: Servers, T: Servers>(
     name: &str,
-    source: (&str, &NatsServer),
-    target: (&str, &NatsServer),
+    source: (&str, &S),
+    target: (&str, &T),
     rest: &str,
     admin_port: u16,
 ) -> String {
     format!(
-        "name = \"{name}\"\n\n[source]\nname = \"{}\"\nurls = [\"{}\"]\n\n[target]\nname = \"{}\"\nurls = [\"{}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{rest}\n",
-        source.0,
-        source.1.url(),
-        target.0,
-        target.1.url()
+        "name = \"{name}\"\n\n{}\n{}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{rest}\n",
+        hub("source", source.0, source.1),
+        hub("target", target.0, target.1),
+    )
+}
+
+/// The `[source]` or `[target]` table of a hub on `servers`.
+fn hub(table: &str, name: &str, servers: &impl Servers) -> String {
+    let urls: Vec<String> = servers.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let replicas = servers.replicas();
+    format!(
+        "[{table}]\nname = \"{name}\"\nurls = [{}]\nevents = {{ replicas = {replicas} }}\nfaults = {{ replicas = {replicas} }}\n",
+        urls.join(", ")
     )
 }
 
@@ -49,19 +57,19 @@ pub fn route(name: &str, types: &[&str]) -> String {
 
 impl Bridge {
     /// Starts `fractal-bridge` from `source` to `target` with `rest` (routes, relay settings).
-    pub fn start(
+    pub fn start<S: Servers, T: Servers>(
         name: &str,
-        source: (&str, &NatsServer),
-        target: (&str, &NatsServer),
+        source: (&str, &S),
+        target: (&str, &T),
         rest: &str,
     ) -> Bridge {
         Self::start_with_env(name, source, target, rest, &[])
     }
 
-    pub fn start_with_env(
+    pub fn start_with_env<S: Servers, T: Servers>(
         name: &str,
-        source: (&str, &NatsServer),
-        target: (&str, &NatsServer),
+        source: (&str, &S),
+        target: (&str, &T),
         rest: &str,
         env: &[(&str, &str)],
     ) -> Bridge {

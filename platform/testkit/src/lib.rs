@@ -159,44 +159,16 @@ impl NatsServer {
             "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  {domain}}}\n{}\n",
             self.port, self.monitor_port, store, self.options.extra
         );
-        let config_path = self.dir.path().join("server.conf");
-        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        let log =
-            std::fs::File::create(self.dir.path().join("server.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(nats_server_binary())
-            .arg("-c")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!("exited with {status}: {}", self.log()));
-            }
-            if self.healthy() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.child = Some(spawn_server(self.dir.path(), "server", &config)?);
+        if let Err(e) = wait_healthy(
+            &mut self.child,
+            self.monitor_port,
+            "/healthz?js-enabled-only=true",
+        ) {
+            self.kill();
+            return Err(format!("{e}: {}", self.log()));
         }
-        self.kill();
-        Err(format!("not healthy after 20 s: {}", self.log()))
-    }
-
-    fn healthy(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
-            return false;
-        };
-        let request = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: localhost\r\n\r\n";
-        let mut response = String::new();
-        stream.write_all(request.as_bytes()).is_ok()
-            && stream.read_to_string(&mut response).is_ok()
-            && response.split_whitespace().nth(1) == Some("200")
+        Ok(())
     }
 
     /// The server's log so far.
@@ -259,6 +231,246 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Writes `config` to `<dir>/<name>.conf` and starts a server with it, its output in
+/// `<dir>/<name>.log`.
+fn spawn_server(dir: &Path, name: &str, config: &str) -> Result<Child, String> {
+    let config_path = dir.join(format!("{name}.conf"));
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+    Command::new(nats_server_binary())
+        .arg("-c")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
+/// Waits up to 20 s until the server answers 200 at `health` on its monitoring port.
+fn wait_healthy(child: &mut Option<Child>, monitor_port: u16, health: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(running) = child
+            && let Ok(Some(status)) = running.try_wait()
+        {
+            *child = None;
+            return Err(format!("exited with {status}"));
+        }
+        if monitor_get(monitor_port, health).is_some_and(|(code, _)| code == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err("not healthy after 20 s".into())
+}
+
+/// The status and body of `GET path` on a server's monitoring port.
+fn monitor_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Servers a client can be pointed at: one [`NatsServer`] or a [`NatsCluster`].
+pub trait Servers {
+    /// Every client URL.
+    fn urls(&self) -> Vec<String>;
+    /// The replicas of streams and views on these servers.
+    fn replicas(&self) -> usize;
+}
+
+impl Servers for NatsServer {
+    fn urls(&self) -> Vec<String> {
+        vec![self.url()]
+    }
+    fn replicas(&self) -> usize {
+        1
+    }
+}
+
+/// A JetStream cluster of real servers on free ports, each with its own temporary store, as
+/// a hub of several nodes runs. Nodes can be killed (as a crash would) and started again.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    name: String,
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+    cluster_port: u16,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers as one cluster and waits until every one is healthy with
+    /// JetStream current (a meta leader elected).
+    pub fn start(size: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cluster_name = format!("c{}", free_port());
+        let nodes: Vec<ClusterNode> = (0..size)
+            .map(|i| ClusterNode {
+                name: format!("{cluster_name}-{i}"),
+                child: None,
+                port: free_port(),
+                monitor_port: free_port(),
+                cluster_port: free_port(),
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait(i);
+        }
+        cluster
+    }
+
+    fn config(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect();
+        let cluster_name = node.name.rsplit_once('-').map_or("c", |(c, _)| c);
+        format!(
+            "server_name: {}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n}}\ncluster {{\n  name: {cluster_name}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            node.name,
+            node.port,
+            node.monitor_port,
+            self.dir.path().join(&node.name),
+            node.cluster_port,
+            routes.join(", ")
+        )
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let config = self.config(i);
+        let child = spawn_server(self.dir.path(), &self.nodes[i].name, &config)
+            .unwrap_or_else(|e| panic!("nats-server {} does not start: {e}", self.nodes[i].name));
+        self.nodes[i].child = Some(child);
+    }
+
+    fn wait(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Err(e) = wait_healthy(&mut node.child, node.monitor_port, "/healthz") {
+            let name = node.name.clone();
+            panic!("cluster node {name} is not healthy: {e}: {}", self.log(i));
+        }
+    }
+
+    /// The log of node `i`.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.nodes[i].name)))
+            .unwrap_or_default()
+    }
+
+    /// How many nodes.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A hub configuration named `name` listing every node, its streams replicated on up to
+    /// three of them.
+    pub fn hub_config(&self, name: &str) -> HubConfig {
+        let mut config = HubConfig::local(name, "");
+        config.urls = self.urls();
+        config.events.replicas = self.replicas();
+        config.faults.replicas = self.replicas();
+        config
+    }
+
+    /// Connects as hub `name` and provisions its streams.
+    pub async fn hub(&self, name: &str) -> Hub {
+        let hub = Hub::connect(&self.hub_config(name))
+            .await
+            .expect("connects to the test cluster");
+        eventually(Duration::from_secs(20), "the cluster's streams", || async {
+            hub.provision().await.ok()
+        })
+        .await;
+        hub
+    }
+
+    /// The node that leads `stream` now, as the nodes that answer see it.
+    pub fn leader_of(&self, stream: &str) -> Option<usize> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Some((200, body)) = monitor_get(node.monitor_port, "/jsz?streams=true") else {
+                continue;
+            };
+            let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let leader = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+                .find(|s| s["name"] == stream)
+                .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned));
+            if let Some(leader) = leader {
+                return self.nodes.iter().position(|n| n.name == leader);
+            }
+        }
+        None
+    }
+
+    /// How many messages node `i` holds of `stream` (its own replica).
+    pub fn messages_on(&self, i: usize, stream: &str) -> Option<u64> {
+        let (_, body) = monitor_get(self.nodes[i].monitor_port, "/jsz?streams=true")?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)?["state"]["messages"]
+            .as_u64()
+    }
+
+    /// Kills node `i` with SIGKILL, as a crash would, keeping its store.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports with its store, and waits until it is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait(i);
+    }
+}
+
+impl Servers for NatsCluster {
+    fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
+    }
+    fn replicas(&self) -> usize {
+        self.nodes.len().min(3)
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
     }
 }
 
