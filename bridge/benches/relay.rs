@@ -178,12 +178,14 @@ async fn sourcing_rate(n: usize) -> (f64, Vec<f64>) {
     let a = NatsServer::start_with(ServerOptions {
         domain: Some("hubA".into()),
         extra: format!("leafnodes {{ listen: 127.0.0.1:{leaf_port} }}"),
+        ..Default::default()
     });
     let b = NatsServer::start_with(ServerOptions {
         domain: Some("hubB".into()),
         extra: format!(
             "leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}"
         ),
+        ..Default::default()
     });
     let (hub_a, hub_b) = (a.hub("a").await, b.hub("b").await);
     fill(&hub_a, "bench.sourced", n).await;

@@ -11,6 +11,7 @@ fn secured() -> NatsServer {
     NatsServer::start_with(ServerOptions {
         domain: None,
         extra: r#"authorization { users: [ { user: "checkout", password: "s3cret" } ] }"#.into(),
+        ..Default::default()
     })
 }
 
@@ -52,6 +53,7 @@ async fn a_token() {
     let server = NatsServer::start_with(ServerOptions {
         domain: None,
         extra: r#"authorization { token: "t0ken" }"#.into(),
+        ..Default::default()
     });
     let mut config = server.hub_config("alpha");
     config.auth = AuthConfig::Token {
@@ -112,6 +114,7 @@ async fn an_nkey_seed_inline_or_from_a_file() {
             "authorization {{ users: [ {{ nkey: \"{}\" }} ] }}",
             user.public_key()
         ),
+        ..Default::default()
     });
     let seed = user.seed().unwrap();
     let mut config = server.hub_config("alpha");
@@ -206,6 +209,7 @@ async fn tls_with_a_private_ca() {
             path("server.pem"),
             path("server-key.pem")
         ),
+        ..Default::default()
     });
     let mut config = server.hub_config("alpha");
     config.connect_timeout_secs = 3;

@@ -102,6 +102,18 @@ pub struct ServerOptions {
     pub domain: Option<String>,
     /// More server configuration, appended verbatim (leafnodes, accounts...).
     pub extra: String,
+    /// fsync before acknowledging each write (`sync_interval: always`), instead of NATS's
+    /// periodic sync.
+    pub sync_always: bool,
+}
+
+/// The `sync_interval` line of a `jetstream` block, if `always`.
+fn sync_line(always: bool) -> &'static str {
+    if always {
+        "  sync_interval: always\n"
+    } else {
+        ""
+    }
 }
 
 /// A real nats-server with JetStream, on free ports with a temporary store.
@@ -156,8 +168,12 @@ impl NatsServer {
             .map(|d| format!("domain: {d}\n"))
             .unwrap_or_default();
         let config = format!(
-            "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  {domain}}}\n{}\n",
-            self.port, self.monitor_port, store, self.options.extra
+            "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n{}  {domain}}}\n{}\n",
+            self.port,
+            self.monitor_port,
+            store,
+            sync_line(self.options.sync_always),
+            self.options.extra
         );
         self.child = Some(spawn_server(self.dir.path(), "server", &config)?);
         if let Err(e) = wait_healthy(
@@ -302,6 +318,7 @@ impl Servers for NatsServer {
 pub struct NatsCluster {
     nodes: Vec<ClusterNode>,
     dir: tempfile::TempDir,
+    sync_always: bool,
 }
 
 #[derive(Debug)]
@@ -317,6 +334,11 @@ impl NatsCluster {
     /// Starts `size` servers as one cluster and waits until every one is healthy with
     /// JetStream current (a meta leader elected).
     pub fn start(size: usize) -> NatsCluster {
+        Self::start_with(size, false)
+    }
+
+    /// Starts `size` servers as one cluster, with `sync_interval: always` if `sync_always`.
+    pub fn start_with(size: usize, sync_always: bool) -> NatsCluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let cluster_name = format!("c{}", free_port());
         let nodes: Vec<ClusterNode> = (0..size)
@@ -328,7 +350,11 @@ impl NatsCluster {
                 cluster_port: free_port(),
             })
             .collect();
-        let mut cluster = NatsCluster { nodes, dir };
+        let mut cluster = NatsCluster {
+            nodes,
+            dir,
+            sync_always,
+        };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -347,11 +373,12 @@ impl NatsCluster {
             .collect();
         let cluster_name = node.name.rsplit_once('-').map_or("c", |(c, _)| c);
         format!(
-            "server_name: {}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n}}\ncluster {{\n  name: {cluster_name}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            "server_name: {}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n{}}}\ncluster {{\n  name: {cluster_name}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
             node.name,
             node.port,
             node.monitor_port,
             self.dir.path().join(&node.name),
+            sync_line(self.sync_always),
             node.cluster_port,
             routes.join(", ")
         )
