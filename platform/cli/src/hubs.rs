@@ -7,11 +7,14 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::tls::Certificates;
 use crate::topology::{HubSpec, Sync};
 
 /// One server of a hub, on this machine.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
+    /// Whether it requires TLS.
+    pub(crate) tls: bool,
     /// Its `server_name`: the hub's name, or `<hub>-<i>` in a cluster.
     pub(crate) name: String,
     pub(crate) client: u16,
@@ -22,7 +25,8 @@ pub(crate) struct Node {
 impl Node {
     /// Its client URL.
     pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.client)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 
     /// Its monitoring URL.
@@ -31,8 +35,13 @@ impl Node {
     }
 }
 
-/// The nodes of hub `name`, every port shifted by `offset`.
-pub(crate) fn nodes(name: &str, spec: &HubSpec, offset: u16) -> anyhow::Result<Vec<Node>> {
+/// The nodes of hub `name`, every port shifted by `offset`, requiring TLS if `tls`.
+pub(crate) fn nodes(
+    name: &str,
+    spec: &HubSpec,
+    offset: u16,
+    tls: bool,
+) -> anyhow::Result<Vec<Node>> {
     (0..spec.nodes)
         .map(|i| {
             let [client, monitor, cluster] = spec.node_ports(i).map(|port| {
@@ -41,6 +50,7 @@ pub(crate) fn nodes(name: &str, spec: &HubSpec, offset: u16) -> anyhow::Result<V
                 })
             });
             Ok(Node {
+                tls,
                 name: if spec.nodes == 1 {
                     name.to_owned()
                 } else {
@@ -54,13 +64,15 @@ pub(crate) fn nodes(name: &str, spec: &HubSpec, offset: u16) -> anyhow::Result<V
         .collect()
 }
 
-/// The configuration of node `i` of hub `name`, its store in `store`.
+/// The configuration of node `i` of hub `name`, its store in `store`; with `tls`, clients and
+/// routes must present a certificate of its authority (mutual TLS).
 pub(crate) fn server_config(
     name: &str,
     spec: &HubSpec,
     nodes: &[Node],
     i: usize,
     store: &Path,
+    tls: Option<&Certificates>,
 ) -> String {
     let node = &nodes[i];
     let mut conf = format!(
@@ -80,11 +92,22 @@ pub(crate) fn server_config(
         conf.push_str("  # fsync before acknowledging each write.\n  sync_interval: always\n");
     }
     conf.push_str("}\n");
+    let tls_block = |indent: &str| match tls {
+        Some(certificates) => format!(
+            "{indent}tls {{\n{indent}  cert_file: {:?}\n{indent}  key_file: {:?}\n{indent}  ca_file: {:?}\n{indent}  verify: true\n{indent}  timeout: 2\n{indent}}}\n",
+            certificates.cert(&node.name).display().to_string(),
+            certificates.key(&node.name).display().to_string(),
+            certificates.ca().display().to_string(),
+        ),
+        None => String::new(),
+    };
+    conf.push_str(&tls_block(""));
     if nodes.len() > 1 {
         let _ = write!(
             conf,
-            "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{}\n  routes: [\n",
-            node.cluster
+            "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{}\n{}  routes: [\n",
+            node.cluster,
+            tls_block("  ")
         );
         for other in nodes {
             let _ = writeln!(conf, "    nats://127.0.0.1:{}", other.cluster);
@@ -112,14 +135,14 @@ mod tests {
     #[test]
     fn a_three_node_hub_is_a_cluster_with_routes_to_every_node() {
         let spec = spec(4224, 3, Sync::Always);
-        let nodes = nodes("ordering", &spec, 10).unwrap();
+        let nodes = nodes("ordering", &spec, 10, false).unwrap();
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["ordering-0", "ordering-1", "ordering-2"]);
         assert_eq!(
             nodes.iter().map(|n| n.client).collect::<Vec<_>>(),
             [4234, 4334, 4434]
         );
-        let conf = server_config("ordering", &spec, &nodes, 1, Path::new("/s"));
+        let conf = server_config("ordering", &spec, &nodes, 1, Path::new("/s"), None);
         for line in [
             "server_name: ordering-1",
             "listen: 127.0.0.1:4334",
@@ -136,8 +159,8 @@ mod tests {
     #[test]
     fn one_node_has_no_cluster_and_keeps_nats_default_sync() {
         let spec = spec(4222, 1, Sync::Default);
-        let nodes = nodes("system", &spec, 0).unwrap();
-        let conf = server_config("system", &spec, &nodes, 0, Path::new("/s"));
+        let nodes = nodes("system", &spec, 0, false).unwrap();
+        let conf = server_config("system", &spec, &nodes, 0, Path::new("/s"), None);
         assert!(conf.contains("server_name: system\n"), "{conf}");
         assert!(!conf.contains("cluster"), "{conf}");
         assert!(!conf.contains("sync_interval"), "{conf}");

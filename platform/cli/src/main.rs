@@ -7,6 +7,7 @@ mod graph;
 mod hubs;
 mod status;
 mod table;
+mod tls;
 mod topology;
 mod ui;
 mod up;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use fractal::{Hub, HubConfig, Scope};
+use fractal::{Hub, Scope};
 
 use crate::topology::Topology;
 use crate::up::{Up, UpOptions};
@@ -51,6 +52,10 @@ enum Command {
         /// Report a service, bridge or hub that exits, but do not start it again.
         #[arg(long)]
         no_restart: bool,
+        /// Hubs require mutual TLS: a private authority and a certificate for every hub node
+        /// and client are made for the run, under the state folder's `tls/`.
+        #[arg(long)]
+        tls: bool,
     },
     /// Drive orders end to end through the system (started for the demo if not running).
     Demo {
@@ -254,33 +259,25 @@ fn programs() -> anyhow::Result<PathBuf> {
 
 /// Connects to `hub` of the running system, or of the topology if nothing runs.
 async fn hub(topology_path: &Path, state: &Path, name: &str) -> anyhow::Result<Hub> {
-    let urls = match up::running(state) {
-        Some(system) => system
-            .nodes
-            .get(name)
-            .cloned()
-            .or_else(|| system.hubs.get(name).map(|url| vec![url.clone()]))
-            .with_context(|| {
-                format!(
-                    "hub `{name}` is not running (running: {})",
-                    system.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            })?,
+    let mut config = match up::running(state) {
+        Some(system) => system.hub_config(name).with_context(|| {
+            format!(
+                "hub `{name}` is not running (running: {})",
+                system.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?,
         None => {
             let topology = load(topology_path)?;
-            topology
-                .hub_config(name, 0)
-                .with_context(|| {
-                    format!(
-                        "hub `{name}` is not in the topology (hubs: {})",
-                        topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )
-                })?
-                .urls
+            let mut config = topology.hub_config(name, 0).with_context(|| {
+                format!(
+                    "hub `{name}` is not in the topology (hubs: {})",
+                    topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            config.tls = None;
+            config
         }
     };
-    let mut config = HubConfig::local(name, "");
-    config.urls = urls;
     config.connect_timeout_secs = 3;
     Hub::connect(&config).await.with_context(|| {
         format!(
@@ -326,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             subsystems,
             port_offset,
             no_restart,
+            tls,
         } => {
             let topology = load(&topology_path)?
                 .select(&subsystems)
@@ -335,6 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 port_offset,
                 programs: programs()?,
                 ready_timeout: Duration::from_secs(60),
+                tls,
             };
             println!(
                 "Starting {} hub{}, {} services and {} bridges of `{}`…",
@@ -509,6 +508,7 @@ async fn demo(
             port_offset,
             programs: programs()?,
             ready_timeout: Duration::from_secs(60),
+            tls: false,
         };
         let up = tokio::select! {
             up = Up::start(&topology, &options) => up?,

@@ -34,6 +34,9 @@ pub(crate) struct HubTarget {
     pub(crate) name: String,
     /// Its client URL, for tools that read events (`fractal ui`).
     pub(crate) url: Option<String>,
+    /// The TLS settings those tools connect with.
+    #[serde(skip)]
+    pub(crate) tls: Option<fractal::hub::TlsConfig>,
     pub(crate) monitors: Vec<String>,
     pub(crate) events_stream: String,
     pub(crate) faults_stream: String,
@@ -195,6 +198,7 @@ impl Targets {
     fn build(
         topology: &Topology,
         source: String,
+        tls: Option<fractal::hub::TlsConfig>,
         hub: impl Fn(&str) -> (Option<String>, Vec<String>),
         service: impl Fn(&str) -> (Option<String>, Option<Supervised>),
         bridge: impl Fn(&str) -> (Option<String>, Option<Supervised>),
@@ -228,6 +232,7 @@ impl Targets {
                     HubTarget {
                         name: name.clone(),
                         url,
+                        tls: tls.clone(),
                         monitors,
                         events_stream,
                         faults_stream,
@@ -287,6 +292,7 @@ impl Targets {
         Targets::build(
             topology,
             format!("the system `fractal up` runs from {}", state.display()),
+            system.tls.clone(),
             |hub| {
                 (
                     system.hubs.get(hub).cloned(),
@@ -302,6 +308,7 @@ impl Targets {
         Targets::build(
             topology,
             format!("the endpoints in {}", path.display()),
+            None,
             |hub| {
                 file.hubs
                     .get(hub)
@@ -321,6 +328,7 @@ impl Targets {
                 "the topology's own addresses (no `fractal up` runs from {})",
                 state.display()
             ),
+            None,
             |hub| {
                 let spec = &topology.hubs[hub];
                 (
@@ -1409,6 +1417,7 @@ mod tests {
             hubs: vec![HubTarget {
                 name: "a".into(),
                 url: None,
+                tls: None,
                 monitors: vec!["http://127.0.0.1:1".into()],
                 events_stream: "EVENTS".into(),
                 faults_stream: "FAULTS".into(),

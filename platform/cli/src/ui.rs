@@ -99,8 +99,8 @@ impl Graph {
 struct Shared {
     graph: Graph,
     status: RwLock<Result<Status, String>>,
-    /// Each hub's client URL, as last found.
-    urls: RwLock<HashMap<String, String>>,
+    /// Each hub's client URL and TLS settings, as last found.
+    urls: RwLock<HashMap<String, (String, Option<fractal::hub::TlsConfig>)>>,
     hubs: Mutex<HashMap<String, Hub>>,
 }
 
@@ -149,7 +149,7 @@ async fn refresh(shared: Arc<Shared>, mut observer: Observer, shutdown: Cancella
             *shared.urls.write().await = targets
                 .hubs
                 .into_iter()
-                .filter_map(|h| Some((h.name, h.url?)))
+                .filter_map(|h| Some((h.name, (h.url?, h.tls))))
                 .collect();
         }
         let status = tokio::select! {
@@ -197,11 +197,12 @@ async fn hub(shared: &Shared, name: &str) -> Result<Hub, (StatusCode, String)> {
     if let Some(hub) = shared.hubs.lock().await.get(name) {
         return Ok(hub.clone());
     }
-    let url = shared.urls.read().await.get(name).cloned().ok_or((
+    let (url, tls) = shared.urls.read().await.get(name).cloned().ok_or((
         StatusCode::NOT_FOUND,
         format!("no client address is known for hub `{name}`"),
     ))?;
     let mut config = HubConfig::local(name, &url);
+    config.tls = tls;
     config.connect_timeout_secs = 2;
     let hub = Hub::connect(&config).await.map_err(|e| {
         (

@@ -32,6 +32,8 @@ pub(crate) struct UpOptions {
     pub(crate) programs: PathBuf,
     /// How long everything may take to become ready.
     pub(crate) ready_timeout: Duration,
+    /// Hubs require mutual TLS, with certificates of a private authority made for the run.
+    pub(crate) tls: bool,
 }
 
 /// The first wait before starting an exited child again.
@@ -212,11 +214,35 @@ fn shifted(listen: &str, offset: u16) -> anyhow::Result<String> {
     Ok(std::net::SocketAddr::new(addr.ip(), port).to_string())
 }
 
+/// The name of a bridge's certificate.
+fn bridge_client(bridge: &str) -> String {
+    format!("bridge-{bridge}")
+}
+
+/// The name of the operator's certificate, for `fractal up`'s provisioning and the tools.
+const OPERATOR: &str = "operator";
+
 /// The environment that gives a client (under `key`: `ORDERING_HUB__`, `BRIDGE_SOURCE__`) the
-/// hub as `fractal up` runs it: every node's URL and the streams as the topology defines them.
-fn hub_env(key: &str, hub: &fractal::HubConfig) -> Vec<(String, String)> {
+/// hub as `fractal up` runs it: every node's URL, the streams as the topology defines them and,
+/// with `tls`, the client's own certificate.
+fn hub_env(
+    key: &str,
+    hub: &fractal::HubConfig,
+    tls: Option<fractal::hub::TlsConfig>,
+) -> Vec<(String, String)> {
     let urls: Vec<String> = hub.urls.iter().map(|u| format!("{u:?}")).collect();
     let mut env = vec![(format!("{key}URLS"), format!("[{}]", urls.join(",")))];
+    if let Some(tls) = tls {
+        for (setting, file) in [
+            ("CA_FILE", tls.ca_file),
+            ("CERT_FILE", tls.cert_file),
+            ("KEY_FILE", tls.key_file),
+        ] {
+            if let Some(file) = file {
+                env.push((format!("{key}TLS__{setting}"), file.display().to_string()));
+            }
+        }
+    }
     for (stream, config) in [("EVENTS", &hub.events), ("FAULTS", &hub.faults)] {
         let storage = match config.storage {
             fractal::hub::Storage::File => "file",
@@ -320,9 +346,30 @@ impl Up {
         logs: &Path,
     ) -> anyhow::Result<()> {
         let offset = options.port_offset;
+        let certificates = if options.tls {
+            let mut names = vec![OPERATOR.to_owned()];
+            for (name, spec) in &topology.hubs {
+                let nodes = crate::hubs::nodes(name, spec, offset, true)?;
+                names.extend(nodes.into_iter().map(|n| n.name));
+            }
+            names.extend(topology.services.iter().map(|s| s.name()));
+            names.extend(
+                topology
+                    .bridges
+                    .iter()
+                    .map(|b| bridge_client(&b.config.name)),
+            );
+            let certificates =
+                crate::tls::Certificates::create(&options.state.join("tls"), &names)?;
+            self.system.tls = Some(certificates.client(OPERATOR));
+            Some(certificates)
+        } else {
+            None
+        };
         let mut all_nodes = Vec::new();
+        let mut hubs = BTreeMap::new();
         for (name, spec) in &topology.hubs {
-            let nodes = crate::hubs::nodes(name, spec, offset)?;
+            let nodes = crate::hubs::nodes(name, spec, offset, options.tls)?;
             for (i, node) in nodes.iter().enumerate() {
                 let store = options.state.join("hubs").join(&node.name);
                 std::fs::create_dir_all(&store)?;
@@ -330,10 +377,15 @@ impl Up {
                     .state
                     .join("hubs")
                     .join(format!("{}.conf", node.name));
-                std::fs::write(
-                    &conf,
-                    crate::hubs::server_config(name, spec, &nodes, i, &store),
-                )?;
+                let server = crate::hubs::server_config(
+                    name,
+                    spec,
+                    &nodes,
+                    i,
+                    &store,
+                    certificates.as_ref(),
+                );
+                std::fs::write(&conf, server)?;
                 self.hubs.push(Managed::start(
                     format!("hub {}", node.name),
                     Role::Hub,
@@ -352,6 +404,12 @@ impl Up {
                 name.clone(),
                 nodes.iter().map(|n| n.monitor_url()).collect(),
             );
+            let mut config = topology
+                .hub_config(name, offset)
+                .with_context(|| format!("hub `{name}` is not in the topology"))?;
+            config.urls = nodes.iter().map(|n| n.url()).collect();
+            config.tls = self.system.tls.clone();
+            hubs.insert(name.clone(), config);
             all_nodes.extend(nodes);
         }
         for node in &all_nodes {
@@ -359,21 +417,17 @@ impl Up {
         }
         // The provisioning step: each hub's streams, as the topology defines them, before any
         // client connects.
-        let mut hubs = BTreeMap::new();
-        for name in topology.hubs.keys() {
-            let config = topology
-                .hub_config(name, offset)
-                .with_context(|| format!("hub `{name}` is not in the topology"))?;
-            self.provision(&config, options.ready_timeout).await?;
+        for (name, config) in &hubs {
+            self.provision(config, options.ready_timeout).await?;
             eprintln!("  hub {name} ready at {}", config.urls.join(", "));
-            hubs.insert(name.clone(), config);
         }
 
         for service in &topology.services {
             let program = program(&options.programs, &service.spec.program)?;
             let prefix = env_prefix(&service.spec.program);
             let admin = shifted(&service.config.admin.listen, offset)?;
-            let mut env = hub_env(&format!("{prefix}HUB__"), &hubs[service.hub()]);
+            let tls = certificates.as_ref().map(|c| c.client(&service.name()));
+            let mut env = hub_env(&format!("{prefix}HUB__"), &hubs[service.hub()], tls);
             env.push((format!("{prefix}ADMIN__LISTEN"), admin.clone()));
             let grpc = match &service.config.grpc {
                 Some(grpc) => {
@@ -412,8 +466,11 @@ impl Up {
             let program = program(&options.programs, "fractal-bridge")?;
             let config = &bridge.config;
             let admin = shifted(&config.admin.listen, offset)?;
-            let mut env = hub_env("BRIDGE_SOURCE__", &hubs[&config.source.name]);
-            env.extend(hub_env("BRIDGE_TARGET__", &hubs[&config.target.name]));
+            let tls = certificates
+                .as_ref()
+                .map(|c| c.client(&bridge_client(&config.name)));
+            let mut env = hub_env("BRIDGE_SOURCE__", &hubs[&config.source.name], tls.clone());
+            env.extend(hub_env("BRIDGE_TARGET__", &hubs[&config.target.name], tls));
             env.push(("BRIDGE_ADMIN__LISTEN".to_owned(), admin.clone()));
             let name = format!("bridge {}", config.name);
             let log = logs.join(format!("bridge-{}.log", config.name));

@@ -1227,3 +1227,101 @@ fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
         .unwrap();
     assert!(up.wait().unwrap().success());
 }
+
+/// A certificate authority of its own, and a client certificate it signed, in `dir`.
+fn foreign_client(dir: &Path) -> fractal::hub::TlsConfig {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("parameters");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let authority =
+        CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a key")).expect("a CA");
+    let key = KeyPair::generate().expect("a key");
+    let certificate = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("parameters")
+        .signed_by(&key, &authority)
+        .expect("a certificate");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("written");
+        path
+    };
+    fractal::hub::TlsConfig {
+        required: true,
+        ca_file: Some(write("foreign-ca.pem", authority.pem())),
+        cert_file: Some(write("foreign.pem", certificate.pem())),
+        key_file: Some(write("foreign-key.pem", key.serialize_pem())),
+    }
+}
+
+/// `fractal up --tls`: every hub requires mutual TLS with certificates of the run's own
+/// authority; the system works end to end, and a client without one of its certificates is
+/// refused.
+#[test]
+fn with_tls_the_system_runs_and_a_client_of_another_authority_is_refused() {
+    let _turn = one_system_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut up = up(&["--tls"], &state);
+    let demo = fractal(&[
+        "demo",
+        "--orders",
+        "5",
+        "--topology",
+        &shipped(),
+        "--state",
+        &state.display().to_string(),
+    ]);
+    assert!(
+        text(&demo).contains("5/5 orders delivered"),
+        "{}",
+        text(&demo)
+    );
+    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let operator = running.hub_config("ordering").unwrap();
+    assert!(
+        operator.urls.iter().all(|u| u.starts_with("tls://")),
+        "{operator:?}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut config = operator.clone();
+        config.connect_timeout_secs = 2;
+        fractal::Hub::connect(&config)
+            .await
+            .expect("the run's own certificate is accepted");
+
+        config.tls = Some(foreign_client(dir.path()));
+        assert!(
+            fractal::Hub::connect(&config).await.is_err(),
+            "a certificate of another authority is refused"
+        );
+        let own_ca = operator.tls.clone().unwrap().ca_file;
+        config.tls = Some(fractal::hub::TlsConfig {
+            required: true,
+            ca_file: own_ca,
+            cert_file: None,
+            key_file: None,
+        });
+        assert!(
+            fractal::Hub::connect(&config).await.is_err(),
+            "a client without a certificate is refused"
+        );
+        config.tls = None;
+        config.urls = config
+            .urls
+            .iter()
+            .map(|u| u.replace("tls://", "nats://"))
+            .collect();
+        assert!(
+            fractal::Hub::connect(&config).await.is_err(),
+            "a client without TLS is refused"
+        );
+    });
+
+    Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(up.wait().unwrap().success());
+}

@@ -264,7 +264,7 @@ impl AuthConfig {
 }
 
 /// TLS towards a hub.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct TlsConfig {
     /// Refuse to connect without TLS.
     #[serde(default = "default_true")]

@@ -19,6 +19,9 @@ pub struct RunningSystem {
     /// Each hub's client URLs, one per node, by hub name.
     #[serde(default)]
     pub nodes: BTreeMap<String, Vec<String>>,
+    /// The TLS settings of the operator's tools, when the hubs require TLS.
+    #[serde(default)]
+    pub tls: Option<crate::hub::TlsConfig>,
     /// Each hub's monitoring endpoints (`http://127.0.0.1:8222`), one per node, by hub name.
     #[serde(default)]
     pub monitors: BTreeMap<String, Vec<String>>,
@@ -84,6 +87,19 @@ impl RunningSystem {
             path: path.display().to_string(),
             source,
         })
+    }
+
+    /// How the operator's tools connect to `hub`: every node, with TLS if the run uses it.
+    pub fn hub_config(&self, hub: &str) -> Option<crate::HubConfig> {
+        let urls = self
+            .nodes
+            .get(hub)
+            .cloned()
+            .or_else(|| self.hubs.get(hub).map(|url| vec![url.clone()]))?;
+        let mut config = crate::HubConfig::local(hub, "");
+        config.urls = urls;
+        config.tls = self.tls.clone();
+        Some(config)
     }
 
     /// The gRPC endpoint of `service` (`restaurant/kitchen`).

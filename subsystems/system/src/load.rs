@@ -215,10 +215,9 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
 
     // Completion, as the ordering hub hears of it.
     let ordering = system
-        .hubs
-        .get("ordering")
+        .hub_config("ordering")
         .ok_or("the running system has no `ordering` hub")?;
-    let hub = fractal::Hub::connect(&fractal::HubConfig::local("ordering", ordering)).await?;
+    let hub = fractal::Hub::connect(&ordering).await?;
     let mut delivered_events = hub
         .client()
         .subscribe("events.external.order.delivered")

@@ -101,7 +101,9 @@ async fn run(args: Args) -> Result<(), food_system::demo::DemoError> {
     );
     println!("Events per hub:");
     for (hub, url) in &system.hubs {
-        let config = fractal::HubConfig::local(hub, url);
+        let config = system
+            .hub_config(hub)
+            .unwrap_or_else(|| fractal::HubConfig::local(hub, url));
         let count = match fractal::Hub::connect(&config).await {
             Ok(connected) => match connected
                 .jetstream()
