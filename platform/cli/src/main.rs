@@ -116,6 +116,11 @@ enum Command {
     },
     /// Validate the topology and every config it names, starting nothing.
     Check,
+    /// A hub's servers as the topology defines them.
+    Hub {
+        #[command(subcommand)]
+        action: HubAction,
+    },
     /// Whether the system is healthy and, if not, where: every hub, service and bridge route.
     /// Exits 0 when healthy, 1 when anything is unhealthy, 3 when a part cannot be told.
     Status {
@@ -184,6 +189,22 @@ impl Reading {
             Duration::from_secs_f64(self.interval),
         )
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum HubAction {
+    /// Print the `nats-server` configuration of each node of the hub, as `fractal up`
+    /// writes it (cluster routes, JetStream, sync, TLS), for review.
+    Config {
+        /// The hub.
+        hub: String,
+        /// As `fractal up --port-offset` would shift it.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+        /// As `fractal up --tls` would write it.
+        #[arg(long)]
+        tls: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,6 +482,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let observer = reading.observer(topology.clone(), &state)?;
             let shutdown = fractal::service::shutdown_on_signal();
             ui::serve(&topology, observer, &listen, shutdown).await?;
+        }
+        Command::Hub {
+            action:
+                HubAction::Config {
+                    hub,
+                    port_offset,
+                    tls,
+                },
+        } => {
+            let topology = load(&topology_path)?;
+            let spec = topology.hubs.get(&hub).with_context(|| {
+                format!(
+                    "hub `{hub}` is not in the topology (hubs: {})",
+                    topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            let nodes = hubs::nodes(&hub, spec, port_offset, tls)?;
+            let certificates = tls.then(|| tls::Certificates::at(&state.join("tls")));
+            for (i, node) in nodes.iter().enumerate() {
+                let store = state.join("hubs").join(&node.name);
+                println!(
+                    "{}",
+                    hubs::server_config(&hub, spec, &nodes, i, &store, certificates.as_ref())
+                );
+            }
         }
         Command::Watchdog { .. } => {}
     }

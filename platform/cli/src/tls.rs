@@ -60,6 +60,13 @@ impl Certificates {
         Ok(certificates)
     }
 
+    /// The certificates a run made in `dir`.
+    pub(crate) fn at(dir: &Path) -> Certificates {
+        Certificates {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     /// The authority's certificate.
     pub(crate) fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")

@@ -1325,3 +1325,29 @@ fn with_tls_the_system_runs_and_a_client_of_another_authority_is_refused() {
         .unwrap();
     assert!(up.wait().unwrap().success());
 }
+
+#[test]
+fn hub_config_prints_each_node_of_a_cluster_for_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = three_node_topology(dir.path());
+    let output = fractal(&["hub", "config", "ordering", "--topology", &topology]);
+    assert!(output.status.success(), "{}", text(&output));
+    let config = text(&output);
+    for line in [
+        "server_name: ordering-0",
+        "server_name: ordering-1",
+        "server_name: ordering-2",
+        "listen: 127.0.0.1:4424",
+        "nats://127.0.0.1:6224",
+        "nats://127.0.0.1:6424",
+    ] {
+        assert!(config.contains(line), "{line} in\n{config}");
+    }
+    let unknown = fractal(&["hub", "config", "nowhere", "--topology", &topology]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("hub `nowhere` is not in the topology"),
+        "{}",
+        text(&unknown)
+    );
+}
