@@ -8,6 +8,7 @@
 //! without touching any producer, and counts menu views per restaurant and orders placed per
 //! minute from the contracts the bridges already bring to the system hub.
 
+pub mod chaos;
 pub mod demo;
 mod insights;
 pub mod load;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use food_contracts::v1::Order;
 use food_delivery::v1::drivers_client::DriversClient;
-use food_delivery::v1::{DeliveryRequest, DriverStatus, ListAssignedRequest, SetStatusRequest};
+use food_delivery::v1::{
+    DeliveryRequest, DeliveryStatus, DriverStatus, ListAssignedRequest, SetStatusRequest,
+};
 use food_ordering::v1::checkout_client::CheckoutClient;
 use food_ordering::v1::{GetMenuRequest, GetOrderRequest};
 use food_restaurant::v1::kitchen_client::KitchenClient;
@@ -50,6 +52,20 @@ pub struct LoadOptions {
     pub prep: Duration,
     /// How long to wait for the last orders after arrivals stop.
     pub drain: Duration,
+    /// How often a customer tries browsing and placing an order again after an error (half a
+    /// second apart), as an app would while a service restarts; 0 for never.
+    pub retries: u32,
+    /// Told when the menus are out and the drivers on shift, as the first orders arrive.
+    pub arriving: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// The orders of a load run.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every order placed, by id.
+    pub placed: HashSet<String>,
+    /// Every order seen delivered, by id.
+    pub delivered: HashSet<String>,
 }
 
 /// gRPC latencies by method.
@@ -186,7 +202,7 @@ fn processes(system: &RunningSystem) -> BTreeMap<String, u32> {
 
 /// Runs the load against `system` and prints what it measured; fails if an order was not
 /// delivered.
-pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), DemoError> {
+pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<Outcome, DemoError> {
     let timeout = Duration::from_secs(30);
     let clients = Clients {
         menus: MenusClient::new(connect(system, "restaurant/menus", timeout).await?),
@@ -301,6 +317,9 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
         })
         .collect();
 
+    if let Some(arriving) = &options.arriving {
+        arriving.notify_one();
+    }
     // Orders in flight, once a second.
     let sampler = {
         let tally = tally.clone();
@@ -331,9 +350,16 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
         tokio::time::sleep_until(at.into()).await;
         let restaurant = restaurants[i % restaurants.len()].clone();
         let customer = i % options.customers.max(1);
-        let (tally, checkout) = (tally.clone(), clients.checkout.clone());
+        let (tally, checkout, retries) = (tally.clone(), clients.checkout.clone(), options.retries);
         orders.spawn(async move {
-            order(&tally, checkout, customer, restaurant).await;
+            for attempt in 0..=retries {
+                if order(&tally, checkout.clone(), customer, restaurant.clone()).await {
+                    break;
+                }
+                if attempt < retries {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         });
     }
     let arrivals_ended = start.elapsed();
@@ -372,7 +398,13 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<(), De
         )
         .into());
     }
-    Ok(())
+    let take = |set: &Mutex<HashSet<String>>| {
+        std::mem::take(&mut *set.lock().unwrap_or_else(PoisonError::into_inner))
+    };
+    Ok(Outcome {
+        placed: take(&tally.placed),
+        delivered: take(&tally.delivered),
+    })
 }
 
 /// Each restaurant publishes its menu; returns their ids once customers see every menu.
@@ -405,13 +437,13 @@ async fn publish_menus(clients: &Clients, count: usize) -> Result<Vec<String>, D
     }
 }
 
-/// One customer's order: browse the menu, place the order.
+/// One customer's order: browse the menu, place the order. False if a call failed.
 async fn order(
     tally: &Tally,
     mut checkout: CheckoutClient<Channel>,
     customer: usize,
     restaurant: String,
-) {
+) -> bool {
     let customer_id = format!("c-{customer}");
     let menu = match timed(
         &tally.latencies,
@@ -424,7 +456,10 @@ async fn order(
     .await
     {
         Ok(menu) => menu,
-        Err(e) => return tally.error("GetMenu", &e),
+        Err(e) => {
+            tally.error("GetMenu", &e);
+            return false;
+        }
     };
     let placed = timed(
         &tally.latencies,
@@ -434,13 +469,17 @@ async fn order(
     .await;
     let order = match placed {
         Ok(order) => order,
-        Err(e) => return tally.error("PlaceOrder", &e),
+        Err(e) => {
+            tally.error("PlaceOrder", &e);
+            return false;
+        }
     };
     tally
         .placed
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(order.order_id);
+    true
 }
 
 /// A restaurant's kitchen display: every `poll` it lists the open tickets, accepts each new
@@ -453,7 +492,8 @@ async fn kitchen_staff(
     prep: Duration,
     done: Arc<AtomicBool>,
 ) {
-    let mut working = HashSet::new();
+    // Tickets being worked on; one whose call failed is taken up again at the next look.
+    let working = Arc::new(Mutex::new(HashSet::new()));
     while !done.load(Ordering::Relaxed) {
         let request = ListTicketsRequest {
             restaurant_id: restaurant.clone(),
@@ -473,14 +513,24 @@ async fn kitchen_staff(
             }
         };
         for ticket in tickets {
-            if !working.insert(ticket.order_id.clone()) {
+            let new = working
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(ticket.order_id.clone());
+            if !new {
                 continue;
             }
             let received = ticket.status() == TicketStatus::Received;
-            let (tally, mut kitchen) = (tally.clone(), kitchen.clone());
+            let (tally, mut kitchen, working) = (tally.clone(), kitchen.clone(), working.clone());
             let request = TicketRequest {
                 restaurant_id: restaurant.clone(),
                 order_id: ticket.order_id,
+            };
+            let forget = |working: &Mutex<HashSet<String>>, order_id: &str| {
+                working
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(order_id);
             };
             tokio::spawn(async move {
                 let accepted = if received {
@@ -492,12 +542,15 @@ async fn kitchen_staff(
                     Ok(())
                 };
                 if let Err(e) = accepted {
+                    forget(&working, &request.order_id);
                     return tally.error("AcceptOrder", &e);
                 }
                 tokio::time::sleep(prep).await;
+                let order_id = request.order_id.clone();
                 if let Err(e) =
                     timed(&tally.latencies, "MarkReady", kitchen.mark_ready(request)).await
                 {
+                    forget(&working, &order_id);
                     tally.error("MarkReady", &e);
                 }
             });
@@ -552,12 +605,16 @@ async fn start_drivers(
                         }
                     };
                 for delivery in assigned {
+                    // Picked up already when a call to deliver it failed: only deliver it.
+                    let picked_up = delivery.status() == DeliveryStatus::PickedUp;
                     let request = DeliveryRequest {
                         driver_id: driver_id.clone(),
                         order_id: delivery.order_id,
                     };
-                    if let Err(e) =
-                        timed(&tally.latencies, "PickUp", drivers.pick_up(request.clone())).await
+                    if !picked_up
+                        && let Err(e) =
+                            timed(&tally.latencies, "PickUp", drivers.pick_up(request.clone()))
+                                .await
                     {
                         tally.error("PickUp", &e);
                         continue;

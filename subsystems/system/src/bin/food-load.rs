@@ -47,6 +47,9 @@ struct Args {
     /// How long to wait for the last orders after arrivals stop, in seconds.
     #[arg(long, default_value_t = 60)]
     drain_secs: u64,
+    /// How often a customer tries again after a failed call (half a second apart).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,8 @@ fn main() -> ExitCode {
         wait: Duration::from_millis(args.wait_ms),
         prep: Duration::from_millis(args.prep_ms),
         drain: Duration::from_secs(args.drain_secs),
+        retries: args.retries,
+        arriving: None,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -78,7 +83,7 @@ fn main() -> ExitCode {
         food_system::load::run(&system, &options).await
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("food-load: {e}");
             ExitCode::FAILURE

@@ -1,0 +1,251 @@
+//! Chaos: orders flow through a running food-delivery system while its services, bridges and
+//! hub nodes are killed with SIGKILL at random, one every interval; `fractal up` starts each
+//! again. A hub node is killed only while all of its hub's nodes are up, so every hub keeps
+//! its quorum. Afterwards every order placed must have been delivered, each exactly once in the
+//! lake, and no hub may hold a fault.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use fractal::local::RunningSystem;
+use futures::StreamExt as _;
+
+use crate::demo::DemoError;
+use crate::load::{self, LoadOptions};
+
+/// What chaos to bring.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// The orders.
+    pub load: LoadOptions,
+    /// How often something is killed.
+    pub kill_every: Duration,
+    /// Seeds the choice of what to kill, so a run can be repeated.
+    pub seed: u64,
+}
+
+/// What was killed, by kind.
+#[derive(Debug, Default)]
+struct Kills(BTreeMap<&'static str, usize>);
+
+/// Runs the orders and the killing on the system `fractal up` describes in `running`; prints
+/// what was killed and the figures; fails naming what did not hold.
+pub async fn run(running: &Path, options: &ChaosOptions) -> Result<(), DemoError> {
+    let system = RunningSystem::load(running)?;
+    let state = running.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    // The killing starts with the orders, once the menus are out and the drivers on shift.
+    let arriving = Arc::new(tokio::sync::Notify::new());
+    let killer = tokio::spawn({
+        let (running, done, options) = (running.to_path_buf(), done.clone(), options.clone());
+        let arriving = arriving.clone();
+        async move {
+            arriving.notified().await;
+            kill(&running, &state, &options, &done).await
+        }
+    });
+    let load = LoadOptions {
+        arriving: Some(arriving),
+        ..options.load.clone()
+    };
+    let outcome = load::run(&system, &load).await;
+    done.store(true, Ordering::Relaxed);
+    let kills = killer.await.unwrap_or_default();
+    let outcome = outcome?;
+    let took = started.elapsed();
+
+    // The lake: one `order.delivered` per order, for every order placed.
+    let system = RunningSystem::load(running)?;
+    let delivered = delivered_per_order(&system).await?;
+    let twice: Vec<&String> = delivered
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let missing = outcome
+        .placed
+        .iter()
+        .filter(|id| !delivered.contains_key(*id))
+        .count();
+    let mut events = 0;
+    let mut faults = BTreeMap::new();
+    for hub in system.hubs.keys() {
+        let config = system.hub_config(hub).ok_or("a hub of the system")?;
+        let connected = fractal::Hub::connect(&config).await?;
+        for (stream, into) in [
+            (connected.events_stream().to_owned(), None),
+            (connected.faults_stream().to_owned(), Some(&mut faults)),
+        ] {
+            let mut stream = connected.jetstream().get_stream(&stream).await?;
+            let messages = stream.info().await?.state.messages;
+            match into {
+                Some(faults) => {
+                    faults.insert(hub.clone(), messages);
+                }
+                None => events += messages,
+            }
+        }
+    }
+    let restarts: u32 = system
+        .services
+        .values()
+        .chain(system.bridges.values())
+        .map(|p| p.restarts)
+        .sum();
+    println!("\nChaos on `{}` for {took:.0?}:", system.name);
+    println!(
+        "  killed: {} ({})",
+        kills.0.values().sum::<usize>(),
+        kills
+            .0
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  services and bridges started again: {restarts}");
+    println!(
+        "  orders placed {}, delivered {}, missing {missing}, delivered twice {}",
+        outcome.placed.len(),
+        delivered.len(),
+        twice.len()
+    );
+    println!("  events stored on all hubs: {events}");
+    println!(
+        "  faults: {}",
+        faults
+            .iter()
+            .map(|(hub, n)| format!("{hub} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let faulted: u64 = faults.values().sum();
+    if missing > 0 || !twice.is_empty() || faulted > 0 {
+        return Err(format!(
+            "{missing} orders not delivered, {} delivered twice, {faulted} faults",
+            twice.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// How many `order.delivered` events the ordering hub's lake holds for each order.
+async fn delivered_per_order(system: &RunningSystem) -> Result<HashMap<String, usize>, DemoError> {
+    let config = system
+        .hub_config("ordering")
+        .ok_or("the running system has no `ordering` hub")?;
+    let hub = fractal::Hub::connect(&config).await?;
+    let stream = hub.jetstream().get_stream(hub.events_stream()).await?;
+    let subject = "events.external.order.delivered";
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.into(),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut counts = HashMap::new();
+    // Until the stream has nothing more for a while: every delivery is stored by now.
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let message = message?;
+        let event = fractal::Event::decode(
+            &message.subject,
+            message.headers.as_ref(),
+            message.payload.clone(),
+        )?;
+        *counts.entry(event.key.clone()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Kills something every interval until `done`.
+async fn kill(running: &Path, state: &Path, options: &ChaosOptions, done: &AtomicBool) -> Kills {
+    let mut kills = Kills::default();
+    let mut random = options.seed.max(1);
+    let started = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(options.kill_every).await;
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
+        let Ok(system) = RunningSystem::load(running) else {
+            continue;
+        };
+        let mut candidates: Vec<(&'static str, String, u32)> = Vec::new();
+        for (name, p) in &system.services {
+            if p.state.is_empty() || p.state == "running" {
+                candidates.push(("services", name.clone(), p.pid));
+            }
+        }
+        for (name, p) in &system.bridges {
+            if p.state.is_empty() || p.state == "running" {
+                candidates.push(("bridges", format!("bridge {name}"), p.pid));
+            }
+        }
+        for (hub, monitors) in &system.monitors {
+            if monitors.len() < 3 || !all_healthy(monitors).await {
+                continue;
+            }
+            for i in 0..monitors.len() {
+                let node = format!("{hub}-{i}");
+                if let Some(pid) = pid_of(&state.join("hubs").join(format!("{node}.conf"))) {
+                    candidates.push(("hub nodes", format!("hub node {node}"), pid));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        // xorshift64: enough to pick, and repeatable from the seed.
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let (kind, name, pid) = &candidates[(random % candidates.len() as u64) as usize];
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if killed {
+            println!(
+                "{:>6.1}s  killed {name} (pid {pid})",
+                started.elapsed().as_secs_f64()
+            );
+            *kills.0.entry(kind).or_insert(0) += 1;
+        }
+    }
+    kills
+}
+
+/// Whether every node answers healthy on its monitoring endpoint.
+async fn all_healthy(monitors: &[String]) -> bool {
+    for monitor in monitors {
+        let addr = monitor.trim_start_matches("http://");
+        let healthy = fractal::admin::probe(addr, "/healthz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+        if !healthy {
+            return false;
+        }
+    }
+    true
+}
+
+/// The process running a server with the configuration `conf`.
+fn pid_of(conf: &Path) -> Option<u32> {
+    let conf = conf.to_string_lossy();
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(conf.as_ref())
+            .then_some(pid)
+    })
+}
