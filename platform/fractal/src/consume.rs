@@ -640,7 +640,7 @@ async fn handle(shared: &Shared, message: Message) {
         let started = Instant::now();
         let result = (registered.handler)(event.clone()).instrument(span).await;
         registered.seconds.observe(started.elapsed().as_secs_f64());
-        let error = match result {
+        let (error, counted) = match result {
             Ok(()) => {
                 registered.handled.inc();
                 if let Err(e) = message.ack().await {
@@ -662,48 +662,38 @@ async fn handle(shared: &Shared, message: Message) {
                 .await;
                 return;
             }
-            Err(HandlerError::Retryable(e)) => e,
-            Err(HandlerError::Unavailable(e)) => {
-                registered.failed.inc();
-                waits += 1;
-                let delay = backoff(&shared.config, waits);
-                tracing::warn!(
-                    service = %shared.service,
-                    id = %event.id,
-                    event_type = %event.event_type,
-                    attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %e,
-                    "Hub unavailable; the event waits."
-                );
-                if !wait(shared, &message, delay).await {
-                    return;
-                }
-                continue;
-            }
+            Err(HandlerError::Retryable(e)) => (e, true),
+            // Not the event's fault: the attempt is not counted.
+            Err(HandlerError::Unavailable(e)) => (e, false),
         };
-        waits = 0;
         registered.failed.inc();
-        if attempt >= max {
-            let reason = format!("failed {attempt} times; last error: {error}");
-            let event_type = Some(event.event_type.as_str());
-            fault(
-                shared,
-                &message,
-                origin(attempt),
-                FaultKind::RetriesExhausted,
-                &reason,
-                event_type,
-            )
-            .await;
-            return;
-        }
-        let delay = backoff(&shared.config, attempt);
+        let delay = if counted {
+            waits = 0;
+            if attempt >= max {
+                let reason = format!("failed {attempt} times; last error: {error}");
+                let event_type = Some(event.event_type.as_str());
+                fault(
+                    shared,
+                    &message,
+                    origin(attempt),
+                    FaultKind::RetriesExhausted,
+                    &reason,
+                    event_type,
+                )
+                .await;
+                return;
+            }
+            backoff(&shared.config, attempt)
+        } else {
+            waits += 1;
+            backoff(&shared.config, waits)
+        };
         tracing::warn!(
             service = %shared.service,
             id = %event.id,
             event_type = %event.event_type,
             attempt,
+            hub_unavailable = !counted,
             retry_in_ms = delay.as_millis() as u64,
             error = %error,
             "Handler failed; retrying."
@@ -711,7 +701,9 @@ async fn handle(shared: &Shared, message: Message) {
         if !wait(shared, &message, delay).await {
             return;
         }
-        attempt += 1;
+        if counted {
+            attempt += 1;
+        }
     }
 }
 

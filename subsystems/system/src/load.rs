@@ -234,19 +234,32 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<Outcom
         .hub_config("ordering")
         .ok_or("the running system has no `ordering` hub")?;
     let hub = fractal::Hub::connect(&ordering).await?;
+    // Read from the lake, not a plain subscription: an ordered consumer picks up where it was
+    // after a lost connection (a hub node gone), where a subscription would miss what passed.
     let mut delivered_events = hub
-        .client()
-        .subscribe("events.external.order.delivered")
+        .jetstream()
+        .get_stream(hub.events_stream())
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "events.external.order.delivered".into(),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?
+        .messages()
         .await?;
     let start = Instant::now();
     let watcher = {
         let (tally, checkout) = (tally.clone(), clients.checkout.clone());
         tokio::spawn(async move {
             while let Some(message) = delivered_events.next().await {
+                let Ok(message) = message else {
+                    continue;
+                };
                 let Ok(event) = fractal::Event::decode(
                     &message.subject,
                     message.headers.as_ref(),
-                    message.payload,
+                    message.payload.clone(),
                 ) else {
                     continue;
                 };
