@@ -289,7 +289,7 @@ async fn hub(topology_path: &Path, state: &Path, name: &str) -> anyhow::Result<H
         })?,
         None => {
             let topology = load(topology_path)?;
-            let mut config = topology.hub_config(name, 0).with_context(|| {
+            let mut config = topology.hub_config(name, 0, false).with_context(|| {
                 format!(
                     "hub `{name}` is not in the topology (hubs: {})",
                     topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")

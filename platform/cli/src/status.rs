@@ -204,21 +204,10 @@ impl Targets {
         bridge: impl Fn(&str) -> (Option<String>, Option<Supervised>),
     ) -> Targets {
         let streams = |name: &str| {
-            topology
-                .services
-                .iter()
-                .map(|s| &s.config.hub)
-                .chain(topology.bridges.iter().flat_map(|b| {
-                    [&b.config.source, &b.config.target]
-                        .into_iter()
-                        .filter(|h| h.name == name)
-                }))
-                .find(|h| h.name == name)
-                .map(|h| (h.events.name.clone(), h.faults.name.clone()))
-                .unwrap_or_else(|| {
-                    let defaults = fractal::HubConfig::local(name, "");
-                    (defaults.events.name, defaults.faults.name)
-                })
+            let config = topology
+                .hub_config(name, 0, false)
+                .unwrap_or_else(|| fractal::HubConfig::local(name, ""));
+            (config.events.name, config.faults.name)
         };
         Targets {
             system: topology.name.clone(),
@@ -330,10 +319,11 @@ impl Targets {
             ),
             None,
             |hub| {
-                let spec = &topology.hubs[hub];
+                let nodes =
+                    crate::hubs::nodes(hub, &topology.hubs[hub], 0, false).unwrap_or_default();
                 (
-                    Some(format!("nats://127.0.0.1:{}", spec.port)),
-                    vec![format!("http://127.0.0.1:{}", spec.monitor())],
+                    nodes.first().map(crate::hubs::Node::url),
+                    nodes.iter().map(crate::hubs::Node::monitor_url).collect(),
                 )
             },
             |name| {

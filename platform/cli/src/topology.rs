@@ -537,9 +537,14 @@ impl Topology {
     }
 
     /// The configuration of hub `name` as its clients must see it: every node's URL (local,
-    /// shifted by `offset`), and its streams as the topology defines them, named as its
-    /// clients name them.
-    pub(crate) fn hub_config(&self, name: &str, offset: u16) -> Option<fractal::HubConfig> {
+    /// shifted by `offset`, `tls://` with `tls`), and its streams as the topology defines
+    /// them, named as its clients name them.
+    pub(crate) fn hub_config(
+        &self,
+        name: &str,
+        offset: u16,
+        tls: bool,
+    ) -> Option<fractal::HubConfig> {
         let spec = self.hubs.get(name)?;
         let mut config = self
             .services
@@ -553,13 +558,10 @@ impl Topology {
             .find(|h| h.name == name)
             .cloned()
             .unwrap_or_else(|| fractal::HubConfig::local(name, ""));
-        config.urls = (0..spec.nodes)
-            .map(|i| {
-                format!(
-                    "nats://127.0.0.1:{}",
-                    spec.node_ports(i)[0].saturating_add(offset)
-                )
-            })
+        config.urls = crate::hubs::nodes(name, spec, offset, tls)
+            .ok()?
+            .iter()
+            .map(crate::hubs::Node::url)
             .collect();
         spec.apply(&mut config.events);
         spec.apply(&mut config.faults);

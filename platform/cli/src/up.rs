@@ -405,9 +405,8 @@ impl Up {
                 nodes.iter().map(|n| n.monitor_url()).collect(),
             );
             let mut config = topology
-                .hub_config(name, offset)
+                .hub_config(name, offset, options.tls)
                 .with_context(|| format!("hub `{name}` is not in the topology"))?;
-            config.urls = nodes.iter().map(|n| n.url()).collect();
             config.tls = self.system.tls.clone();
             hubs.insert(name.clone(), config);
             all_nodes.extend(nodes);

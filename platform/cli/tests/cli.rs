@@ -405,6 +405,15 @@ fn up_on(
     up
 }
 
+/// Stops `fractal up` as Ctrl-C would, and checks it stopped cleanly.
+fn stop(mut up: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(up.wait().expect("an exit status").success());
+}
+
 fn pids(state: &Path) -> Vec<u32> {
     std::fs::read_to_string(state.join("pids"))
         .unwrap_or_default()
@@ -613,7 +622,7 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
     let out_path = dir.path().join("up.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let _turn = one_system_at_a_time();
-    let mut up = up_to(&[], &state, out);
+    let up = up_to(&[], &state, out);
     let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
     let dispatch = running.services["delivery/dispatch"].pid;
     let bridge = running.bridges["system-to-delivery"].pid;
@@ -690,11 +699,7 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
     orders.dedup();
     assert_eq!((delivered.len(), orders.len()), (20, 20));
 
-    Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(up.wait().unwrap().success());
+    stop(up);
 }
 
 /// `fractal status --format json` on the system running from `state`: its exit code and the
@@ -748,7 +753,7 @@ fn status_is_healthy_when_quiet_and_names_a_stopped_service_and_a_bridge_whose_t
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let _turn = one_system_at_a_time();
-    let mut up = up(&["--no-restart"], &state);
+    let up = up(&["--no-restart"], &state);
 
     let (code, quiet) = status(&state, &[]);
     assert_eq!(code, 0, "{quiet:#}");
@@ -804,11 +809,7 @@ fn status_is_healthy_when_quiet_and_names_a_stopped_service_and_a_bridge_whose_t
         "{found:#?}"
     );
 
-    Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(up.wait().unwrap().success());
+    stop(up);
 }
 
 #[test]
@@ -1035,7 +1036,7 @@ fn the_page_shows_every_part_and_a_service_that_goes_down_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let _turn = one_system_at_a_time();
-    let mut up = up(&[], &state);
+    let up = up(&[], &state);
     let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
     let port = fractal_testkit::free_port();
     let mut ui = Command::new(env!("CARGO_BIN_EXE_fractal"))
@@ -1121,11 +1122,7 @@ fn the_page_shows_every_part_and_a_service_that_goes_down_and_comes_back() {
 
     let _ = ui.kill();
     let _ = ui.wait();
-    Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(up.wait().unwrap().success());
+    stop(up);
 }
 
 /// The shipped topology with every hub a cluster of three nodes, written into `dir`.
@@ -1154,7 +1151,7 @@ fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let topology = three_node_topology(dir.path());
-    let mut up = up_on(&topology, &[], &state, Stdio::null());
+    let up = up_on(&topology, &[], &state, Stdio::null());
     let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
     assert!(
         running.nodes.values().all(|urls| urls.len() == 3),
@@ -1204,11 +1201,7 @@ fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
         text(&demo)
     );
 
-    Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(up.wait().unwrap().success());
+    stop(up);
 }
 
 /// A certificate authority of its own, and a client certificate it signed, in `dir`.
@@ -1244,7 +1237,7 @@ fn with_tls_the_system_runs_and_a_client_of_another_authority_is_refused() {
     let _turn = one_system_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut up = up(&["--tls"], &state);
+    let up = up(&["--tls"], &state);
     let demo = fractal(&[
         "demo",
         "--orders",
@@ -1302,11 +1295,7 @@ fn with_tls_the_system_runs_and_a_client_of_another_authority_is_refused() {
         );
     });
 
-    Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(up.wait().unwrap().success());
+    stop(up);
 }
 
 #[test]

@@ -463,9 +463,29 @@ fn differences(existing: &stream::Config, wanted: &stream::Config) -> Vec<String
     found
 }
 
-/// How long a read, write or publish waits for a hub that cannot answer (a node gone, a
-/// cluster electing a leader, which takes a few seconds) before it fails.
-pub(crate) const RIDE_OUT: Duration = Duration::from_secs(15);
+/// The time a read, write or publish may spend waiting for a hub that cannot answer (a node
+/// gone, a cluster electing a leader, which takes a few seconds) before it fails.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RideOut(std::time::Instant);
+
+impl RideOut {
+    const LIMIT: Duration = Duration::from_secs(15);
+
+    /// The operation starts now.
+    pub(crate) fn start() -> Self {
+        RideOut(std::time::Instant::now())
+    }
+
+    /// Whether `error` says the hub cannot answer, and the operation may still wait for it.
+    pub(crate) fn waits_for(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        unavailable(error) && self.0.elapsed() < Self::LIMIT
+    }
+
+    /// The pause before the operation is tried again.
+    pub(crate) async fn pause() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Whether `error` (or a cause of it) says the hub cannot answer right now rather than that
 /// the request was wrong: a timeout, no server listening for the request (a stream whose

@@ -11,6 +11,7 @@ use tracing::Instrument as _;
 use ulid::Ulid;
 
 use crate::event::NewEvent;
+use crate::hub::RideOut;
 use crate::metrics::{PLATFORM, TypeLabels};
 use crate::{Hub, telemetry, wire};
 
@@ -138,18 +139,14 @@ impl Publisher {
     /// for a moment (a node gone, a cluster electing a leader) is waited for, up to
     /// 15 s; the event's id keeps a publish that did land from being stored twice.
     pub async fn publish(&self, event: NewEvent) -> Result<Published, PublishError> {
-        let started = std::time::Instant::now();
+        let ride_out = RideOut::start();
         loop {
             let sent = match self.send(event.clone()).await {
                 Ok(pending) => pending.wait().await,
                 Err(e) => Err(e),
             };
             match sent {
-                Err(e)
-                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                 sent => return sent,
             }
         }

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use async_nats::jetstream::kv::{self, Operation};
@@ -32,6 +32,7 @@ use prost::Message as _;
 pub use live::{LiveView, PrefixWatch};
 
 use crate::Hub;
+use crate::hub::RideOut;
 use crate::proto::ViewRecord;
 use crate::telemetry;
 
@@ -357,7 +358,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
         F: FnMut(Option<Record<T>>) -> Option<Record<T>>,
     {
         check_key(key).map_err(|problem| ViewError::invalid(&self.name, problem))?;
-        let started = Instant::now();
+        let ride_out = RideOut::start();
         for attempt in 0..MAX_CONFLICTS {
             let (revision, current) = match self.entry(key).await? {
                 Some((revision, record)) => (revision, record),
@@ -381,11 +382,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                 }
                 // A node gone, a cluster electing a leader: read again and write once more,
                 // for a while; the revision keeps a write that did land from applying twice.
-                Err(e)
-                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                 Err(e) => {
                     return Err(ViewError::new(
                         &self.name,
@@ -416,16 +413,11 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// that stops between the two leaves the index entry; no later update of the key can tell
     /// where it was.)
     pub async fn delete(&self, key: &str) -> Result<(), ViewError> {
-        let started = Instant::now();
+        let ride_out = RideOut::start();
         if self.indexes.is_empty() {
             loop {
                 match self.store.delete(key).await {
-                    Err(e)
-                        if crate::hub::unavailable(&e)
-                            && started.elapsed() < crate::hub::RIDE_OUT =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                     deleted => {
                         return deleted.map_err(|e| {
                             ViewError::new(&self.name, format!("cannot delete `{key}`"), e)
@@ -450,11 +442,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                 Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision || conflicted(&e) => {
                     back_off(attempt).await;
                 }
-                Err(e)
-                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                 Err(e) => {
                     return Err(ViewError::new(
                         &self.name,
@@ -528,15 +516,11 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// The entry as stored: its revision, its record if it holds one, and (in an index) the
     /// primary revision it reflects.
     async fn stored(&self, key: &str) -> Result<Option<(u64, Option<Record<T>>, u64)>, ViewError> {
-        let started = Instant::now();
+        let ride_out = RideOut::start();
         let entry = loop {
             match self.store.entry(key).await {
                 // A node gone, a cluster electing a leader: wait it out, for a while.
-                Err(e)
-                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                 read => {
                     break read.map_err(|e| {
                         ViewError::new(&self.name, format!("cannot read `{key}`"), e)
@@ -665,7 +649,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         revision: u64,
         record: Option<&Record<T>>,
     ) -> Result<(), ViewError> {
-        let started = Instant::now();
+        let ride_out = RideOut::start();
         for attempt in 0..MAX_CONFLICTS {
             let (current, source) = self.stored(place).await?;
             if source >= revision {
@@ -682,11 +666,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || conflicted(&e) => {
                     back_off(attempt).await;
                 }
-                Err(e)
-                    if crate::hub::unavailable(&e) && started.elapsed() < crate::hub::RIDE_OUT =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                 Err(e) => {
                     return Err(ViewError::new(
                         &self.view.name,
