@@ -65,7 +65,8 @@ pub(crate) fn nodes(
 }
 
 /// The configuration of node `i` of hub `name`, its store in `store`; with `tls`, clients and
-/// routes must present a certificate of its authority (mutual TLS).
+/// routes must present a certificate of its authority (mutual TLS); with `authorization`
+/// (from [`crate::access::authorization`]), clients must present one of its nkeys.
 pub(crate) fn server_config(
     name: &str,
     spec: &HubSpec,
@@ -73,6 +74,7 @@ pub(crate) fn server_config(
     i: usize,
     store: &Path,
     tls: Option<&Certificates>,
+    authorization: Option<&str>,
 ) -> String {
     let node = &nodes[i];
     let mut conf = format!(
@@ -102,6 +104,9 @@ pub(crate) fn server_config(
         None => String::new(),
     };
     conf.push_str(&tls_block(""));
+    if let Some(authorization) = authorization {
+        conf.push_str(authorization);
+    }
     if nodes.len() > 1 {
         let _ = write!(
             conf,
@@ -142,7 +147,7 @@ mod tests {
             nodes.iter().map(|n| n.client).collect::<Vec<_>>(),
             [4234, 4334, 4434]
         );
-        let conf = server_config("ordering", &spec, &nodes, 1, Path::new("/s"), None);
+        let conf = server_config("ordering", &spec, &nodes, 1, Path::new("/s"), None, None);
         for line in [
             "server_name: ordering-1",
             "listen: 127.0.0.1:4334",
@@ -160,7 +165,7 @@ mod tests {
     fn one_node_has_no_cluster_and_keeps_nats_default_sync() {
         let spec = spec(4222, 1, Sync::Default);
         let nodes = nodes("system", &spec, 0, false).unwrap();
-        let conf = server_config("system", &spec, &nodes, 0, Path::new("/s"), None);
+        let conf = server_config("system", &spec, &nodes, 0, Path::new("/s"), None, None);
         assert!(conf.contains("server_name: system\n"), "{conf}");
         assert!(!conf.contains("cluster"), "{conf}");
         assert!(!conf.contains("sync_interval"), "{conf}");

@@ -1,6 +1,7 @@
 //! `fractal`: run a system (or one subsystem) locally from its topology file, draw it, watch
 //! and publish events, inspect and resubmit faults, and see whether it is healthy.
 
+mod access;
 mod events;
 mod faults;
 mod graph;
@@ -56,6 +57,11 @@ enum Command {
         /// and client are made for the run, under the state folder's `tls/`.
         #[arg(long)]
         tls: bool,
+        /// Hubs admit any client. By default each hub admits only its clients' nkeys (kept
+        /// under the state folder's `credentials/`), each with only the permissions the
+        /// topology derives for it.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Drive orders end to end through the system (started for the demo if not running).
     Demo {
@@ -204,7 +210,13 @@ enum HubAction {
         /// As `fractal up --tls` would write it.
         #[arg(long)]
         tls: bool,
+        /// As `fractal up --no-auth` would write it: no credentials, no permissions.
+        #[arg(long)]
+        no_auth: bool,
     },
+    /// Print who may do what on each hub, as `fractal up` grants it: a Markdown table per
+    /// hub of each client's events, faults, durable consumers and views.
+    Permissions,
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port_offset,
             no_restart,
             tls,
+            no_auth,
         } => {
             let topology = load(&topology_path)?
                 .select(&subsystems)
@@ -355,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 programs: programs()?,
                 ready_timeout: Duration::from_secs(60),
                 tls,
+                auth: !no_auth,
             };
             println!(
                 "Starting {} hub{}, {} services and {} bridges of `{}`…",
@@ -489,6 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     hub,
                     port_offset,
                     tls,
+                    no_auth,
                 },
         } => {
             let topology = load(&topology_path)?;
@@ -500,14 +515,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let nodes = hubs::nodes(&hub, spec, port_offset, tls)?;
             let certificates = tls.then(|| tls::Certificates::at(&state.join("tls")));
+            // The public keys of the run's credentials (made now if the run has none yet).
+            let authorization = if no_auth {
+                None
+            } else {
+                let credentials = access::Credentials::at(&state.join("credentials"))?;
+                Some(access::authorization(&topology, &hub, &credentials)?)
+            };
             for (i, node) in nodes.iter().enumerate() {
                 let store = state.join("hubs").join(&node.name);
                 println!(
                     "{}",
-                    hubs::server_config(&hub, spec, &nodes, i, &store, certificates.as_ref())
+                    hubs::server_config(
+                        &hub,
+                        spec,
+                        &nodes,
+                        i,
+                        &store,
+                        certificates.as_ref(),
+                        authorization.as_deref()
+                    )
                 );
             }
         }
+        Command::Hub {
+            action: HubAction::Permissions,
+        } => print!("{}", access::table(&load(&topology_path)?)),
         Command::Watchdog { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -555,6 +588,7 @@ async fn demo(
             programs: programs()?,
             ready_timeout: Duration::from_secs(60),
             tls: false,
+            auth: true,
         };
         let up = tokio::select! {
             up = Up::start(&topology, &options) => up?,

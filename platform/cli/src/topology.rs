@@ -117,6 +117,10 @@ pub(crate) struct ServiceSpec {
     /// External contracts (event types) it consumes from its hub.
     #[serde(default)]
     pub(crate) consumes: Vec<String>,
+    /// The views it keeps (their buckets are provisioned with the hub's streams, and only
+    /// this service may read and write them).
+    #[serde(default)]
+    pub(crate) views: Vec<String>,
 }
 
 /// A bridge.
@@ -199,6 +203,18 @@ impl Validate for TopologyFile {
             ] {
                 for (j, event_type) in types.iter().enumerate() {
                     problems.check(format!("{at}.{key}[{j}]"), wire::check_name(event_type));
+                }
+            }
+            for (j, view) in service.views.iter().enumerate() {
+                if view.is_empty()
+                    || !view
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    problems.add(
+                        format!("{at}.views[{j}]"),
+                        format!("`{view}` is not a view name (letters, digits, `_` and `-`)"),
+                    );
                 }
             }
         }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use fractal::local::{RunningProcess, RunningSystem};
 
+use crate::access::{self, Credentials, OPERATOR, PROVISIONER};
 use crate::topology::Topology;
 
 /// Oldest server the platform supports.
@@ -34,6 +35,9 @@ pub(crate) struct UpOptions {
     pub(crate) ready_timeout: Duration,
     /// Hubs require mutual TLS, with certificates of a private authority made for the run.
     pub(crate) tls: bool,
+    /// Hubs admit only their clients' nkeys, each with the permissions the topology derives
+    /// for it (see [`crate::access`]).
+    pub(crate) auth: bool,
 }
 
 /// The first wait before starting an exited child again.
@@ -219,30 +223,32 @@ fn bridge_client(bridge: &str) -> String {
     format!("bridge-{bridge}")
 }
 
-/// The name of the operator's certificate, for `fractal up`'s provisioning and the tools.
-const OPERATOR: &str = "operator";
-
-/// The environment that gives a client (under `key`: `ORDERING_HUB__`, `BRIDGE_SOURCE__`) the
-/// hub as `fractal up` runs it: every node's URL, the streams as the topology defines them and,
-/// with `tls`, the client's own certificate.
-fn hub_env(
-    key: &str,
-    hub: &fractal::HubConfig,
-    tls: Option<fractal::hub::TlsConfig>,
-) -> Vec<(String, String)> {
+/// The environment that gives a client (under `key`: `ORDERING_HUB__`, `BRIDGE_SOURCE__`) its
+/// hub as `fractal up` runs it: every node's URL, the streams as the topology defines them,
+/// and the client's own certificate, credential and inbox if it has them.
+fn hub_env(key: &str, hub: &fractal::HubConfig) -> Vec<(String, String)> {
     let urls: Vec<String> = hub.urls.iter().map(|u| format!("{u:?}")).collect();
     let mut env = vec![(format!("{key}URLS"), format!("[{}]", urls.join(",")))];
-    if let Some(tls) = tls {
+    if let Some(tls) = &hub.tls {
         for (setting, file) in [
-            ("CA_FILE", tls.ca_file),
-            ("CERT_FILE", tls.cert_file),
-            ("KEY_FILE", tls.key_file),
+            ("CA_FILE", &tls.ca_file),
+            ("CERT_FILE", &tls.cert_file),
+            ("KEY_FILE", &tls.key_file),
         ] {
             if let Some(file) = file {
                 env.push((format!("{key}TLS__{setting}"), file.display().to_string()));
             }
         }
     }
+    if let fractal::hub::AuthConfig::Nkey {
+        seed_file: Some(file),
+        ..
+    } = &hub.auth
+    {
+        env.push((format!("{key}AUTH__TYPE"), "nkey".to_owned()));
+        env.push((format!("{key}AUTH__SEED_FILE"), file.display().to_string()));
+    }
+    env.push((format!("{key}INBOX_PREFIX"), hub.inbox_prefix.clone()));
     for (stream, config) in [("EVENTS", &hub.events), ("FAULTS", &hub.faults)] {
         let storage = match config.storage {
             fractal::hub::Storage::File => "file",
@@ -264,6 +270,25 @@ fn hub_env(
         }
     }
     env
+}
+
+/// What one run gives each client to reach its hubs: certificates, credentials, or neither.
+#[derive(Debug, Default)]
+struct Access {
+    certificates: Option<crate::tls::Certificates>,
+    credentials: Option<Credentials>,
+}
+
+impl Access {
+    /// How client `id` (its certificate named `certificate`) reaches `hub`.
+    fn client(&self, hub: &fractal::HubConfig, certificate: &str, id: &str) -> fractal::HubConfig {
+        let mut config = hub.clone();
+        config.tls = self.certificates.as_ref().map(|c| c.client(certificate));
+        if let Some(credentials) = &self.credentials {
+            credentials.client(id, &mut config);
+        }
+        config
+    }
 }
 
 fn env_prefix(program: &str) -> String {
@@ -366,10 +391,26 @@ impl Up {
         } else {
             None
         };
+        let credentials = if options.auth {
+            let credentials = Credentials::at(&options.state.join("credentials"))?;
+            self.system.credential = Some(credentials.seed_file(OPERATOR));
+            Some(credentials)
+        } else {
+            None
+        };
+        let access = Access {
+            certificates,
+            credentials,
+        };
         let mut all_nodes = Vec::new();
         let mut hubs = BTreeMap::new();
         for (name, spec) in &topology.hubs {
             let nodes = crate::hubs::nodes(name, spec, offset, options.tls)?;
+            let authorization = access
+                .credentials
+                .as_ref()
+                .map(|credentials| access::authorization(topology, name, credentials))
+                .transpose()?;
             for (i, node) in nodes.iter().enumerate() {
                 let store = options.state.join("hubs").join(&node.name);
                 std::fs::create_dir_all(&store)?;
@@ -383,7 +424,8 @@ impl Up {
                     &nodes,
                     i,
                     &store,
-                    certificates.as_ref(),
+                    access.certificates.as_ref(),
+                    authorization.as_deref(),
                 );
                 std::fs::write(&conf, server)?;
                 self.hubs.push(Managed::start(
@@ -404,20 +446,27 @@ impl Up {
                 name.clone(),
                 nodes.iter().map(|n| n.monitor_url()).collect(),
             );
-            let mut config = topology
+            let config = topology
                 .hub_config(name, offset, options.tls)
                 .with_context(|| format!("hub `{name}` is not in the topology"))?;
-            config.tls = self.system.tls.clone();
             hubs.insert(name.clone(), config);
             all_nodes.extend(nodes);
         }
         for node in &all_nodes {
             self.wait_for_node(node, options.ready_timeout).await?;
         }
-        // The provisioning step: each hub's streams, as the topology defines them, before any
-        // client connects.
+        // The provisioning step, with its own credential: each hub's streams, as the
+        // topology defines them, and its services' views, before any client connects.
         for (name, config) in &hubs {
-            self.provision(config, options.ready_timeout).await?;
+            let views: Vec<&str> = topology
+                .services
+                .iter()
+                .filter(|s| s.hub() == name)
+                .flat_map(|s| s.spec.views.iter().map(String::as_str))
+                .collect();
+            let provisioner = access.client(config, OPERATOR, PROVISIONER);
+            self.provision(&provisioner, &views, options.ready_timeout)
+                .await?;
             eprintln!("  hub {name} ready at {}", config.urls.join(", "));
         }
 
@@ -425,8 +474,12 @@ impl Up {
             let program = program(&options.programs, &service.spec.program)?;
             let prefix = env_prefix(&service.spec.program);
             let admin = shifted(&service.config.admin.listen, offset)?;
-            let tls = certificates.as_ref().map(|c| c.client(&service.name()));
-            let mut env = hub_env(&format!("{prefix}HUB__"), &hubs[service.hub()], tls);
+            let client = access.client(
+                &hubs[service.hub()],
+                &service.name(),
+                &access::service_id(&service.name()),
+            );
+            let mut env = hub_env(&format!("{prefix}HUB__"), &client);
             env.push((format!("{prefix}ADMIN__LISTEN"), admin.clone()));
             let grpc = match &service.config.grpc {
                 Some(grpc) => {
@@ -465,11 +518,19 @@ impl Up {
             let program = program(&options.programs, "fractal-bridge")?;
             let config = &bridge.config;
             let admin = shifted(&config.admin.listen, offset)?;
-            let tls = certificates
-                .as_ref()
-                .map(|c| c.client(&bridge_client(&config.name)));
-            let mut env = hub_env("BRIDGE_SOURCE__", &hubs[&config.source.name], tls.clone());
-            env.extend(hub_env("BRIDGE_TARGET__", &hubs[&config.target.name], tls));
+            let certificate = bridge_client(&config.name);
+            let side = |hub: &str, side: &str| {
+                access.client(
+                    &hubs[hub],
+                    &certificate,
+                    &access::bridge_id(&config.name, side),
+                )
+            };
+            let mut env = hub_env("BRIDGE_SOURCE__", &side(&config.source.name, "source"));
+            env.extend(hub_env(
+                "BRIDGE_TARGET__",
+                &side(&config.target.name, "target"),
+            ));
             env.push(("BRIDGE_ADMIN__LISTEN".to_owned(), admin.clone()));
             let name = format!("bridge {}", config.name);
             let log = logs.join(format!("bridge-{}.log", config.name));
@@ -652,22 +713,28 @@ impl Up {
         }
     }
 
-    /// Creates or updates the hub's streams, retrying while a new cluster settles.
+    /// Creates or updates the hub's streams and creates its `views`, retrying while a new
+    /// cluster settles.
     async fn provision(
         &mut self,
         config: &fractal::HubConfig,
+        views: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = async {
                 let hub = fractal::Hub::connect(config).await?;
-                hub.provision().await
+                hub.provision().await?;
+                for view in views {
+                    fractal::view::provision(&hub, view).await?;
+                }
+                Ok::<_, anyhow::Error>(())
             };
             match attempt.await {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
-                    return Err(anyhow::Error::new(e).context("cannot provision the hub's streams"));
+                    return Err(e.context("cannot provision the hub's streams and views"));
                 }
                 Err(_) => {
                     self.check_alive()?;

@@ -686,12 +686,9 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
     // Each order delivered once: one `order.delivered` per order on the ordering hub.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let delivered = runtime.block_on(async {
-        let hub = fractal::Hub::connect(&fractal::HubConfig::local(
-            "ordering",
-            &again.hubs["ordering"],
-        ))
-        .await
-        .unwrap();
+        let hub = fractal::Hub::connect(&again.hub_config("ordering").unwrap())
+            .await
+            .unwrap();
         fractal_testkit::events_of_type(&hub, "order.delivered").await
     });
     let mut orders: Vec<&str> = delivered.iter().map(|e| e.key.as_str()).collect();
@@ -1312,9 +1309,22 @@ fn hub_config_prints_each_node_of_a_cluster_for_review() {
         "listen: 127.0.0.1:4424",
         "nats://127.0.0.1:6224",
         "nats://127.0.0.1:6424",
+        "authorization {",
+        "# service ordering/checkout",
+        "nkey: U",
+        "\"$JS.API.CONSUMER.MSG.NEXT.EVENTS.checkout\"",
     ] {
         assert!(config.contains(line), "{line} in\n{config}");
     }
+    let open = fractal(&[
+        "hub",
+        "config",
+        "ordering",
+        "--no-auth",
+        "--topology",
+        &topology,
+    ]);
+    assert!(!text(&open).contains("authorization"), "{}", text(&open));
     let unknown = fractal(&["hub", "config", "nowhere", "--topology", &topology]);
     assert!(!unknown.status.success());
     assert!(
@@ -1322,4 +1332,176 @@ fn hub_config_prints_each_node_of_a_cluster_for_review() {
         "{}",
         text(&unknown)
     );
+}
+
+/// How client `id` of a run reaches `hub`: its own seed and inbox, as `fractal up` hands them.
+fn as_client(state: &Path, hub: &str, id: &str) -> fractal::HubConfig {
+    let running = fractal::local::RunningSystem::load(&state.join("running.json"))
+        .expect("the run's description");
+    let mut config = running.hub_config(hub).expect("the hub runs");
+    config.auth = fractal::hub::AuthConfig::Nkey {
+        seed: None,
+        seed_file: Some(state.join("credentials").join(format!("{id}.nk"))),
+    };
+    config.inbox_prefix = format!("_INBOX.{id}");
+    config.connect_timeout_secs = 3;
+    config.request_timeout_secs = 3;
+    config
+}
+
+fn probe(scope: fractal::Scope, event_type: &str) -> NewEvent {
+    NewEvent::from_parts(
+        scope,
+        event_type,
+        "probe-1",
+        "google.protobuf.Empty",
+        bytes::Bytes::new(),
+    )
+}
+
+#[test]
+fn each_client_may_do_only_what_the_topology_grants_it() {
+    use fractal::hub::{AuthConfig, HubErrorKind};
+    use fractal::publish::PublishErrorKind;
+    use fractal::{Hub, Publisher, Scope};
+
+    let _turn = one_system_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = up(&[], &state);
+    let credentials = state.join("credentials");
+    for entry in std::fs::read_dir(&credentials).unwrap() {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &entry.unwrap().metadata().unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "seed files are the owner's alone");
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // The delivery gateway publishes what the topology lists, nothing else, and cannot
+        // touch another service's durable or view, nor the streams.
+        let gateway = Hub::connect(&as_client(&state, "delivery", "delivery-gateway"))
+            .await
+            .expect("the gateway's own credential is accepted");
+        let publisher = Publisher::new(&gateway, "delivery/gateway");
+        publisher
+            .publish(probe(Scope::Internal, "probe.sent"))
+            .await
+            .expect("its subsystem's internal events");
+        let refused = publisher
+            .publish(probe(Scope::External, "order.placed"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), PublishErrorKind::Forbidden, "{refused}");
+        for part in [
+            "events.external.order.placed",
+            "nkey U",
+            "delivery-gateway.nk",
+        ] {
+            assert!(refused.to_string().contains(part), "{part} in {refused}");
+        }
+
+        let durable = Consumer::new(&gateway, "dispatch", ConsumerConfig::default())
+            .on("order.ready", |_| async { Ok::<_, HandlerError>(()) })
+            .run(CancellationToken::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            durable.contains("permissions violation")
+                && durable.contains("$JS.API.CONSUMER.CREATE.EVENTS.dispatch"),
+            "{durable}"
+        );
+        let view = fractal::view::View::<()>::open(&gateway, "deliveries")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            view.contains("permissions violation") && view.contains("KV_view_deliveries"),
+            "{view}"
+        );
+        assert!(gateway.jetstream().delete_stream("EVENTS").await.is_err());
+
+        // A bridge's target side publishes only its routes' external types.
+        let target = Hub::connect(&as_client(
+            &state,
+            "delivery",
+            "bridge-system-to-delivery-target",
+        ))
+        .await
+        .unwrap();
+        let relay = Publisher::new(&target, "bridge");
+        for event in [
+            probe(Scope::Internal, "probe.sent"),
+            probe(Scope::External, "order.placed"),
+        ] {
+            let error = relay.publish(event).await.unwrap_err();
+            assert_eq!(error.kind(), PublishErrorKind::Forbidden, "{error}");
+        }
+
+        // The operator still sees the streams; nothing was deleted.
+        let operator = fractal::local::RunningSystem::load(&state.join("running.json"))
+            .unwrap()
+            .hub_config("delivery")
+            .unwrap();
+        let hub = Hub::connect(&operator).await.unwrap();
+        hub.jetstream().get_stream("EVENTS").await.expect("EVENTS");
+
+        // No credential, another key, a missing or a garbled seed: each refused at once,
+        // named.
+        let mut config = operator.clone();
+        config.auth = AuthConfig::None;
+        let error = Hub::connect(&config).await.unwrap_err();
+        assert_eq!(error.kind(), HubErrorKind::Credentials, "{error}");
+        assert!(
+            error.to_string().contains("admits only known credentials"),
+            "{error}"
+        );
+
+        let stranger = nkeys::KeyPair::new_user();
+        let wrong = dir.path().join("wrong.nk");
+        std::fs::write(&wrong, stranger.seed().unwrap()).unwrap();
+        let garbled = dir.path().join("garbled.nk");
+        std::fs::write(&garbled, "SUNOTASEED").unwrap();
+        for (file, says) in [
+            (wrong.clone(), stranger.public_key()),
+            (dir.path().join("missing.nk"), "cannot read".to_owned()),
+            (garbled, "does not hold an nkey seed".to_owned()),
+        ] {
+            config.auth = AuthConfig::Nkey {
+                seed: None,
+                seed_file: Some(file),
+            };
+            let error = Hub::connect(&config).await.unwrap_err();
+            assert_eq!(error.kind(), HubErrorKind::Credentials, "{error}");
+            assert!(error.to_string().contains(&says), "{says} in {error}");
+        }
+
+        // A service given a wrong seed stops at start-up, saying why, and publishes nothing.
+        let before = hub.jetstream().get_stream("EVENTS").await.unwrap();
+        let program = Path::new(env!("CARGO_BIN_EXE_fractal")).with_file_name("delivery");
+        let output = tokio::process::Command::new(program)
+            .arg("--config")
+            .arg(root().join("subsystems/delivery/config/dispatch.toml"))
+            .env("DELIVERY_HUB__URLS", format!("[{:?}]", operator.urls[0]))
+            .env("DELIVERY_HUB__AUTH__TYPE", "nkey")
+            .env("DELIVERY_HUB__AUTH__SEED_FILE", &wrong)
+            .env("DELIVERY_ADMIN__LISTEN", "127.0.0.1:0")
+            .output()
+            .await
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{said}");
+        assert!(said.contains(&stranger.public_key()), "{said}");
+        let mut after = hub.jetstream().get_stream("EVENTS").await.unwrap();
+        assert_eq!(
+            after.info().await.unwrap().state.messages,
+            before.cached_info().state.messages
+        );
+    });
+    stop(up);
 }

@@ -203,7 +203,9 @@ impl From<crate::publish::PublishError> for HandlerError {
     fn from(error: crate::publish::PublishError) -> Self {
         use crate::publish::PublishErrorKind as Kind;
         match error.kind() {
-            Kind::InvalidEvent | Kind::TooLarge => HandlerError::Permanent(Box::new(error)),
+            Kind::InvalidEvent | Kind::TooLarge | Kind::Forbidden => {
+                HandlerError::Permanent(Box::new(error))
+            }
             Kind::TimedOut => HandlerError::Unavailable(Box::new(error)),
             Kind::Refused if crate::hub::unavailable(&error) => {
                 HandlerError::Unavailable(Box::new(error))
@@ -333,11 +335,15 @@ impl Consumer {
             stream: stream_name.clone(),
             source,
         };
+        // A credential that may not open this durable gets no reply at all; its refusal,
+        // reported on the connection, fails the start at once.
+        let opening = format!("opening durable consumer `{durable}`");
+        let api = |subject: &str| subject.starts_with("$JS.API.");
         let stream = self
             .hub
-            .jetstream()
-            .get_stream(&stream_name)
+            .unless_refused(&opening, api, self.hub.jetstream().get_stream(&stream_name))
             .await
+            .map_err(|e| hub_error(e.into()))?
             .map_err(|e| hub_error(e.into()))?;
         let mut filter_subjects: Vec<String> = self
             .handlers
@@ -350,25 +356,28 @@ impl Consumer {
         } else {
             (String::new(), filter_subjects)
         };
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(durable.clone()),
-                description: Some(format!("Fractal service `{}`", self.service)),
-                filter_subject,
-                filter_subjects,
-                deliver_policy: match self.config.start {
-                    Start::All => DeliverPolicy::All,
-                    Start::New => DeliverPolicy::New,
-                },
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(self.config.ack_wait_secs),
-                // The runtime counts deliveries and turns the last one into a fault; the hub
-                // must never give up on a message by itself.
-                max_deliver: -1,
-                max_ack_pending: self.config.max_ack_pending as i64,
-                ..Default::default()
-            })
+        let create = stream.create_consumer(pull::Config {
+            durable_name: Some(durable.clone()),
+            description: Some(format!("Fractal service `{}`", self.service)),
+            filter_subject,
+            filter_subjects,
+            deliver_policy: match self.config.start {
+                Start::All => DeliverPolicy::All,
+                Start::New => DeliverPolicy::New,
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(self.config.ack_wait_secs),
+            // The runtime counts deliveries and turns the last one into a fault; the hub
+            // must never give up on a message by itself.
+            max_deliver: -1,
+            max_ack_pending: self.config.max_ack_pending as i64,
+            ..Default::default()
+        });
+        let consumer: consumer::PullConsumer = self
+            .hub
+            .unless_refused(&opening, api, create)
             .await
+            .map_err(|e| hub_error(e.into()))?
             .map_err(|e| hub_error(e.into()))?;
         tracing::info!(
             service = %self.service,

@@ -6,11 +6,13 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions};
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
 use crate::config::{Problems, Secret, Validate, join};
 use crate::wire;
@@ -37,6 +39,10 @@ pub struct HubConfig {
     /// Timeout for JetStream requests and publish acknowledgements, in seconds.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// The subject prefix of this client's reply subjects. A hub that grants each client
+    /// only its own replies (`_INBOX.<client>.>`) gives each its own prefix.
+    #[serde(default = "default_inbox_prefix")]
+    pub inbox_prefix: String,
     /// The stream that stores every event published to the hub: the event lake. Settings
     /// not given keep their defaults (`EVENTS`, file storage, no limits).
     #[serde(default = "default_events_stream", deserialize_with = "events_stream")]
@@ -54,6 +60,9 @@ fn default_connect_timeout_secs() -> u64 {
 }
 fn default_request_timeout_secs() -> u64 {
     10
+}
+fn default_inbox_prefix() -> String {
+    "_INBOX".into()
 }
 fn default_events_stream() -> StreamConfig {
     StreamConfig::named("EVENTS")
@@ -121,6 +130,7 @@ impl HubConfig {
             tls: None,
             connect_timeout_secs: default_connect_timeout_secs(),
             request_timeout_secs: default_request_timeout_secs(),
+            inbox_prefix: default_inbox_prefix(),
             events: default_events_stream(),
             faults: default_faults_stream(),
         }
@@ -159,6 +169,20 @@ impl Validate for HubConfig {
         }
         if self.request_timeout_secs == 0 {
             problems.add(join(path, "request_timeout_secs"), "must be at least 1");
+        }
+        if self.inbox_prefix.split('.').any(|token| {
+            token.is_empty()
+                || token
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '*' | '>'))
+        }) {
+            problems.add(
+                join(path, "inbox_prefix"),
+                format!(
+                    "`{}` is not a subject prefix (dot-separated tokens, no wildcards)",
+                    self.inbox_prefix
+                ),
+            );
         }
         self.events.validate(&join(path, "events"), problems);
         self.faults.validate(&join(path, "faults"), problems);
@@ -523,6 +547,8 @@ pub enum HubErrorKind {
     Provision,
     /// A stream exists with settings other than this client's configuration.
     Mismatch,
+    /// The hub's permissions do not let this client's credential do what it asked.
+    Forbidden,
 }
 
 /// An operation on a hub failed.
@@ -566,13 +592,52 @@ pub struct Hub {
     events_stream: String,
     faults_stream: String,
     config: HubConfig,
+    credential: String,
+    refusals: broadcast::Sender<Arc<str>>,
+}
+
+/// What the server reported refusing this client: the subject of a publish or subscription
+/// its permissions do not allow.
+fn refused_subject(error: &async_nats::ServerError) -> Option<&str> {
+    let async_nats::ServerError::Other(text) = error else {
+        return None;
+    };
+    if !text.to_lowercase().contains("permissions violation") {
+        return None;
+    }
+    let start = text.find('"')? + 1;
+    let end = text.rfind('"')?;
+    (start < end).then(|| &text[start..end])
+}
+
+/// The subjects a hub refuses a client from now on, as its server reports them.
+#[derive(Debug)]
+pub(crate) struct Refusals(broadcast::Receiver<Arc<str>>);
+
+impl Refusals {
+    /// The first subject refused for which `which` is true.
+    pub(crate) async fn of(&mut self, which: impl Fn(&str) -> bool) -> Arc<str> {
+        loop {
+            match self.0.recv().await {
+                Ok(subject) if which(&subject) => return subject,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
 }
 
 impl Hub {
     /// Connects to the hub. Fails if the first connection cannot be made within
     /// `connect_timeout_secs`; once connected, the client reconnects forever with backoff.
+    /// Credentials that cannot be read, a seed that is not a user's nkey seed and a hub that
+    /// refuses the credential are [`HubErrorKind::Credentials`] errors, which retrying cannot
+    /// mend.
     pub async fn connect(config: &HubConfig) -> Result<Hub, HubError> {
         let hub = config.name.as_str();
+        let credentials = |message: String, source: Box<dyn std::error::Error + Send + Sync>| {
+            HubError::new(HubErrorKind::Credentials, hub, message, source)
+        };
         let secret =
             |inline: &Option<Secret>, file: &Option<PathBuf>| -> Result<String, HubError> {
                 match (inline, file) {
@@ -580,25 +645,24 @@ impl Hub {
                     (None, Some(path)) => std::fs::read_to_string(path)
                         .map(|s| s.trim().to_owned())
                         .map_err(|e| {
-                            HubError::new(
-                                HubErrorKind::Credentials,
-                                hub,
-                                format!("cannot read `{}`", path.display()),
-                                e,
-                            )
+                            credentials(format!("cannot read `{}`", path.display()), e.into())
                         }),
                     (None, None) => Ok(String::new()),
                 }
             };
+        let (refusals, _) = broadcast::channel(64);
         let mut options = ConnectOptions::new()
             .name(format!("fractal:{hub}"))
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(config.connect_timeout_secs))
             .request_timeout(Some(Duration::from_secs(config.request_timeout_secs)))
+            .custom_inbox_prefix(&config.inbox_prefix)
             .event_callback({
                 let hub = hub.to_owned();
+                let refusals = refusals.clone();
                 move |event| {
                     let hub = hub.clone();
+                    let refusals = refusals.clone();
                     async move {
                         match event {
                             async_nats::Event::Connected => {
@@ -607,28 +671,68 @@ impl Hub {
                             async_nats::Event::Disconnected => {
                                 tracing::warn!(hub, "Disconnected from hub; reconnecting.")
                             }
+                            async_nats::Event::ServerError(error) => {
+                                if let Some(subject) = refused_subject(&error) {
+                                    let _ = refusals.send(subject.into());
+                                }
+                                tracing::warn!(hub, %error, "The hub reported an error.")
+                            }
                             other => tracing::debug!(hub, event = %other, "Hub connection event."),
                         }
                     }
                 }
             });
-        options = match &config.auth {
-            AuthConfig::None => options,
+        let credential;
+        (options, credential) = match &config.auth {
+            AuthConfig::None => (options, "no credential".to_owned()),
             AuthConfig::UserPassword {
                 user,
                 password,
                 password_file,
-            } => options.user_and_password(user.clone(), secret(password, password_file)?),
-            AuthConfig::Token { token, token_file } => options.token(secret(token, token_file)?),
-            AuthConfig::Nkey { seed, seed_file } => options.nkey(secret(seed, seed_file)?),
-            AuthConfig::Creds { path } => options.credentials_file(path).await.map_err(|e| {
-                HubError::new(
-                    HubErrorKind::Credentials,
-                    hub,
-                    format!("cannot read credentials `{}`", path.display()),
-                    e,
-                )
-            })?,
+            } => (
+                options.user_and_password(user.clone(), secret(password, password_file)?),
+                format!("user `{user}`"),
+            ),
+            AuthConfig::Token { token, token_file } => (
+                options.token(secret(token, token_file)?),
+                match token_file {
+                    Some(file) => format!("the token in `{}`", file.display()),
+                    None => "the configured token".to_owned(),
+                },
+            ),
+            AuthConfig::Nkey { seed, seed_file } => {
+                let from = match seed_file {
+                    Some(file) => format!("`{}`", file.display()),
+                    None => "the configured seed".to_owned(),
+                };
+                let seed = secret(seed, seed_file)?;
+                let key = nkeys::KeyPair::from_seed(&seed).map_err(|e| {
+                    credentials(format!("{from} does not hold an nkey seed"), e.into())
+                })?;
+                let public = key.public_key();
+                if !public.starts_with('U') {
+                    return Err(HubError {
+                        kind: HubErrorKind::Credentials,
+                        hub: hub.to_owned(),
+                        message: format!(
+                            "{from} holds the seed of an nkey that is not a user's (its public \
+                             key starts with `{}`; a user's starts with `U`)",
+                            &public[..1]
+                        ),
+                        source: None,
+                    });
+                }
+                (options.nkey(seed), format!("nkey {public} from {from}"))
+            }
+            AuthConfig::Creds { path } => (
+                options.credentials_file(path).await.map_err(|e| {
+                    credentials(
+                        format!("cannot read credentials `{}`", path.display()),
+                        e.into(),
+                    )
+                })?,
+                format!("the credentials in `{}`", path.display()),
+            ),
         };
         if let Some(tls) = &config.tls {
             options = options.require_tls(tls.required);
@@ -645,13 +749,29 @@ impl Hub {
             .map(|u| u.parse())
             .collect::<Result<_, _>>()
             .map_err(|e| HubError::new(HubErrorKind::Connect, hub, "bad server URL", e))?;
-        let client = options.connect(urls).await.map_err(|e| {
-            HubError::new(
+        let client = options.connect(urls).await.map_err(|e| match e.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication => credentials(
+                match config.auth {
+                    AuthConfig::None => format!(
+                        "the hub at {} admits only known credentials, and this client has \
+                         none (`auth`)",
+                        config.urls.join(", ")
+                    ),
+                    _ => format!(
+                        "the hub at {} refused {credential}: it is not one of the hub's \
+                         credentials (a wrong or old seed?)",
+                        config.urls.join(", ")
+                    ),
+                },
+                e.into(),
+            ),
+            _ => HubError::new(
                 HubErrorKind::Connect,
                 hub,
                 format!("cannot connect to {}", config.urls.join(", ")),
                 e,
-            )
+            ),
         })?;
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(config.request_timeout_secs))
@@ -663,7 +783,48 @@ impl Hub {
             events_stream: config.events.name.clone(),
             faults_stream: config.faults.name.clone(),
             config: config.clone(),
+            credential,
+            refusals,
         })
+    }
+
+    /// The subjects the hub refuses this client from now on.
+    pub(crate) fn refusals(&self) -> Refusals {
+        Refusals(self.refusals.subscribe())
+    }
+
+    /// What the credential of this connection is, for messages: `nkey UAB… from <file>`.
+    pub fn credential(&self) -> &str {
+        &self.credential
+    }
+
+    /// The error for `subject`, which the hub refused this client while it was doing `what`.
+    pub(crate) fn forbidden(&self, what: &str, subject: &str) -> HubError {
+        HubError {
+            kind: HubErrorKind::Forbidden,
+            hub: self.name.clone(),
+            message: format!(
+                "{what}: the hub does not let {} use `{subject}` (permissions violation)",
+                self.credential
+            ),
+            source: None,
+        }
+    }
+
+    /// Runs `operation`, unless first the hub refuses this client a subject for which `which`
+    /// is true: then a [`HubErrorKind::Forbidden`] error for `what`, at once, where the
+    /// operation would have waited for a reply that never comes.
+    pub(crate) async fn unless_refused<T>(
+        &self,
+        what: &str,
+        which: impl Fn(&str) -> bool,
+        operation: impl std::future::Future<Output = T>,
+    ) -> Result<T, HubError> {
+        let mut refusals = self.refusals();
+        tokio::select! {
+            done = operation => Ok(done),
+            subject = refusals.of(which) => Err(self.forbidden(what, &subject)),
+        }
     }
 
     /// Connects, retrying with backoff until the hub answers, then makes sure its streams
@@ -684,7 +845,12 @@ impl Hub {
             match attempt.await {
                 Ok(hub) => return Ok(Some(hub)),
                 Err(e)
-                    if matches!(e.kind(), HubErrorKind::Mismatch | HubErrorKind::Credentials) =>
+                    if matches!(
+                        e.kind(),
+                        HubErrorKind::Mismatch
+                            | HubErrorKind::Credentials
+                            | HubErrorKind::Forbidden
+                    ) =>
                 {
                     return Err(e);
                 }
@@ -735,9 +901,12 @@ impl Hub {
         ] {
             let wanted = config.to_nats(&format!("{prefix}.>"));
             let existing = self
-                .jetstream
-                .get_or_create_stream(wanted.clone())
-                .await
+                .unless_refused(
+                    &format!("checking stream `{}`", config.name),
+                    |subject| subject.starts_with("$JS.API.STREAM."),
+                    self.jetstream.get_or_create_stream(wanted.clone()),
+                )
+                .await?
                 .map_err(|e| {
                     HubError::new(
                         HubErrorKind::Provision,
@@ -798,5 +967,23 @@ impl Hub {
     /// How many replicas the hub's streams have, and its views are to have.
     pub fn replicas(&self) -> usize {
         self.config.events.replicas
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permissions_violation_names_the_refused_subject() {
+        let error = async_nats::ServerError::Other(
+            "Permissions Violation for Publish to \"events.external.order.placed\"".into(),
+        );
+        assert_eq!(
+            refused_subject(&error),
+            Some("events.external.order.placed")
+        );
+        let other = async_nats::ServerError::Other("Maximum Payload Violation".into());
+        assert_eq!(refused_subject(&other), None);
     }
 }

@@ -22,6 +22,9 @@ pub struct RunningSystem {
     /// The TLS settings of the operator's tools, when the hubs require TLS.
     #[serde(default)]
     pub tls: Option<crate::hub::TlsConfig>,
+    /// The nkey seed file of the operator's tools, when the hubs require credentials.
+    #[serde(default)]
+    pub credential: Option<std::path::PathBuf>,
     /// Each hub's monitoring endpoints (`http://127.0.0.1:8222`), one per node, by hub name.
     #[serde(default)]
     pub monitors: BTreeMap<String, Vec<String>>,
@@ -89,7 +92,8 @@ impl RunningSystem {
         })
     }
 
-    /// How the operator's tools connect to `hub`: every node, with TLS if the run uses it.
+    /// How the operator's tools connect to `hub`: every node, with TLS and the operator's
+    /// credential if the run uses them.
     pub fn hub_config(&self, hub: &str) -> Option<crate::HubConfig> {
         let urls = self
             .nodes
@@ -99,6 +103,12 @@ impl RunningSystem {
         let mut config = crate::HubConfig::local(hub, "");
         config.urls = urls;
         config.tls = self.tls.clone();
+        if let Some(seed_file) = &self.credential {
+            config.auth = crate::hub::AuthConfig::Nkey {
+                seed: None,
+                seed_file: Some(seed_file.clone()),
+            };
+        }
         Some(config)
     }
 

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 use ulid::Ulid;
 
 use crate::event::NewEvent;
-use crate::hub::RideOut;
+use crate::hub::{Refusals, RideOut};
 use crate::metrics::{PLATFORM, TypeLabels};
 use crate::{Hub, telemetry, wire};
 
@@ -50,6 +50,9 @@ pub enum PublishErrorKind {
     Refused,
     /// The event is larger than the hub accepts.
     TooLarge,
+    /// The hub's permissions do not let this client publish on the event's subject. Not
+    /// retried: the topology grants what each service publishes.
+    Forbidden,
 }
 
 /// The hub did not store an event.
@@ -101,14 +104,27 @@ struct Pending {
     id: Ulid,
     subject: String,
     published: Counter,
+    /// A publish the hub refuses is never acknowledged: its refusal ends the wait.
+    refusals: Refusals,
 }
 
 impl Pending {
-    async fn wait(self) -> Result<Published, PublishError> {
-        let ack: PublishAck = self
-            .ack
-            .await
-            .map_err(|e| PublishError::from_nats(self.id, &self.subject, e))?;
+    async fn wait(mut self, hub: &Hub) -> Result<Published, PublishError> {
+        let subject = self.subject.as_str();
+        let ack: PublishAck = tokio::select! {
+            ack = self.ack => ack.map_err(|e| PublishError::from_nats(self.id, subject, e))?,
+            _ = self.refusals.of(|refused| refused == subject) => {
+                return Err(PublishError::new(
+                    PublishErrorKind::Forbidden,
+                    self.id,
+                    subject,
+                    format!(
+                        "the hub does not let {} publish on it (permissions violation)",
+                        hub.credential()
+                    ),
+                ));
+            }
+        };
         if !ack.duplicate {
             self.published.inc();
         }
@@ -142,7 +158,7 @@ impl Publisher {
         let ride_out = RideOut::start();
         loop {
             let sent = match self.send(event.clone()).await {
-                Ok(pending) => pending.wait().await,
+                Ok(pending) => pending.wait(&self.hub).await,
                 Err(e) => Err(e),
             };
             match sent {
@@ -167,12 +183,12 @@ impl Publisher {
                 if pending.len() == PIPELINE_WINDOW
                     && let Some(oldest) = pending.pop_front()
                 {
-                    published.push(oldest.wait().await?);
+                    published.push(oldest.wait(&self.hub).await?);
                 }
                 pending.push_back(self.send(event.clone()).await?);
             }
             while let Some(p) = pending.pop_front() {
-                published.push(p.wait().await?);
+                published.push(p.wait(&self.hub).await?);
             }
             Ok::<_, PublishError>(())
         };
@@ -214,6 +230,7 @@ impl Publisher {
             fractal.partition_key = %event.key,
         );
         let (mut headers, body) = event.encode(&self.source, self.hub.name());
+        let refusals = self.hub.refusals();
         telemetry::inject(&span, &mut headers);
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .headers(headers)
@@ -230,6 +247,7 @@ impl Publisher {
             id,
             subject,
             published,
+            refusals,
         })
     }
 

@@ -192,6 +192,29 @@ fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// Makes sure the key-value bucket of view `name` exists on `hub` (`view_<name>`),
+/// replicated like the hub's streams: what a hub's provisioning step does for each view up
+/// front, so that services need no right to create streams, and [`View::open`] does for a
+/// view nobody provisioned.
+pub async fn provision(hub: &Hub, name: &str) -> Result<kv::Store, ViewError> {
+    let bucket = format!("view_{name}");
+    match hub.jetstream().get_key_value(&bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => hub
+            .jetstream()
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: format!("View `{name}` of hub `{}`.", hub.name()),
+                history: 1,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                num_replicas: hub.replicas(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ViewError::new(name, format!("cannot create bucket `{bucket}`"), e)),
+    }
+}
+
 /// A typed view over one key-value bucket, and the indexes every update keeps in step.
 #[derive(Debug, Clone)]
 pub struct View<T> {
@@ -216,22 +239,16 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             ));
         }
         let bucket = format!("view_{name}");
-        let store = match hub.jetstream().get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => hub
-                .jetstream()
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: format!("View `{name}` of hub `{}`.", hub.name()),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    // Replicated like the hub's streams.
-                    num_replicas: hub.replicas(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ViewError::new(name, format!("cannot create bucket `{bucket}`"), e))?,
-        };
+        // A credential that may not use the bucket gets no reply at all; its refusal,
+        // reported on the connection, fails the open at once.
+        let stream = format!("KV_{bucket}");
+        let refused = |subject: &str| subject.starts_with("$JS.API.") && subject.contains(&stream);
+        let opening = format!("opening view `{name}` (bucket `{bucket}`)");
+        let open = provision(hub, name);
+        let store = hub
+            .unless_refused(&opening, refused, open)
+            .await
+            .map_err(|e| ViewError::new(name, "the hub refused this credential", e))??;
         Ok(View {
             name: name.to_owned(),
             store,

@@ -44,8 +44,10 @@ async fn user_and_password_from_config_or_file() {
         password: Some(Secret::from("wrong".to_string())),
         password_file: None,
     };
+    // Refused credentials are not retried, and the error names them.
     let error = Hub::connect(&config).await.unwrap_err();
-    assert_eq!(error.kind(), HubErrorKind::Connect);
+    assert_eq!(error.kind(), HubErrorKind::Credentials);
+    assert!(error.to_string().contains("user `checkout`"), "{error}");
 }
 
 #[tokio::test]
