@@ -566,7 +566,10 @@ impl Route {
                         flight.slots.push_back(Slot { ack, state });
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(route = %self.config.name, error = %e, "Pull from the source hub failed; continuing.");
+                        tracing::warn!(route = %self.config.name, error = %e, "Pull from the source hub failed.");
+                        if fractal::consume::pull_lost(&e) {
+                            messages = None;
+                        }
                     }
                     None => messages = None,
                 },

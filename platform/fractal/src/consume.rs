@@ -436,7 +436,10 @@ impl Consumer {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "Pull from the hub failed; continuing.");
+                        tracing::warn!(error = %e, "Pull from the hub failed.");
+                        if pull_lost(&e) {
+                            messages = None;
+                        }
                     }
                     None => messages = None,
                 },
@@ -729,8 +732,17 @@ async fn wait(shared: &Shared, message: &async_nats::jetstream::Message, delay: 
     }
 }
 
+/// Whether a pull stream's `error` says its pull request was lost: the server it waited on is
+/// gone (a node of a clustered hub died, and the consumer has a new leader) and no heartbeat
+/// comes. The stream would wait out the request's 30 s expiry before asking again; a new
+/// [`pull`] asks the consumer's current leader at once.
+pub fn pull_lost(error: &pull::MessagesError) -> bool {
+    error.kind() == pull::MessagesErrorKind::MissingHeartbeat
+}
+
 /// Starts pulling from `consumer` in batches of `batch`, retrying every second until the hub
-/// answers; `None` once `shutdown` is cancelled.
+/// answers; `None` once `shutdown` is cancelled. The hub sends a heartbeat every 2 s while it
+/// has nothing to deliver, so a lost pull request shows within a few seconds ([`pull_lost`]).
 pub async fn pull(
     consumer: &consumer::PullConsumer,
     batch: usize,
@@ -740,7 +752,7 @@ pub async fn pull(
         let started = consumer
             .stream()
             .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
             .expires(Duration::from_secs(30))
             .messages()
             .await;

@@ -198,21 +198,44 @@ fn check_key(key: &str) -> Result<(), String> {
 /// view nobody provisioned.
 pub async fn provision(hub: &Hub, name: &str) -> Result<kv::Store, ViewError> {
     let bucket = format!("view_{name}");
-    match hub.jetstream().get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => hub
-            .jetstream()
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: format!("View `{name}` of hub `{}`.", hub.name()),
-                history: 1,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                num_replicas: hub.replicas(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ViewError::new(name, format!("cannot create bucket `{bucket}`"), e)),
+    let ride_out = RideOut::start();
+    loop {
+        match hub.jetstream().get_key_value(&bucket).await {
+            Ok(store) => return Ok(store),
+            Err(e) if missing(&e) => break,
+            Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
+            Err(e) => {
+                return Err(ViewError::new(
+                    name,
+                    format!("cannot open bucket `{bucket}`"),
+                    e,
+                ));
+            }
+        }
     }
+    hub.jetstream()
+        .create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            description: format!("View `{name}` of hub `{}`.", hub.name()),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: hub.replicas(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ViewError::new(name, format!("cannot create bucket `{bucket}`"), e))
+}
+
+/// Whether `error` (or a cause of it) says the bucket does not exist.
+fn missing(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().to_lowercase().contains("stream not found") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A typed view over one key-value bucket, and the indexes every update keeps in step.

@@ -447,3 +447,38 @@ async fn a_scan_during_writes_returns_each_key_once() {
     writer.await.unwrap();
     assert_eq!(view.scan("r-1").await.unwrap().len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_copy_follows_its_bucket_after_the_node_that_fed_it_dies() {
+    let mut cluster = fractal_testkit::NatsCluster::start(3);
+    let hub = fractal::Hub::connect(&cluster.hub_config("alpha"))
+        .await
+        .unwrap();
+    let view = View::<Header>::open(&hub, "queue").await.unwrap();
+    let live = view.live().await.unwrap();
+    view.update("a", |_| Some(Record::new(delivery("d", "1"), at(1))))
+        .await
+        .unwrap();
+    live.sync().await.unwrap();
+    // The watch's consumer lives on the bucket's leader: kill it, for good.
+    let leader = cluster.leader_of("KV_view_queue").expect("a leader");
+    cluster.kill(leader);
+    for (i, key) in ["b", "c", "d"].into_iter().enumerate() {
+        let value = delivery("d", &i.to_string());
+        view.update(key, |_| Some(Record::new(value.clone(), at(2 + i as u64))))
+            .await
+            .expect("a write rides out the election");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the copy to follow again",
+        || async {
+            ["a", "b", "c", "d"]
+                .iter()
+                .all(|k| live.get(k).is_some())
+                .then_some(())
+        },
+    )
+    .await;
+    live.sync().await.expect("in step with the bucket");
+}

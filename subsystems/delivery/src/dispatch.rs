@@ -16,11 +16,12 @@
 
 use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fractal::service::{Service, ServiceError};
 use fractal::view::{LiveView, Record, View, ViewError};
 use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::events::{
@@ -64,7 +65,37 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
                 async move { dispatch.delivered(event).await }
             }
         });
-    service.run(Some(consumer), None).await
+    let sweeping = tokio::spawn(sweep_every(dispatch, SWEEP_EVERY, service.shutdown.clone()));
+    let ran = service.run(Some(consumer), None).await;
+    sweeping.abort();
+    ran
+}
+
+/// How often dispatch looks for a free driver and a waiting order that never met.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The timer of the saga: every `every`, matches free drivers with waiting orders that no
+/// event brought together (see [`Dispatch::sweep`]).
+async fn sweep_every(dispatch: Arc<Dispatch>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match dispatch.sweep().await {
+            Ok(0) => {}
+            Ok(matched) => {
+                tracing::warn!(
+                    matched,
+                    "Matched waiting orders with free drivers no event had brought together."
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "The sweep for unmatched orders failed; trying again later.")
+            }
+        }
+    }
 }
 
 /// How often a driver's search reads the queue again after losing orders to other handlers.
@@ -273,6 +304,51 @@ impl Dispatch {
             }
         }
         Ok(())
+    }
+
+    /// Matches free drivers with waiting orders, oldest first, as the views themselves (not
+    /// the live copies) hold them; returns how many it matched. Events make every match
+    /// while handlers complete; a handler cut short between its steps, or one that looked at a
+    /// copy behind its bucket (a hub failing over), can leave a free driver and a waiting
+    /// order that no later event brings together. Reads the drivers (one entry each) and, only
+    /// when one is free, the queue.
+    async fn sweep(&self) -> Result<usize, HandlerError> {
+        let mut free: Vec<String> = self
+            .drivers
+            .list()
+            .await?
+            .into_iter()
+            .filter(|(_, d)| d.value.available && d.value.order_id.is_empty())
+            .map(|(id, _)| id)
+            .collect();
+        if free.is_empty() {
+            return Ok(0);
+        }
+        let mut waiting: Vec<(SystemTime, String)> = self
+            .waiting
+            .list()
+            .await?
+            .into_iter()
+            .map(|(order_id, request)| (request.time, order_id))
+            .collect();
+        waiting.sort();
+        let mut matched = 0;
+        let mut orders = waiting.into_iter().map(|(_, order_id)| order_id);
+        let mut order = orders.next();
+        while let (Some(order_id), Some(driver_id)) = (&order, free.last()) {
+            match self.try_assign(order_id, driver_id).await? {
+                Match::Assigned => {
+                    matched += 1;
+                    free.pop();
+                    order = orders.next();
+                }
+                Match::DriverTaken => {
+                    free.pop();
+                }
+                Match::OrderTaken => order = orders.next(),
+            }
+        }
+        Ok(matched)
     }
 
     /// Claims the driver, then the order; announces the match if both were free.

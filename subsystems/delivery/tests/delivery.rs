@@ -441,3 +441,56 @@ async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_c
     let announced: Delivery = announced[0].payload().unwrap();
     assert_eq!(announced.driver_id, "d-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_driver_and_a_waiting_order_that_no_event_brought_together_are_matched() {
+    use food_delivery::v1::DispatchDriver;
+    use fractal::view::{Record, View};
+
+    let server = NatsServer::start();
+    let hub = server.hub("delivery").await;
+    // What a handler that looked at a copy behind its bucket can leave: d-1 on shift and free,
+    // o-1 waiting, and no event to come for either.
+    let now = SystemTime::now();
+    let drivers = View::<DispatchDriver>::open(&hub, "dispatch_drivers")
+        .await
+        .unwrap();
+    let driver = DispatchDriver {
+        driver_id: "d-1".into(),
+        name: "Driver d-1".into(),
+        available: true,
+        ..Default::default()
+    };
+    assert!(
+        drivers
+            .create("d-1", &Record::new(driver, now))
+            .await
+            .unwrap()
+    );
+    let waiting = View::<Delivery>::open(&hub, "dispatch_waiting").await.unwrap();
+    let request = Delivery {
+        order_id: "o-1".into(),
+        status: DeliveryStatus::Requested.into(),
+        ..Default::default()
+    };
+    assert!(
+        waiting
+            .create("o-1", &Record::new(request, now))
+            .await
+            .unwrap()
+    );
+
+    let _dispatch = RunningService::start(
+        &server,
+        "delivery",
+        "delivery",
+        "dispatch",
+        food_delivery::run,
+    )
+    .await;
+    let announced = wait_for_events(&hub, "delivery.assigned", 1).await;
+    assert_eq!(announced[0].key, "o-1");
+    let announced: Delivery = announced[0].payload().unwrap();
+    assert_eq!(announced.driver_id, "d-1");
+    assert!(waiting.get("o-1").await.unwrap().is_none(), "off the queue");
+}

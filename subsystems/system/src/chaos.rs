@@ -2,7 +2,7 @@
 //! hub nodes are killed with SIGKILL at random, one every interval; `fractal up` starts each
 //! again. A hub node is killed only while all of its hub's nodes are up, so every hub keeps
 //! its quorum. Afterwards every order placed must have been delivered, each exactly once in the
-//! lake, and no hub may hold a fault.
+//! lake, no hub may hold a fault, and the views checked must hold what the lake says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -124,11 +124,21 @@ pub async fn run(running: &Path, options: &ChaosOptions) -> Result<(), DemoError
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let differences = views_against_lake(&system).await?;
+    println!(
+        "  views (orders, deliveries, deliveries_by_driver) differing from the lake: {} entries",
+        differences.len()
+    );
+    for line in differences.iter().take(10) {
+        println!("    {line}");
+    }
     let faulted: u64 = faults.values().sum();
-    if missing > 0 || !twice.is_empty() || faulted > 0 {
+    if missing > 0 || !twice.is_empty() || faulted > 0 || !differences.is_empty() {
         return Err(format!(
-            "{missing} orders not delivered, {} delivered twice, {faulted} faults",
-            twice.len()
+            "{missing} orders not delivered, {} delivered twice, {faulted} faults, {} view \
+             entries differing from the lake",
+            twice.len(),
+            differences.len()
         )
         .into());
     }
@@ -137,33 +147,143 @@ pub async fn run(running: &Path, options: &ChaosOptions) -> Result<(), DemoError
 
 /// How many `order.delivered` events the ordering hub's lake holds for each order.
 async fn delivered_per_order(system: &RunningSystem) -> Result<HashMap<String, usize>, DemoError> {
+    let mut counts = HashMap::new();
+    for event in lake(system, "ordering", &["order.delivered"]).await? {
+        *counts.entry(event.key.clone()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Every event of `types` in `hub`'s lake, in the order it was stored.
+async fn lake(
+    system: &RunningSystem,
+    hub: &str,
+    types: &[&str],
+) -> Result<Vec<fractal::Event>, DemoError> {
     let config = system
-        .hub_config("ordering")
-        .ok_or("the running system has no `ordering` hub")?;
+        .hub_config(hub)
+        .ok_or_else(|| format!("the running system has no `{hub}` hub"))?;
     let hub = fractal::Hub::connect(&config).await?;
     let stream = hub.jetstream().get_stream(hub.events_stream()).await?;
-    let subject = "events.external.order.delivered";
     let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: subject.into(),
+            filter_subjects: types
+                .iter()
+                .map(|t| fractal::wire::event_filter(t))
+                .collect(),
             ..Default::default()
         })
         .await?;
     let mut messages = consumer.messages().await?;
-    let mut counts = HashMap::new();
-    // Until the stream has nothing more for a while: every delivery is stored by now.
+    let mut events = Vec::new();
+    // Until the stream has nothing more for a while: everything is stored by now.
     while let Ok(Some(message)) =
         tokio::time::timeout(Duration::from_secs(2), messages.next()).await
     {
         let message = message?;
-        let event = fractal::Event::decode(
+        events.push(fractal::Event::decode(
             &message.subject,
             message.headers.as_ref(),
             message.payload.clone(),
-        )?;
-        *counts.entry(event.key.clone()).or_insert(0) += 1;
+        )?);
     }
-    Ok(counts)
+    Ok(events)
+}
+
+/// Compares two views with what their lakes say, folding each key's events in stream order
+/// the way the view's service does: checkout's `orders` (every snapshot merged) and the
+/// drivers' `deliveries` (the furthest status wins), with its index of deliveries not yet
+/// delivered. Returns one line per entry that differs, is missing or should not be there.
+async fn views_against_lake(system: &RunningSystem) -> Result<Vec<String>, DemoError> {
+    use food_contracts::v1::Order;
+    use food_delivery::v1::{Delivery, DeliveryStatus};
+    use food_ordering::events::{ORDER_PROGRESSED, ORDER_SUBMITTED};
+    use food_ordering::v1::{OrderProgressed, OrderSubmitted};
+
+    let mut differences = Vec::new();
+
+    let mut orders: BTreeMap<String, Order> = BTreeMap::new();
+    for event in lake(system, "ordering", &[ORDER_SUBMITTED, ORDER_PROGRESSED]).await? {
+        let order = match event.event_type.as_str() {
+            ORDER_SUBMITTED => event.payload::<OrderSubmitted>()?.order,
+            _ => event.payload::<OrderProgressed>()?.order,
+        };
+        if let Some(order) = order {
+            orders
+                .entry(order.order_id.clone())
+                .and_modify(|known| known.merge(&order))
+                .or_insert(order);
+        }
+    }
+    let hub = connect(system, "ordering").await?;
+    let view = fractal::view::View::<Order>::open(&hub, "orders").await?;
+    compare("orders", &orders, view.list().await?, &mut differences);
+
+    let mut deliveries: BTreeMap<String, Delivery> = BTreeMap::new();
+    let types = [
+        food_delivery::events::DELIVERY_ASSIGNED,
+        food_delivery::events::DELIVERY_PICKED_UP,
+        food_delivery::events::DELIVERY_DELIVERED,
+    ];
+    for event in lake(system, "delivery", &types).await? {
+        let delivery: Delivery = event.payload()?;
+        match deliveries.get(&delivery.order_id) {
+            Some(known) if known.status >= delivery.status => {}
+            _ => {
+                deliveries.insert(delivery.order_id.clone(), delivery);
+            }
+        }
+    }
+    let hub = connect(system, "delivery").await?;
+    let view = fractal::view::View::<Delivery>::open(&hub, "deliveries").await?;
+    compare(
+        "deliveries",
+        &deliveries,
+        view.list().await?,
+        &mut differences,
+    );
+    let open: BTreeMap<String, Delivery> = deliveries
+        .into_values()
+        .filter(|d| d.status() != DeliveryStatus::Delivered)
+        .map(|d| (fractal::view::key(&[&d.driver_id, &d.order_id]), d))
+        .collect();
+    let index = fractal::view::View::<Delivery>::open(&hub, "deliveries_by_driver").await?;
+    compare(
+        "deliveries_by_driver",
+        &open,
+        index.list().await?,
+        &mut differences,
+    );
+    Ok(differences)
+}
+
+async fn connect(system: &RunningSystem, hub: &str) -> Result<fractal::Hub, DemoError> {
+    let config = system
+        .hub_config(hub)
+        .ok_or_else(|| format!("the running system has no `{hub}` hub"))?;
+    Ok(fractal::Hub::connect(&config).await?)
+}
+
+/// Adds a line to `differences` for each key where `view` and `lake` disagree.
+fn compare<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    lake: &BTreeMap<String, T>,
+    view: Vec<(String, fractal::view::Record<T>)>,
+    differences: &mut Vec<String>,
+) {
+    let view: BTreeMap<String, T> = view.into_iter().map(|(k, r)| (k, r.value)).collect();
+    for (key, expected) in lake {
+        match view.get(key) {
+            Some(found) if found == expected => {}
+            Some(found) => differences.push(format!(
+                "view {name}, `{key}`: {found:?}, the lake says {expected:?}"
+            )),
+            None => differences.push(format!("view {name}, `{key}`: missing")),
+        }
+    }
+    for key in view.keys().filter(|k| !lake.contains_key(*k)) {
+        differences.push(format!("view {name}, `{key}`: not in the lake"));
+    }
 }
 
 /// Kills something every interval until `done`.

@@ -200,8 +200,14 @@ impl<T: Clone> LiveView<T> {
     }
 }
 
+/// How often a copy that has not moved checks whether its bucket has: a watch whose server
+/// died with the consumer behind it may neither deliver nor fail (its client retries the
+/// consumer quietly), so the copy starts it again itself.
+const CHECK_EVERY: Duration = Duration::from_secs(3);
+
 /// Follows the bucket from its first revision into `copy` until `stop`, starting the watch
-/// again after the revision it reached whenever it ends or fails.
+/// again after the revision it reached whenever it ends, fails, or stands still while the
+/// bucket moves on.
 async fn follow<T: prost::Message + Default + Clone + PartialEq>(
     view: View<T>,
     copy: Arc<RwLock<BTreeMap<String, Record<T>>>>,
@@ -216,41 +222,56 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
             watch = view.store.watch_all_from_revision(next) => watch,
         };
         match watch {
-            Ok(mut watch) => loop {
-                let entry = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    entry = watch.next() => entry,
-                };
-                let entry = match entry {
-                    Some(Ok(entry)) => entry,
-                    Some(Err(e)) => {
-                        tracing::warn!(view = %view.name, error = %e, "The live copy lost its watch; starting it again.");
-                        break;
-                    }
-                    None => break,
-                };
-                let record = match entry.operation {
-                    Operation::Put => match decode::<T>(&entry.value) {
-                        // An index's removal marker holds no record.
-                        Ok((record, _)) => record,
-                        Err(e) => {
-                            tracing::error!(view = %view.name, key = %entry.key, error = %e, "An entry does not decode; the live copy leaves it out.");
-                            None
+            Ok(mut watch) => {
+                let mut check = tokio::time::interval_at(
+                    tokio::time::Instant::now() + CHECK_EVERY,
+                    CHECK_EVERY,
+                );
+                let mut checked_at = next;
+                loop {
+                    let entry = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        entry = watch.next() => entry,
+                        _ = check.tick() => {
+                            if next == checked_at && behind(&view, next).await {
+                                tracing::warn!(view = %view.name, revision = next - 1, "The live copy's watch stands still while its bucket moves on; starting it again.");
+                                break;
+                            }
+                            checked_at = next;
+                            continue;
                         }
-                    },
-                    Operation::Delete | Operation::Purge => None,
-                };
-                {
-                    let mut copy = copy.write().unwrap_or_else(PoisonError::into_inner);
-                    match record {
-                        Some(record) => copy.insert(entry.key.clone(), record),
-                        None => copy.remove(&entry.key),
                     };
+                    let entry = match entry {
+                        Some(Ok(entry)) => entry,
+                        Some(Err(e)) => {
+                            tracing::warn!(view = %view.name, error = %e, "The live copy lost its watch; starting it again.");
+                            break;
+                        }
+                        None => break,
+                    };
+                    let record = match entry.operation {
+                        Operation::Put => match decode::<T>(&entry.value) {
+                            // An index's removal marker holds no record.
+                            Ok((record, _)) => record,
+                            Err(e) => {
+                                tracing::error!(view = %view.name, key = %entry.key, error = %e, "An entry does not decode; the live copy leaves it out.");
+                                None
+                            }
+                        },
+                        Operation::Delete | Operation::Purge => None,
+                    };
+                    {
+                        let mut copy = copy.write().unwrap_or_else(PoisonError::into_inner);
+                        match record {
+                            Some(record) => copy.insert(entry.key.clone(), record),
+                            None => copy.remove(&entry.key),
+                        };
+                    }
+                    next = entry.revision + 1;
+                    seen.send_replace(entry.revision);
+                    notify(&watchers, &entry.key, entry.revision);
                 }
-                next = entry.revision + 1;
-                seen.send_replace(entry.revision);
-                notify(&watchers, &entry.key, entry.revision);
-            },
+            }
             Err(e) => {
                 tracing::warn!(view = %view.name, error = %e, "The live copy cannot watch its bucket; retrying.");
             }
@@ -260,6 +281,13 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Whether `view`'s bucket holds a revision at or past `next`, one the copy has not reached. A
+/// bucket that cannot be asked counts as not behind: the next check asks again.
+async fn behind<T>(view: &View<T>, next: u64) -> bool {
+    let info = tokio::time::timeout(CHECK_EVERY, view.store.stream.get_info()).await;
+    matches!(info, Ok(Ok(info)) if info.state.last_sequence >= next)
 }
 
 /// Wakes the watchers of every prefix of `key` (`a`, `a.b`, `a.b.c` for `a.b.c`), and forgets
