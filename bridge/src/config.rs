@@ -67,7 +67,7 @@ impl RouteConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RelayConfig {
     /// Where a route's new durable consumer starts: `all` relays the whole event lake, `new`
-    /// only events published from now on.
+    /// only events published from now on, `since:<RFC 3339 time>` those stored from then on.
     #[serde(default)]
     pub start: Start,
     /// Messages asked for per pull from the source.
@@ -190,6 +190,13 @@ impl Validate for BridgeConfig {
             }
         }
         let relay = join(path, "relay");
+        if self.relay.start == Start::LatestPerKey {
+            problems.add(
+                join(&relay, "start"),
+                "`latest-per-key` is for services' consumers; a route starts at `all`, `new` \
+                 or `since:<time>`",
+            );
+        }
         for (key, value) in [
             ("batch", self.relay.batch as u64),
             ("max_in_flight", self.relay.max_in_flight as u64),

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::{HeaderMap, HeaderName, StatusCode, Subject};
 use bytes::Bytes;
-use fractal::consume::Start;
 use fractal::fault::{FaultKind, FaultRecorder, Origin};
 use fractal::{EventView, Hub, telemetry, wire};
 use futures::{FutureExt as _, StreamExt as _};
@@ -372,10 +371,7 @@ impl Route {
             Err(e) => return Err(e.into()),
         };
         let policy = match existing {
-            None => match self.relay.start {
-                Start::All => DeliverPolicy::All,
-                Start::New => DeliverPolicy::New,
-            },
+            None => self.relay.start.deliver_policy(),
             Some(info) => {
                 // The server may keep a single filter as `filter_subject`.
                 let mut filters = info.config.filter_subjects.clone();

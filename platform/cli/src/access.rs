@@ -96,6 +96,12 @@ fn durable(stream: &str, durable: &str) -> Vec<String> {
         format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
         format!("$JS.ACK.{stream}.{durable}.>"),
+        // A `latest-per-key` start reads the lake's headers once through a consumer of its
+        // own.
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}_backfill"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}_backfill.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}_backfill"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}_backfill"),
     ]
 }
 

@@ -160,7 +160,7 @@ pub(crate) async fn publish(
 }
 
 /// RFC 3339 times without another dependency.
-mod chrono_like {
+pub(crate) mod chrono_like {
     use std::fmt;
     use std::time::SystemTime;
 

@@ -6,6 +6,7 @@ mod events;
 mod faults;
 mod graph;
 mod hubs;
+mod lake;
 mod status;
 mod table;
 mod tls;
@@ -91,6 +92,11 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<usize>,
+    },
+    /// Use a hub's event lake.
+    Lake {
+        #[command(subcommand)]
+        action: LakeAction,
     },
     /// Publish a simulated event, its payload given as JSON.
     Publish {
@@ -217,6 +223,29 @@ enum HubAction {
     /// Print who may do what on each hub, as `fractal up` grants it: a Markdown table per
     /// hub of each client's events, faults, durable consumers and views.
     Permissions,
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeAction {
+    /// Write a hub's events as JSON lines (the envelope's fields, the payload in protobuf's
+    /// JSON mapping, the stream sequence and when the hub stored it), with progress on stderr.
+    /// It stops at the last event stored when it began.
+    Export {
+        /// The hub.
+        hub: String,
+        /// Only these event types (comma-separated, or repeated).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// From this stream sequence (42) or storage time (2026-11-01T00:00:00Z) on.
+        #[arg(long)]
+        from: Option<lake::Bound>,
+        /// Up to and including this stream sequence or storage time.
+        #[arg(long)]
+        until: Option<lake::Bound>,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +450,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let hub = hub(&topology_path, &state, &name).await?;
             let shutdown = fractal::service::shutdown_on_signal();
             events::tail(&hub, event_type.as_deref(), all, count, shutdown).await?;
+        }
+        Command::Lake {
+            action:
+                LakeAction::Export {
+                    hub: name,
+                    types,
+                    from,
+                    until,
+                    output,
+                },
+        } => {
+            let range = lake::Range { types, from, until };
+            range.check()?;
+            let hub = hub(&topology_path, &state, &name).await?;
+            let shutdown = fractal::service::shutdown_on_signal();
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            lake::export(&hub, &range, &mut out, shutdown).await?;
         }
         Command::Publish {
             hub: name,

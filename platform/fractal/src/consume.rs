@@ -14,7 +14,7 @@
 //! - On shutdown the runtime stops fetching, lets running handlers finish, releases queued
 //!   events for redelivery and returns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
@@ -46,7 +46,8 @@ pub struct ConsumerConfig {
     #[serde(default)]
     pub durable: Option<String>,
     /// Where a new durable consumer starts: `all` replays the whole event lake, `new` starts
-    /// with events published from now on.
+    /// with events published from now on, `since:<RFC 3339 time>` with those stored from then
+    /// on.
     #[serde(default)]
     pub start: Start,
     /// How many partition keys are handled at once.
@@ -76,15 +77,73 @@ pub struct ConsumerConfig {
     pub lag_poll_secs: u64,
 }
 
-/// Where a new durable consumer starts.
+/// Where a new durable consumer starts: `all`, `new`, or `since:<RFC 3339 time>` in a
+/// configuration. It matters only when the durable is created; an existing one continues
+/// where it is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum Start {
-    /// From the first event in the stream.
+    /// From the first event in the stream: the whole lake.
     #[default]
     All,
     /// From events published after it was created.
     New,
+    /// From the events stored at or after a time (`since:2026-11-01T00:00:00Z`): a new
+    /// consumer or route backfilled from part of the lake.
+    Since(time::OffsetDateTime),
+    /// Only the newest event of each key stored when it was created, then everything after
+    /// (`latest-per-key`): contracts are snapshots, so the newest says everything a late
+    /// joiner needs. For services' consumers.
+    LatestPerKey,
+}
+
+impl Start {
+    /// The hub's deliver policy for a new durable that starts here.
+    pub fn deliver_policy(self) -> DeliverPolicy {
+        match self {
+            Start::All => DeliverPolicy::All,
+            Start::New => DeliverPolicy::New,
+            Start::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
+            // The runtime works out where it starts (see `Backfill`).
+            Start::LatestPerKey => DeliverPolicy::All,
+        }
+    }
+}
+
+impl std::str::FromStr for Start {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Start, String> {
+        match text {
+            "all" => Ok(Start::All),
+            "new" => Ok(Start::New),
+            "latest-per-key" => Ok(Start::LatestPerKey),
+            _ => {
+                let Some(time) = text.strip_prefix("since:") else {
+                    return Err(format!(
+                        "`{text}` is not a start: use `all`, `new`, `since:<RFC 3339 time>` \
+                         (since:2026-11-01T00:00:00Z) or `latest-per-key`"
+                    ));
+                };
+                time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+                    .map(Start::Since)
+                    .map_err(|e| {
+                        format!(
+                            "`{time}` is not an RFC 3339 time ({e}); for example \
+                             since:2026-11-01T00:00:00Z"
+                        )
+                    })
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for Start {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Start, String> {
+        text.parse()
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -351,6 +410,13 @@ impl Consumer {
             .map(|t| wire::event_filter(t))
             .collect();
         filter_subjects.sort();
+        let plan = plan(&stream, &durable, &filter_subjects, self.config.start);
+        let (deliver_policy, metadata, backfill) = self
+            .hub
+            .unless_refused(&opening, api, plan)
+            .await
+            .map_err(|e| hub_error(e.into()))?
+            .map_err(hub_error)?;
         let (filter_subject, filter_subjects) = if filter_subjects.len() == 1 {
             (filter_subjects.remove(0), Vec::new())
         } else {
@@ -361,10 +427,8 @@ impl Consumer {
             description: Some(format!("Fractal service `{}`", self.service)),
             filter_subject,
             filter_subjects,
-            deliver_policy: match self.config.start {
-                Start::All => DeliverPolicy::All,
-                Start::New => DeliverPolicy::New,
-            },
+            deliver_policy,
+            metadata,
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(self.config.ack_wait_secs),
             // The runtime counts deliveries and turns the last one into a fault; the hub
@@ -396,6 +460,7 @@ impl Consumer {
             handlers: self.handlers,
             config: self.config.clone(),
             shutdown: shutdown.clone(),
+            backfill,
         };
         let lag = tokio::spawn(poll_lag(
             consumer.clone(),
@@ -475,6 +540,134 @@ struct Shared {
     faults: FaultRecorder,
     client: async_nats::Client,
     shutdown: CancellationToken,
+    backfill: Option<Backfill>,
+}
+
+/// The consumer metadata that records up to which stream sequence a `latest-per-key` durable
+/// handles only the newest event of each key.
+const LATEST_UNTIL: &str = "fractal.latest_per_key_until";
+
+/// What a `latest-per-key` consumer handles up to `until`: the newest event of each key (and
+/// any event without a key, which becomes a fault as usual); it acknowledges the older ones
+/// without handling them. Its memory is one sequence per key, whatever the lake holds.
+#[derive(Debug)]
+struct Backfill {
+    until: u64,
+    newest: HashSet<u64>,
+}
+
+impl Backfill {
+    fn skips(&self, sequence: u64) -> bool {
+        sequence <= self.until && !self.newest.contains(&sequence)
+    }
+}
+
+/// Where durable `durable` starts and what it skips: an existing durable goes on as it was
+/// created (finishing a `latest-per-key` backfill a restart cut short); a new one starts at
+/// `start`.
+async fn plan(
+    stream: &async_nats::jetstream::stream::Stream,
+    durable: &str,
+    subjects: &[String],
+    start: Start,
+) -> Result<(DeliverPolicy, HashMap<String, String>, Option<Backfill>), async_nats::Error> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    match stream.consumer_info(durable).await {
+        Ok(info) => {
+            let until = info
+                .config
+                .metadata
+                .get(LATEST_UNTIL)
+                .and_then(|v| v.parse::<u64>().ok());
+            let backfill = match until {
+                Some(until) if info.ack_floor.stream_sequence < until => {
+                    Some(newest_per_key(stream, durable, subjects, until).await?)
+                }
+                _ => None,
+            };
+            Ok((
+                info.config.deliver_policy,
+                info.config.metadata.clone(),
+                backfill,
+            ))
+        }
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => match start {
+            Start::LatestPerKey => {
+                let until = stream.get_info().await?.state.last_sequence;
+                let backfill = newest_per_key(stream, durable, subjects, until).await?;
+                let first = backfill.newest.iter().min().copied().unwrap_or(until + 1);
+                let metadata = HashMap::from([(LATEST_UNTIL.to_owned(), until.to_string())]);
+                Ok((
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: first,
+                    },
+                    metadata,
+                    Some(backfill),
+                ))
+            }
+            start => Ok((start.deliver_policy(), HashMap::new(), None)),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The newest event of each key among `subjects` up to sequence `until`, read once through
+/// the lake's headers (no payloads) by a consumer of its own, `<durable>_backfill`.
+async fn newest_per_key(
+    stream: &async_nats::jetstream::stream::Stream,
+    durable: &str,
+    subjects: &[String],
+    until: u64,
+) -> Result<Backfill, async_nats::Error> {
+    let name = format!("{durable}_backfill");
+    // One left by a scan cut short.
+    let _ = stream.delete_consumer(&name).await;
+    let scan: consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            name: Some(name.clone()),
+            filter_subjects: subjects.to_vec(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            headers_only: true,
+            memory_storage: true,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await?;
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    let mut keyless = HashSet::new();
+    if until > 0 && scan.cached_info().num_pending > 0 {
+        let mut messages = scan
+            .stream()
+            .max_messages_per_batch(1000)
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            let info = message.info()?;
+            let sequence = info.stream_sequence;
+            if sequence > until {
+                break;
+            }
+            match message.headers.as_ref().and_then(|h| h.get(wire::KEY)) {
+                Some(key) => {
+                    newest.insert(key.as_str().to_owned(), sequence);
+                }
+                None => {
+                    keyless.insert(sequence);
+                }
+            }
+            if sequence == until || info.pending == 0 {
+                break;
+            }
+        }
+    }
+    let _ = stream.delete_consumer(&name).await;
+    let mut all = keyless;
+    all.extend(newest.into_values());
+    Ok(Backfill { until, newest: all })
 }
 
 type Message = async_nats::jetstream::Message;
@@ -561,6 +754,17 @@ async fn handle(shared: &Shared, message: Message) {
             return;
         }
     };
+    if shared
+        .backfill
+        .as_ref()
+        .is_some_and(|b| b.skips(stream_sequence))
+    {
+        // An older event of a key whose newest this `latest-per-key` consumer handles.
+        if let Err(e) = message.ack().await {
+            tracing::warn!(error = %e, "Could not acknowledge; the event will be delivered again.");
+        }
+        return;
+    }
     let origin = |deliveries| Origin {
         stream: &shared.stream,
         sequence: stream_sequence,

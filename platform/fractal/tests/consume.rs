@@ -458,3 +458,113 @@ async fn the_admin_endpoint_reports_health_readiness_and_metrics() {
     token.cancel();
     handle.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn a_new_consumer_started_since_a_time_gets_only_what_was_stored_from_then_on() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    simulate(&hub, (0..5).map(|n| numbered("item.added", "early", n))).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let since = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    simulate(&hub, (0..5).map(|n| numbered("item.added", "late", n))).await;
+
+    let start = format!(
+        "since:{}",
+        since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    );
+    let config = ConsumerConfig {
+        start: start.parse().expect("a start"),
+        ..Default::default()
+    };
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let consumer = Consumer::new(&hub, "backfilled", config).on("item.added", {
+        let seen = seen.clone();
+        move |event| {
+            seen.lock().unwrap().push(event.key.clone());
+            async { Ok(()) }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    eventually(Duration::from_secs(10), "the late events", || async {
+        (seen.lock().unwrap().len() >= 5).then_some(())
+    })
+    .await;
+    // Anything older would have come first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    token.cancel();
+    handle.await.expect("stopped");
+    assert_eq!(*seen.lock().unwrap(), vec!["late"; 5]);
+
+    let error = "since:yesterday"
+        .parse::<fractal::consume::Start>()
+        .unwrap_err();
+    assert!(
+        error.contains("`yesterday` is not an RFC 3339 time"),
+        "{error}"
+    );
+    let error = "everything".parse::<fractal::consume::Start>().unwrap_err();
+    assert!(error.contains("use `all`, `new`, `since:"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_per_key_consumer_handles_the_newest_event_of_each_key_then_everything_new() {
+    const KEYS: usize = 1_000;
+    const PER_KEY: usize = 100;
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    // 100,000 events, every key's 100 interleaved with the others', and some of another type.
+    let events = (0..PER_KEY)
+        .flat_map(|n| (0..KEYS).map(move |k| numbered("item.added", &format!("key-{k}"), n)));
+    simulate(&hub, events).await;
+    simulate(&hub, (0..10).map(|n| numbered("other.thing", "key-0", n))).await;
+
+    let config = ConsumerConfig {
+        start: "latest-per-key".parse().expect("a start"),
+        ..Default::default()
+    };
+    let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+    let consumer = Consumer::new(&hub, "late", config).on("item.added", {
+        let seen = seen.clone();
+        move |event| {
+            seen.lock()
+                .unwrap()
+                .entry(event.key.clone())
+                .or_default()
+                .push(number(&event));
+            async { Ok(()) }
+        }
+    });
+    let (token, handle) = spawn(consumer);
+    eventually(Duration::from_secs(60), "every key's newest", || async {
+        (seen.lock().unwrap().len() >= KEYS).then_some(())
+    })
+    .await;
+    // Then what comes after, all of it.
+    simulate(
+        &hub,
+        (PER_KEY..PER_KEY + 3).map(|n| numbered("item.added", "key-7", n)),
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the new events", || async {
+        (seen.lock().unwrap()["key-7"].len() >= 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel();
+    handle.await.expect("stopped");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), KEYS);
+    for (key, numbers) in &seen {
+        let expected: Vec<usize> = if key == "key-7" {
+            (PER_KEY - 1..PER_KEY + 3).collect()
+        } else {
+            vec![PER_KEY - 1]
+        };
+        assert_eq!(*numbers, expected, "{key}");
+    }
+    assert!(faults(&hub).await.is_empty());
+}

@@ -371,9 +371,33 @@ async fn a_long_poll_answers_when_an_order_is_assigned() {
 
 /// Dispatch cut short after it took an order off the queue for a driver and before it
 /// announced the match: the redelivered event that made the match completes it.
+/// Dispatch's record of driver `d-1`, on shift and claimed for `order_id` (confirmed), or free
+/// if it is empty, as a handler cut short could leave it.
+async fn seed_driver(hub: &fractal::Hub, order_id: &str) {
+    use food_delivery::v1::DispatchDriver;
+    use fractal::view::{Record, View};
+
+    let drivers = View::<DispatchDriver>::open(hub, "dispatch_drivers")
+        .await
+        .expect("the drivers view");
+    let driver = DispatchDriver {
+        driver_id: "d-1".into(),
+        name: "Driver d-1".into(),
+        available: true,
+        order_id: order_id.into(),
+        confirmed: !order_id.is_empty(),
+        ..Default::default()
+    };
+    let created = drivers
+        .create("d-1", &Record::new(driver, SystemTime::now()))
+        .await
+        .expect("the driver is recorded");
+    assert!(created);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_comes_again() {
-    use food_delivery::v1::{Assignment, DispatchDriver};
+    use food_delivery::v1::Assignment;
     use fractal::view::{Record, View};
 
     let server = NatsServer::start();
@@ -381,23 +405,7 @@ async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_c
     // What the cut-short attempt at `delivery.delivered` of o-1 left: d-1 matched with o-2
     // (claim confirmed, assignment recorded, o-2 off the queue), nothing published.
     let now = SystemTime::now();
-    let drivers = View::<DispatchDriver>::open(&hub, "dispatch_drivers")
-        .await
-        .unwrap();
-    let driver = DispatchDriver {
-        driver_id: "d-1".into(),
-        name: "Driver d-1".into(),
-        available: true,
-        order_id: "o-2".into(),
-        confirmed: true,
-        ..Default::default()
-    };
-    assert!(
-        drivers
-            .create("d-1", &Record::new(driver, now))
-            .await
-            .unwrap()
-    );
+    seed_driver(&hub, "o-2").await;
     let delivery = |order_id: &str, status: DeliveryStatus| Delivery {
         order_id: order_id.into(),
         driver_id: "d-1".into(),
@@ -444,7 +452,6 @@ async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_driver_and_a_waiting_order_that_no_event_brought_together_are_matched() {
-    use food_delivery::v1::DispatchDriver;
     use fractal::view::{Record, View};
 
     let server = NatsServer::start();
@@ -452,22 +459,10 @@ async fn a_free_driver_and_a_waiting_order_that_no_event_brought_together_are_ma
     // What a handler that looked at a copy behind its bucket can leave: d-1 on shift and free,
     // o-1 waiting, and no event to come for either.
     let now = SystemTime::now();
-    let drivers = View::<DispatchDriver>::open(&hub, "dispatch_drivers")
+    seed_driver(&hub, "").await;
+    let waiting = View::<Delivery>::open(&hub, "dispatch_waiting")
         .await
         .unwrap();
-    let driver = DispatchDriver {
-        driver_id: "d-1".into(),
-        name: "Driver d-1".into(),
-        available: true,
-        ..Default::default()
-    };
-    assert!(
-        drivers
-            .create("d-1", &Record::new(driver, now))
-            .await
-            .unwrap()
-    );
-    let waiting = View::<Delivery>::open(&hub, "dispatch_waiting").await.unwrap();
     let request = Delivery {
         order_id: "o-1".into(),
         status: DeliveryStatus::Requested.into(),

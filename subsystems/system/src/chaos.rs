@@ -160,10 +160,7 @@ async fn lake(
     hub: &str,
     types: &[&str],
 ) -> Result<Vec<fractal::Event>, DemoError> {
-    let config = system
-        .hub_config(hub)
-        .ok_or_else(|| format!("the running system has no `{hub}` hub"))?;
-    let hub = fractal::Hub::connect(&config).await?;
+    let hub = connect(system, hub).await?;
     let stream = hub.jetstream().get_stream(hub.events_stream()).await?;
     let consumer = stream
         .create_consumer(OrderedConfig {

@@ -8,7 +8,7 @@
 //! ordering hub, whose `Order` snapshot carries both `placed_at` and `delivered_at`, so the
 //! figures do not depend on how often anyone polls.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -113,11 +113,66 @@ struct Tally {
     /// When each order was seen delivered, since the start.
     delivered_at: Mutex<Vec<Duration>>,
     delivered: Mutex<HashSet<String>>,
+    /// Orders heard delivered before their `PlaceOrder` call returned (a slow answer while a
+    /// hub fails over), with when: counted once it does.
+    early: Mutex<HashMap<String, (Order, Duration)>>,
     /// Calls that failed, by method and code.
     errors: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Tally {
+    /// Counts `order`, heard delivered `at` since the start, if this run placed it and it
+    /// was not counted yet; keeps it for later if its `PlaceOrder` call has not returned.
+    /// Whether it was counted now.
+    fn delivered(&self, order: &Order, at: Duration) -> bool {
+        {
+            let placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+            if !placed.contains(&order.order_id) {
+                // Under the `placed` lock, so that `placed` cannot miss it.
+                self.early
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(order.order_id.clone(), (order.clone(), at));
+                return false;
+            }
+        }
+        if !self
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(order.order_id.clone())
+        {
+            return false;
+        }
+        let took = food_contracts::time(order.delivered_at.as_ref())
+            .duration_since(food_contracts::time(order.placed_at.as_ref()))
+            .unwrap_or_default();
+        self.took
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(took);
+        self.delivered_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(at);
+        true
+    }
+
+    /// Records an order this run placed, and counts it if it was heard delivered already.
+    fn placed(&self, order_id: String) {
+        let early = {
+            let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+            placed.insert(order_id.clone());
+            self.early
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&order_id)
+        };
+        if let Some((order, at)) = early {
+            self.delivered(&order, at);
+        }
+    }
+
     fn error(&self, what: &str, status: &tonic::Status) {
         *self
             .errors
@@ -266,33 +321,9 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<Outcom
                 let Ok(order) = event.payload::<Order>() else {
                     continue;
                 };
-                let known = tally
-                    .placed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(&order.order_id);
-                let fresh = known
-                    && tally
-                        .delivered
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(order.order_id.clone());
-                if !fresh {
+                if !tally.delivered(&order, start.elapsed()) {
                     continue;
                 }
-                let took = food_contracts::time(order.delivered_at.as_ref())
-                    .duration_since(food_contracts::time(order.placed_at.as_ref()))
-                    .unwrap_or_default();
-                tally
-                    .took
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(took);
-                tally
-                    .delivered_at
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(start.elapsed());
                 // The customer looks once, as their app would on a notification.
                 let (tally, mut checkout) = (tally.clone(), checkout.clone());
                 tokio::spawn(async move {
@@ -487,11 +518,7 @@ async fn order(
             return false;
         }
     };
-    tally
-        .placed
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(order.order_id);
+    tally.placed(order.order_id);
     true
 }
 

@@ -1,0 +1,320 @@
+//! `fractal lake export`: a hub's event lake, or part of it, as JSON lines for analytics. It
+//! reads through an ordered consumer from where the range starts and stops at the last event
+//! stored when the export began, so its memory stays the same however much the lake holds.
+
+use std::io::{IsTerminal as _, Write};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use fractal::{Event, Hub};
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{chrono_like::Rfc3339, payload_json};
+
+/// One end of a range of the lake: a stream sequence, or a time the hub stored events at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A sequence of the hub's event stream.
+    Sequence(u64),
+    /// A time, RFC 3339.
+    Time(time::OffsetDateTime),
+}
+
+impl std::str::FromStr for Bound {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Bound, String> {
+        if let Ok(sequence) = text.parse::<u64>() {
+            return Ok(Bound::Sequence(sequence));
+        }
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map(Bound::Time)
+            .map_err(|_| {
+                format!(
+                    "`{text}` is neither a stream sequence (42) nor an RFC 3339 time \
+                     (2026-11-01T00:00:00Z)"
+                )
+            })
+    }
+}
+
+/// What part of the lake to export.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Range {
+    /// Only these event types (any scope); all if empty.
+    pub(crate) types: Vec<String>,
+    /// From this sequence or time on.
+    pub(crate) from: Option<Bound>,
+    /// Up to and including this sequence or time.
+    pub(crate) until: Option<Bound>,
+}
+
+impl Range {
+    /// Checks the range on its own, before the hub is asked.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        for event_type in &self.types {
+            fractal::wire::check_name(event_type)
+                .map_err(|e| anyhow::anyhow!("--types: event type {e}"))?;
+        }
+        let before = match (self.from, self.until) {
+            (Some(Bound::Sequence(from)), Some(Bound::Sequence(until))) => until < from,
+            (Some(Bound::Time(from)), Some(Bound::Time(until))) => until < from,
+            _ => false,
+        };
+        if before {
+            bail!("--until is before --from: the range holds nothing");
+        }
+        Ok(())
+    }
+
+    fn includes(&self, sequence: u64, stored: time::OffsetDateTime) -> bool {
+        match self.until {
+            Some(Bound::Sequence(until)) => sequence <= until,
+            Some(Bound::Time(until)) => stored <= until,
+            None => true,
+        }
+    }
+}
+
+/// One exported event: the envelope's fields, the payload in protobuf's JSON mapping, and
+/// where the hub stored it.
+fn json_line(sequence: u64, stored: time::OffsetDateTime, event: &Event) -> serde_json::Value {
+    let payload = payload_json(&event.payload_type, &event.payload);
+    let payload: serde_json::Value =
+        serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+    serde_json::json!({
+        "sequence": sequence,
+        "stored_at": Rfc3339::from(SystemTime::from(stored)).to_string(),
+        "id": event.id,
+        "type": event.event_type,
+        "scope": event.scope.token(),
+        "time": Rfc3339::from(event.time).to_string(),
+        "key": event.key,
+        "source": event.source,
+        "origin": event.origin,
+        "path": event.path,
+        "tags": event.tags,
+        "payload_type": event.payload_type,
+        "payload": payload,
+    })
+}
+
+/// Writes the events of `range` on `hub` to `out` as JSON lines, with progress on stderr;
+/// returns how many it wrote. A message that is not a well-formed event is written too, as
+/// its sequence, subject and what is wrong with it: an export loses nothing.
+pub(crate) async fn export(
+    hub: &Hub,
+    range: &Range,
+    out: &mut dyn Write,
+    shutdown: CancellationToken,
+) -> anyhow::Result<u64> {
+    range.check()?;
+    let mut stream = hub
+        .jetstream()
+        .get_stream(hub.events_stream())
+        .await
+        .with_context(|| format!("hub `{}` has no event stream", hub.name()))?;
+    let state = stream
+        .info()
+        .await
+        .context("cannot read the event stream")?
+        .state
+        .clone();
+    let (first, last) = (state.first_sequence, state.last_sequence);
+    let span = || {
+        format!(
+            "hub `{}` stores sequences {first} to {last}, from {} to {}",
+            hub.name(),
+            Rfc3339::from(SystemTime::from(state.first_timestamp)),
+            Rfc3339::from(SystemTime::from(state.last_timestamp))
+        )
+    };
+    let nothing = |why: &str| anyhow::anyhow!("nothing to export: {why}; {}", span());
+    if state.messages == 0 {
+        return Err(nothing("the lake is empty"));
+    }
+    let deliver_policy = match range.from {
+        None => DeliverPolicy::All,
+        Some(Bound::Sequence(from)) if from > last => {
+            return Err(nothing(&format!("--from {from} is past the last event")));
+        }
+        Some(Bound::Sequence(from)) => DeliverPolicy::ByStartSequence {
+            start_sequence: from.max(first),
+        },
+        Some(Bound::Time(from)) if from > state.last_timestamp => {
+            return Err(nothing("--from is after the last event was stored"));
+        }
+        Some(Bound::Time(start_time)) => DeliverPolicy::ByStartTime { start_time },
+    };
+    let start = match range.from {
+        Some(Bound::Sequence(from)) => from.max(first),
+        _ => first,
+    };
+    if range.until.is_some_and(|until| match until {
+        Bound::Sequence(until) => until < first,
+        Bound::Time(until) => until < state.first_timestamp,
+    }) {
+        return Err(nothing("--until is before the first event"));
+    }
+    let filter_subjects = range
+        .types
+        .iter()
+        .map(|t| fractal::wire::event_filter(t))
+        .collect();
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .context("cannot read the event stream")?;
+    let matching = consumer.cached_info().num_pending;
+    if matching == 0 {
+        return Err(nothing("no event in that range matches"));
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .context("cannot read the event stream")?;
+    let mut progress = Progress::new(start, last);
+    let mut written = 0u64;
+    loop {
+        // A filter may match nothing more up to the end: the pending count says so.
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = tokio::time::timeout(Duration::from_secs(5), messages.next()) => next,
+        };
+        let message = match next {
+            Ok(Some(message)) => message.context("reading the event stream")?,
+            Ok(None) => bail!("the hub closed the stream"),
+            // Nothing for 5 s: the hub is slow, wait on.
+            Err(_) => continue,
+        };
+        let info = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("a message without its metadata: {e}"))?;
+        let (sequence, stored, pending) = (info.stream_sequence, info.published, info.pending);
+        if sequence > last || !range.includes(sequence, stored) {
+            break;
+        }
+        let line = match Event::decode(
+            &message.subject,
+            message.headers.as_ref(),
+            message.payload.clone(),
+        ) {
+            Ok(event) => json_line(sequence, stored, &event),
+            Err(e) => serde_json::json!({
+                "sequence": sequence,
+                "subject": message.subject.as_str(),
+                "malformed": e.to_string(),
+            }),
+        };
+        writeln!(out, "{line}").context("cannot write the export")?;
+        written += 1;
+        progress.show(sequence, written);
+        if pending == 0 || sequence == last {
+            break;
+        }
+    }
+    out.flush().context("cannot write the export")?;
+    progress.done(written);
+    if written == 0 {
+        return Err(nothing("no event in that range matches"));
+    }
+    Ok(written)
+}
+
+/// Progress on stderr: redrawn in place on a terminal, a plain line every 5 s otherwise.
+struct Progress {
+    start: u64,
+    last: u64,
+    began: Instant,
+    shown: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(start: u64, last: u64) -> Progress {
+        let now = Instant::now();
+        Progress {
+            start,
+            last,
+            began: now,
+            shown: now,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self, sequence: u64, written: u64) {
+        let every = if self.terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.shown.elapsed() < every {
+            return;
+        }
+        self.shown = Instant::now();
+        let span = (self.last - self.start + 1) as f64;
+        let done = (sequence - self.start + 1) as f64 / span;
+        let rate = written as f64 / self.began.elapsed().as_secs_f64().max(0.001);
+        let eta = self.began.elapsed().as_secs_f64() * (1.0 - done) / done.max(0.0001);
+        let text = format!(
+            "exported {written} events, sequence {sequence} of {}, {:.0}%, {rate:.0}/s, about {eta:.0}s left",
+            self.last,
+            done * 100.0
+        );
+        if self.terminal {
+            eprint!("\r\x1b[2K{text}");
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn done(&self, written: u64) {
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!(
+            "Exported {written} events in {:.1}s.",
+            self.began.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_sequences_or_times_and_a_range_must_not_end_before_it_starts() {
+        assert_eq!("42".parse::<Bound>(), Ok(Bound::Sequence(42)));
+        assert!(matches!(
+            "2026-11-01T00:00:00Z".parse::<Bound>(),
+            Ok(Bound::Time(_))
+        ));
+        let error = "yesterday".parse::<Bound>().unwrap_err();
+        assert!(error.contains("`yesterday` is neither"), "{error}");
+        let range = Range {
+            from: Some(Bound::Sequence(10)),
+            until: Some(Bound::Sequence(9)),
+            ..Range::default()
+        };
+        assert!(
+            range
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("--until is before --from")
+        );
+        let range = Range {
+            types: vec!["Order Placed".into()],
+            ..Range::default()
+        };
+        assert!(range.check().unwrap_err().to_string().contains("--types"));
+    }
+}
