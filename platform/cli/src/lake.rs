@@ -99,18 +99,62 @@ fn json_line(sequence: u64, stored: time::OffsetDateTime, event: &Event) -> serd
         "tags": event.tags,
         "payload_type": event.payload_type,
         "payload": payload,
+        "replay": event.replay,
     })
 }
 
-/// Writes the events of `range` on `hub` to `out` as JSON lines, with progress on stderr;
-/// returns how many it wrote. A message that is not a well-formed event is written too, as
-/// its sequence, subject and what is wrong with it: an export loses nothing.
-pub(crate) async fn export(
+/// The events of a range of a hub's lake, in stream order, from where the range starts to
+/// the last event stored when the reading began.
+pub(crate) struct Reading {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    range: Range,
+    /// The first sequence the reading may return.
+    pub(crate) start: u64,
+    /// The last sequence it may return.
+    pub(crate) last: u64,
+    done: bool,
+}
+
+impl Reading {
+    /// The next message of the range with its stream sequence and storage time; `None` at
+    /// the end of the range.
+    pub(crate) async fn next(
+        &mut self,
+    ) -> anyhow::Result<Option<(async_nats::jetstream::Message, u64, time::OffsetDateTime)>> {
+        while !self.done {
+            // Nothing for 5 s: the hub is slow, wait on.
+            let Ok(next) = tokio::time::timeout(Duration::from_secs(5), self.messages.next()).await
+            else {
+                continue;
+            };
+            let message = match next {
+                Some(message) => message.context("reading the event stream")?,
+                None => bail!("the hub closed the stream"),
+            };
+            let info = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("a message without its metadata: {e}"))?;
+            let (sequence, stored) = (info.stream_sequence, info.published);
+            if sequence > self.last || !self.range.includes(sequence, stored) {
+                break;
+            }
+            self.done = info.pending == 0 || sequence == self.last;
+            return Ok(Some((message, sequence, stored)));
+        }
+        self.done = true;
+        Ok(None)
+    }
+}
+
+/// Starts reading `range` of `hub`'s lake, only `subjects` if any are given (else the
+/// range's types), from sequence `resume` if given (a reading taken up again). An error names
+/// what the hub holds if the range holds nothing.
+pub(crate) async fn read(
     hub: &Hub,
     range: &Range,
-    out: &mut dyn Write,
-    shutdown: CancellationToken,
-) -> anyhow::Result<u64> {
+    subjects: Vec<String>,
+    resume: Option<u64>,
+) -> anyhow::Result<Reading> {
     range.check()?;
     let mut stream = hub
         .jetstream()
@@ -132,25 +176,29 @@ pub(crate) async fn export(
             Rfc3339::from(SystemTime::from(state.last_timestamp))
         )
     };
-    let nothing = |why: &str| anyhow::anyhow!("nothing to export: {why}; {}", span());
+    let nothing = |why: &str| anyhow::anyhow!("nothing in that range: {why}; {}", span());
     if state.messages == 0 {
         return Err(nothing("the lake is empty"));
     }
-    let deliver_policy = match range.from {
-        None => DeliverPolicy::All,
-        Some(Bound::Sequence(from)) if from > last => {
+    let deliver_policy = match (resume, range.from) {
+        (Some(next), _) => DeliverPolicy::ByStartSequence {
+            start_sequence: next.max(first),
+        },
+        (None, None) => DeliverPolicy::All,
+        (None, Some(Bound::Sequence(from))) if from > last => {
             return Err(nothing(&format!("--from {from} is past the last event")));
         }
-        Some(Bound::Sequence(from)) => DeliverPolicy::ByStartSequence {
+        (None, Some(Bound::Sequence(from))) => DeliverPolicy::ByStartSequence {
             start_sequence: from.max(first),
         },
-        Some(Bound::Time(from)) if from > state.last_timestamp => {
+        (None, Some(Bound::Time(from))) if from > state.last_timestamp => {
             return Err(nothing("--from is after the last event was stored"));
         }
-        Some(Bound::Time(start_time)) => DeliverPolicy::ByStartTime { start_time },
+        (None, Some(Bound::Time(start_time))) => DeliverPolicy::ByStartTime { start_time },
     };
-    let start = match range.from {
-        Some(Bound::Sequence(from)) => from.max(first),
+    let start = match (resume, range.from) {
+        (Some(next), _) => next.max(first),
+        (None, Some(Bound::Sequence(from))) => from.max(first),
         _ => first,
     };
     if range.until.is_some_and(|until| match until {
@@ -159,11 +207,15 @@ pub(crate) async fn export(
     }) {
         return Err(nothing("--until is before the first event"));
     }
-    let filter_subjects = range
-        .types
-        .iter()
-        .map(|t| fractal::wire::event_filter(t))
-        .collect();
+    let filter_subjects = if subjects.is_empty() {
+        range
+            .types
+            .iter()
+            .map(|t| fractal::wire::event_filter(t))
+            .collect()
+    } else {
+        subjects
+    };
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subjects,
@@ -173,34 +225,42 @@ pub(crate) async fn export(
         .await
         .context("cannot read the event stream")?;
     let matching = consumer.cached_info().num_pending;
-    if matching == 0 {
+    if matching == 0 && resume.is_none() {
         return Err(nothing("no event in that range matches"));
     }
-    let mut messages = consumer
+    let messages = consumer
         .messages()
         .await
         .context("cannot read the event stream")?;
-    let mut progress = Progress::new(start, last);
+    Ok(Reading {
+        messages,
+        range: range.clone(),
+        start,
+        last,
+        done: matching == 0,
+    })
+}
+
+/// Writes the events of `range` on `hub` to `out` as JSON lines, with progress on stderr;
+/// returns how many it wrote. A message that is not a well-formed event is written too, as
+/// its sequence, subject and what is wrong with it: an export loses nothing.
+pub(crate) async fn export(
+    hub: &Hub,
+    range: &Range,
+    out: &mut dyn Write,
+    shutdown: CancellationToken,
+) -> anyhow::Result<u64> {
+    let mut reading = read(hub, range, Vec::new(), None).await?;
+    let mut progress = Progress::new("exported", reading.start, reading.last);
     let mut written = 0u64;
     loop {
-        // A filter may match nothing more up to the end: the pending count says so.
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = tokio::time::timeout(Duration::from_secs(5), messages.next()) => next,
+            next = reading.next() => next?,
         };
-        let message = match next {
-            Ok(Some(message)) => message.context("reading the event stream")?,
-            Ok(None) => bail!("the hub closed the stream"),
-            // Nothing for 5 s: the hub is slow, wait on.
-            Err(_) => continue,
-        };
-        let info = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("a message without its metadata: {e}"))?;
-        let (sequence, stored, pending) = (info.stream_sequence, info.published, info.pending);
-        if sequence > last || !range.includes(sequence, stored) {
+        let Some((message, sequence, stored)) = next else {
             break;
-        }
+        };
         let line = match Event::decode(
             &message.subject,
             message.headers.as_ref(),
@@ -216,20 +276,15 @@ pub(crate) async fn export(
         writeln!(out, "{line}").context("cannot write the export")?;
         written += 1;
         progress.show(sequence, written);
-        if pending == 0 || sequence == last {
-            break;
-        }
     }
     out.flush().context("cannot write the export")?;
     progress.done(written);
-    if written == 0 {
-        return Err(nothing("no event in that range matches"));
-    }
     Ok(written)
 }
 
 /// Progress on stderr: redrawn in place on a terminal, a plain line every 5 s otherwise.
-struct Progress {
+pub(crate) struct Progress {
+    what: &'static str,
     start: u64,
     last: u64,
     began: Instant,
@@ -238,9 +293,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(start: u64, last: u64) -> Progress {
+    /// Progress of `what` (`exported`) over sequences `start` to `last`.
+    pub(crate) fn new(what: &'static str, start: u64, last: u64) -> Progress {
         let now = Instant::now();
         Progress {
+            what,
             start,
             last,
             began: now,
@@ -249,7 +306,8 @@ impl Progress {
         }
     }
 
-    fn show(&mut self, sequence: u64, written: u64) {
+    /// `written` events so far, the last at `sequence`.
+    pub(crate) fn show(&mut self, sequence: u64, written: u64) {
         let every = if self.terminal {
             Duration::from_millis(200)
         } else {
@@ -264,7 +322,8 @@ impl Progress {
         let rate = written as f64 / self.began.elapsed().as_secs_f64().max(0.001);
         let eta = self.began.elapsed().as_secs_f64() * (1.0 - done) / done.max(0.0001);
         let text = format!(
-            "exported {written} events, sequence {sequence} of {}, {:.0}%, {rate:.0}/s, about {eta:.0}s left",
+            "{} {written} events, sequence {sequence} of {}, {:.0}%, {rate:.0}/s, about {eta:.0}s left",
+            self.what,
             self.last,
             done * 100.0
         );
@@ -275,12 +334,15 @@ impl Progress {
         }
     }
 
-    fn done(&self, written: u64) {
+    /// The end: `written` events in all.
+    pub(crate) fn done(&self, written: u64) {
         if self.terminal {
             eprint!("\r\x1b[2K");
         }
+        let mut what = self.what.to_owned();
+        what[..1].make_ascii_uppercase();
         eprintln!(
-            "Exported {written} events in {:.1}s.",
+            "{what} {written} events in {:.1}s.",
             self.began.elapsed().as_secs_f64()
         );
     }

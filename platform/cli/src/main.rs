@@ -7,6 +7,7 @@ mod faults;
 mod graph;
 mod hubs;
 mod lake;
+mod replay;
 mod status;
 mod table;
 mod tls;
@@ -92,6 +93,16 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<usize>,
+    },
+    /// Deliver stored events again to one consumer (a service's or a bridge route's) and no
+    /// other: in order per key, marked as a replay, resumable (the same command continues
+    /// where it stopped), with progress.
+    #[command(args_conflicts_with_subcommands = true)]
+    Replay {
+        #[command(subcommand)]
+        action: Option<ReplayAction>,
+        #[command(flatten)]
+        request: Option<ReplayArgs>,
     },
     /// Use a hub's event lake.
     Lake {
@@ -223,6 +234,53 @@ enum HubAction {
     /// Print who may do what on each hub, as `fractal up` grants it: a Markdown table per
     /// hub of each client's events, faults, durable consumers and views.
     Permissions,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The hub.
+    hub: String,
+    /// The service that gets the events: `<subsystem>/<service>` of the topology, or the
+    /// name of a durable consumer on the hub.
+    #[arg(long, value_name = "SERVICE", required_unless_present = "route")]
+    to: Option<String>,
+    /// The bridge route that gets the events, `<bridge>/<route>` (on its source hub).
+    #[arg(long, value_name = "BRIDGE/ROUTE", conflicts_with = "to")]
+    route: Option<String>,
+    /// Only these event types (comma-separated); default: every type the consumer handles.
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// From this stream sequence or storage time (RFC 3339) on.
+    #[arg(long)]
+    from: Option<lake::Bound>,
+    /// Up to and including this stream sequence or storage time.
+    #[arg(long)]
+    until: Option<lake::Bound>,
+    /// Only events of these partition keys (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
+    /// At most this many events per second.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Print what would be replayed (counts by type, the keys covered) and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplayAction {
+    /// Every replay a hub keeps, with its progress.
+    List {
+        /// The hub.
+        hub: String,
+    },
+    /// Stop a replay (a running one stops within a second).
+    Cancel {
+        /// The hub.
+        hub: String,
+        /// The replay's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -451,6 +509,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = fractal::service::shutdown_on_signal();
             events::tail(&hub, event_type.as_deref(), all, count, shutdown).await?;
         }
+        Command::Replay { action, request } => match (action, request) {
+            (Some(ReplayAction::List { hub: name }), _) => {
+                let hub = hub(&topology_path, &state, &name).await?;
+                print!("{}", replay::list(&hub).await?);
+            }
+            (Some(ReplayAction::Cancel { hub: name, id }), _) => {
+                let hub = hub(&topology_path, &state, &name).await?;
+                replay::cancel(&hub, &id).await?;
+                println!("Replay {id} cancelled.");
+            }
+            (None, Some(args)) => {
+                let durable = replay_target(&topology_path, &args)?;
+                let request = replay::Request {
+                    durable,
+                    range: lake::Range {
+                        types: args.types,
+                        from: args.from,
+                        until: args.until,
+                    },
+                    keys: args.keys,
+                    rate: args.rate,
+                };
+                request.range.check()?;
+                if request.rate == Some(0) {
+                    bail!("--rate must be at least 1 event per second");
+                }
+                let hub = hub(&topology_path, &state, &args.hub).await?;
+                if args.dry_run {
+                    print!("{}", replay::dry_run(&hub, &request).await?);
+                } else {
+                    let shutdown = fractal::service::shutdown_on_signal();
+                    let (id, replayed) = replay::run(&hub, &request, shutdown).await?;
+                    println!(
+                        "Replay {id}: {replayed} events replayed to `{}`.",
+                        request.durable
+                    );
+                }
+            }
+            (None, None) => bail!("name a hub and --to or --route, or `list` or `cancel`"),
+        },
         Command::Lake {
             action:
                 LakeAction::Export {
@@ -596,6 +694,69 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watchdog { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The durable consumer a replay goes to: a topology service's, a bridge route's, or one
+/// named as it is on the hub.
+fn replay_target(topology_path: &Path, args: &ReplayArgs) -> anyhow::Result<String> {
+    if let Some(route) = &args.route {
+        let topology = load(topology_path)?;
+        let Some((bridge, name)) = route.split_once('/') else {
+            bail!("--route `{route}`: name it `<bridge>/<route>`");
+        };
+        let Some(found) = topology.bridges.iter().find(|b| b.config.name == bridge) else {
+            bail!("--route `{route}`: no bridge `{bridge}` in the topology");
+        };
+        if !found.config.routes.iter().any(|r| r.name == name) {
+            bail!(
+                "--route `{route}`: bridge `{bridge}` has no route `{name}` (routes: {})",
+                found
+                    .config
+                    .routes
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if found.config.source.name != args.hub {
+            bail!(
+                "--route `{route}` reads hub `{}`, not `{}`",
+                found.config.source.name,
+                args.hub
+            );
+        }
+        return Ok(format!("bridge-{bridge}-{name}"));
+    }
+    let to = args.to.as_deref().unwrap_or_default();
+    if to.contains('/') {
+        let topology = load(topology_path)?;
+        let Some(service) = topology.services.iter().find(|s| s.name() == to) else {
+            bail!(
+                "--to `{to}`: no such service in the topology (services: {})",
+                topology
+                    .services
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if service.hub() != args.hub {
+            bail!(
+                "--to `{to}` runs on hub `{}`, not `{}`",
+                service.hub(),
+                args.hub
+            );
+        }
+        let config = &service.config;
+        return Ok(config
+            .consumer
+            .durable
+            .clone()
+            .unwrap_or_else(|| config.service.clone()));
+    }
+    Ok(to.to_owned())
 }
 
 /// The contract of the bridge routes that carry `event_type`.

@@ -1676,7 +1676,7 @@ async fn the_lake_exports_as_json_lines_by_type_and_range() {
         ),
         (
             vec!["--from", "99"],
-            "nothing to export: --from 99 is past the last event",
+            "nothing in that range: --from 99 is past the last event",
         ),
         (
             vec!["--types", "order.placed"],
@@ -1689,4 +1689,205 @@ async fn the_lake_exports_as_json_lines_by_type_and_range() {
         assert!(text(&output).contains(says), "{says} in {}", text(&output));
         assert!(lines(&output).is_empty(), "{args:?}");
     }
+}
+
+/// What a test consumer handled: each event's key, number and whether it was a replay.
+type Handled = Arc<std::sync::Mutex<Vec<(String, usize, bool)>>>;
+
+/// Starts consumer `name` on `hub` for `item.added`, recording what it handles in `handled`;
+/// while `buggy` is set, every event fails for good (becomes a fault).
+fn recording(
+    hub: &fractal::Hub,
+    name: &str,
+    config: ConsumerConfig,
+    buggy: Arc<AtomicBool>,
+) -> (Handled, CancellationToken) {
+    let handled: Handled = Arc::default();
+    let consumer = Consumer::new(hub, name, config).on("item.added", {
+        let handled = handled.clone();
+        move |event| {
+            let (handled, buggy) = (handled.clone(), buggy.clone());
+            async move {
+                if buggy.load(Ordering::SeqCst) {
+                    return Err(HandlerError::permanent("a bug"));
+                }
+                let n: usize = event
+                    .payload::<fractal::proto::Header>()?
+                    .value
+                    .parse()
+                    .map_err(HandlerError::permanent)?;
+                handled
+                    .lock()
+                    .expect("not poisoned")
+                    .push((event.key.clone(), n, event.replay.is_some()));
+                Ok(())
+            }
+        }
+    });
+    let token = CancellationToken::new();
+    tokio::spawn(consumer.run(token.clone()));
+    (handled, token)
+}
+
+fn numbered(n: usize, key: usize) -> NewEvent {
+    let header = fractal::proto::Header {
+        name: String::new(),
+        value: n.to_string(),
+    };
+    NewEvent::new("item.added", format!("k-{key}"), &header)
+}
+
+/// Whether each key's numbers in `handled` (replays only if `replays`) are `numbers`.
+fn in_order(handled: &Handled, replays: bool, numbers: std::ops::Range<usize>) -> bool {
+    let handled = handled.lock().expect("not poisoned");
+    (0..3).all(|k| {
+        let key = format!("k-{k}");
+        let seen: Vec<usize> = handled
+            .iter()
+            .filter(|(hk, _, replay)| *hk == key && *replay == replays)
+            .map(|(_, n, _)| *n)
+            .filter(|n| numbers.contains(n))
+            .collect();
+        seen == numbers.clone().collect::<Vec<_>>()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reaches_its_consumer_alone_in_key_order_and_resumes_where_it_stopped() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = one_hub_topology(dir.path(), &server);
+    let state = dir.path().join("state").display().to_string();
+    let replay = |args: &[&str]| {
+        let mut all = vec!["replay"];
+        all.extend(args);
+        all.extend(["--topology", &topology, "--state", &state]);
+        fractal(&all)
+    };
+
+    // A ledger with a bug faults every event; an audit and a gateway handle them all.
+    let buggy = Arc::new(AtomicBool::new(true));
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (ledger, _l) = recording(&hub, "ledger", ConsumerConfig::default(), buggy.clone());
+    let (audit, audit_token) = recording(&hub, "audit", ConsumerConfig::default(), fixed.clone());
+    let skip = ConsumerConfig {
+        replays: fractal::consume::Replays::Skip,
+        ..Default::default()
+    };
+    let (gateway, _g) = recording(&hub, "gateway", skip, fixed.clone());
+    simulate(
+        &hub,
+        (0..10).flat_map(|n| (0..3).map(move |k| numbered(n, k))),
+    )
+    .await;
+    eventually(Duration::from_secs(20), "30 faults", || async {
+        (faults(&hub).await.len() == 30 && audit.lock().unwrap().len() == 30).then_some(())
+    })
+    .await;
+
+    // The bug fixed, the range it mishandled goes to the ledger again, and to it alone.
+    buggy.store(false, Ordering::SeqCst);
+    let dry = replay(&[
+        "alpha",
+        "--to",
+        "ledger",
+        "--from",
+        "1",
+        "--until",
+        "30",
+        "--dry-run",
+    ]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    for part in ["Would replay 30 events", "item.added", "3 keys"] {
+        assert!(text(&dry).contains(part), "{part} in {}", text(&dry));
+    }
+    let first = replay(&["alpha", "--to", "ledger", "--from", "1", "--until", "30"]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        text(&first).contains("30 events replayed"),
+        "{}",
+        text(&first)
+    );
+    eventually(Duration::from_secs(20), "the ledger right", || async {
+        in_order(&ledger, true, 0..10).then_some(())
+    })
+    .await;
+
+    // Later events flow as usual; a rate-limited replay of them is killed midway, then the
+    // same command takes it up again: each copy arrives once, in order per key.
+    simulate(
+        &hub,
+        (10..110).flat_map(|n| (0..3).map(move |k| numbered(n, k))),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the new events", || async {
+        in_order(&ledger, false, 10..110).then_some(())
+    })
+    .await;
+    // Sequences 31–60 are the first replay's copies; the new events are 61–360.
+    let args = [
+        "alpha", "--to", "ledger", "--from", "61", "--until", "360", "--rate", "100",
+    ];
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_fractal"))
+        .arg("replay")
+        .args(args)
+        .args(["--topology", &topology, "--state", &state])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let before = ledger
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.2 && h.1 >= 10)
+        .count();
+    assert!(before < 300, "the rate held it back: {before} copies");
+    let again = replay(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("Taking up replay"),
+        "{}",
+        text(&again)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the rest of the replay",
+        || async { in_order(&ledger, true, 10..110).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let copies = ledger.lock().unwrap().iter().filter(|h| h.2).count();
+    assert_eq!(copies, 330, "every copy once");
+    // Nobody else saw anything twice; the gateway skipped every replay.
+    assert_eq!(audit.lock().unwrap().len(), 330);
+    assert_eq!(gateway.lock().unwrap().len(), 330);
+    assert!(gateway.lock().unwrap().iter().all(|h| !h.2));
+    let list = replay(&["list", "alpha"]);
+    assert_eq!(text(&list).matches("done").count(), 2, "{}", text(&list));
+
+    // Bad input: each named, nothing replayed.
+    audit_token.cancel();
+    for (args, says) in [
+        (vec!["alpha", "--to", "nobody"], "has no consumer `nobody`"),
+        (
+            vec!["alpha", "--to", "ledger", "--types", "other.thing"],
+            "does not handle `other.thing`",
+        ),
+        (
+            vec!["alpha", "--to", "ledger", "--from", "10", "--until", "5"],
+            "--until is before --from",
+        ),
+        (vec!["alpha", "--to", "audit"], "is not running"),
+    ] {
+        let output = replay(&args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(text(&output).contains(says), "{says} in {}", text(&output));
+    }
+    let copies = ledger.lock().unwrap().iter().filter(|h| h.2).count();
+    assert_eq!(copies, 330);
 }

@@ -75,6 +75,22 @@ pub struct ConsumerConfig {
     /// How often the consumer's lag is read for the metrics, in seconds.
     #[serde(default = "default_lag_poll_secs")]
     pub lag_poll_secs: u64,
+    /// What the service does with replayed events (`fractal replay`): `handle` them (the
+    /// default), or `skip` them, as a service whose handlers cause outside effects (a gateway
+    /// to another system, notifications) should.
+    #[serde(default)]
+    pub replays: Replays,
+}
+
+/// What a consumer does with replayed events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replays {
+    /// Handles them like any event; `event.replay` tells them apart.
+    #[default]
+    Handle,
+    /// Acknowledges them unhandled.
+    Skip,
 }
 
 /// Where a new durable consumer starts: `all`, `new`, or `since:<RFC 3339 time>` in a
@@ -184,6 +200,7 @@ impl Default for ConsumerConfig {
             retry_initial_ms: default_retry_initial_ms(),
             retry_max_ms: default_retry_max_ms(),
             lag_poll_secs: default_lag_poll_secs(),
+            replays: Replays::Handle,
         }
     }
 }
@@ -795,10 +812,14 @@ async fn handle(shared: &Shared, message: Message) {
             return;
         }
     };
-    if let Some(intended) = &event.resubmitted_for
-        && *intended != shared.durable
+    let skipped_replay = event.replay.is_some() && shared.config.replays == Replays::Skip;
+    if skipped_replay
+        || event
+            .resubmitted_for
+            .as_ref()
+            .is_some_and(|intended| *intended != shared.durable)
     {
-        // A fault of another consumer, resubmitted to that consumer alone.
+        // A replay this consumer skips, or a fault or replay meant for another consumer alone.
         if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, id = %event.id, "Could not acknowledge; the event will be delivered again.");
         }

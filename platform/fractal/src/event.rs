@@ -183,8 +183,11 @@ pub struct EventData {
     pub origin: String,
     /// Every hub the event has been stored in, the origin first.
     pub path: Vec<String>,
-    /// For a resubmitted fault: the one durable consumer it is meant for.
+    /// For a resubmitted fault or a replayed event: the one durable consumer it is meant for.
     pub resubmitted_for: Option<String>,
+    /// For a replayed copy (`fractal replay`): the replay's id. A handler with outside effects
+    /// can tell a replay from the first time.
+    pub replay: Option<String>,
 }
 
 /// Why a message is not a well-formed Fractal event.
@@ -265,8 +268,10 @@ pub struct EventView<'a> {
     pub origin: &'a str,
     /// Every hub the event has been stored in, the origin first, comma-separated.
     pub path: &'a str,
-    /// For a resubmitted fault: the one durable consumer it is meant for.
+    /// For a resubmitted fault or a replayed event: the one durable consumer it is meant for.
     pub resubmitted_for: Option<&'a str>,
+    /// For a replayed copy: the replay's id.
+    pub replay: Option<&'a str>,
     body: &'a [u8],
     /// Whether the envelope has tags, so that [`EventView::tags`] reads the body again only
     /// then.
@@ -316,6 +321,7 @@ impl<'a> EventView<'a> {
             origin: header(wire::ORIGIN).unwrap_or_default(),
             path: header(wire::PATH).unwrap_or_default(),
             resubmitted_for: header(wire::RESUBMIT_FOR).ok(),
+            replay: header(wire::REPLAY).ok(),
             body,
             tagged: false,
         };
@@ -430,6 +436,7 @@ impl<'a> EventView<'a> {
             origin: self.origin.to_owned(),
             path: self.hubs().map(str::to_owned).collect(),
             resubmitted_for: self.resubmitted_for.map(str::to_owned),
+            replay: self.replay.map(str::to_owned),
         }))
     }
 }

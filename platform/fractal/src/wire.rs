@@ -27,6 +27,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// On a resubmitted fault only: the durable consumer the event is resubmitted to. Every other
 /// consumer acknowledges it without handling it.
 pub const RESUBMIT_FOR: &str = "Fractal-Resubmit-For";
+/// Header of a replayed copy of an event (`fractal replay`): the replay's id. A replayed
+/// copy also names its one consumer in [`RESUBMIT_FOR`].
+pub const REPLAY: &str = "Fractal-Replay";
 /// W3C trace state header.
 pub const TRACESTATE: &str = "tracestate";
 
@@ -95,6 +98,12 @@ pub fn parse_event_subject(subject: &str) -> Option<(Scope, &str)> {
 /// twice stores it once.
 pub fn resubmit_id(fault_id: &str) -> String {
     format!("resubmit:{fault_id}")
+}
+
+/// The message id of replay `replay`'s copy of the event at `sequence`: a replay resumed
+/// after an interruption stores each copy once.
+pub fn replay_id(replay: &str, sequence: u64) -> String {
+    format!("replay:{replay}:{sequence}")
 }
 
 /// Checks that `name` can be used as an event type or a service name inside a subject:
