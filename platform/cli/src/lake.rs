@@ -41,14 +41,17 @@ impl std::str::FromStr for Bound {
     }
 }
 
-/// What part of the lake to export.
-#[derive(Debug, Clone, Default)]
+/// A part of the lake, as `fractal lake export` and `fractal replay` take it.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct Range {
-    /// Only these event types (any scope); all if empty.
+    /// Only these event types (comma-separated); default: every type.
+    #[arg(long, value_delimiter = ',')]
     pub(crate) types: Vec<String>,
-    /// From this sequence or time on.
+    /// From this stream sequence (42) or storage time (2026-11-01T00:00:00Z) on.
+    #[arg(long)]
     pub(crate) from: Option<Bound>,
-    /// Up to and including this sequence or time.
+    /// Up to and including this stream sequence or storage time.
+    #[arg(long)]
     pub(crate) until: Option<Bound>,
 }
 

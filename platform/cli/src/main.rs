@@ -247,15 +247,9 @@ struct ReplayArgs {
     /// The bridge route that gets the events, `<bridge>/<route>` (on its source hub).
     #[arg(long, value_name = "BRIDGE/ROUTE", conflicts_with = "to")]
     route: Option<String>,
-    /// Only these event types (comma-separated); default: every type the consumer handles.
-    #[arg(long, value_delimiter = ',')]
-    types: Vec<String>,
-    /// From this stream sequence or storage time (RFC 3339) on.
-    #[arg(long)]
-    from: Option<lake::Bound>,
-    /// Up to and including this stream sequence or storage time.
-    #[arg(long)]
-    until: Option<lake::Bound>,
+    /// Which events (by default every type the consumer handles).
+    #[command(flatten)]
+    range: lake::Range,
     /// Only events of these partition keys (comma-separated).
     #[arg(long, value_delimiter = ',')]
     keys: Vec<String>,
@@ -291,15 +285,9 @@ enum LakeAction {
     Export {
         /// The hub.
         hub: String,
-        /// Only these event types (comma-separated, or repeated).
-        #[arg(long, value_delimiter = ',')]
-        types: Vec<String>,
-        /// From this stream sequence (42) or storage time (2026-11-01T00:00:00Z) on.
-        #[arg(long)]
-        from: Option<lake::Bound>,
-        /// Up to and including this stream sequence or storage time.
-        #[arg(long)]
-        until: Option<lake::Bound>,
+        /// Which events.
+        #[command(flatten)]
+        range: lake::Range,
         /// Write to this file instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -523,11 +511,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let durable = replay_target(&topology_path, &args)?;
                 let request = replay::Request {
                     durable,
-                    range: lake::Range {
-                        types: args.types,
-                        from: args.from,
-                        until: args.until,
-                    },
+                    range: args.range,
                     keys: args.keys,
                     rate: args.rate,
                 };
@@ -553,13 +537,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action:
                 LakeAction::Export {
                     hub: name,
-                    types,
-                    from,
-                    until,
+                    range,
                     output,
                 },
         } => {
-            let range = lake::Range { types, from, until };
             range.check()?;
             let hub = hub(&topology_path, &state, &name).await?;
             let shutdown = fractal::service::shutdown_on_signal();
