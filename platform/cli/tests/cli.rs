@@ -1716,10 +1716,11 @@ fn recording(
                     .value
                     .parse()
                     .map_err(HandlerError::permanent)?;
-                handled
-                    .lock()
-                    .expect("not poisoned")
-                    .push((event.key.clone(), n, event.replay.is_some()));
+                handled.lock().expect("not poisoned").push((
+                    event.key.clone(),
+                    n,
+                    event.replay.is_some(),
+                ));
                 Ok(())
             }
         }
