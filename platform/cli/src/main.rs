@@ -247,9 +247,15 @@ struct ReplayArgs {
     /// The bridge route that gets the events, `<bridge>/<route>` (on its source hub).
     #[arg(long, value_name = "BRIDGE/ROUTE", conflicts_with = "to")]
     route: Option<String>,
-    /// Which events (by default every type the consumer handles).
-    #[command(flatten)]
-    range: lake::Range,
+    /// Only these event types (comma-separated); default: every type the consumer handles.
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// From this stream sequence (42) or storage time (2026-11-01T00:00:00Z) on.
+    #[arg(long)]
+    from: Option<lake::Bound>,
+    /// Up to and including this stream sequence or storage time.
+    #[arg(long)]
+    until: Option<lake::Bound>,
     /// Only events of these partition keys (comma-separated).
     #[arg(long, value_delimiter = ',')]
     keys: Vec<String>,
@@ -511,7 +517,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let durable = replay_target(&topology_path, &args)?;
                 let request = replay::Request {
                     durable,
-                    range: args.range,
+                    // Flattened into an optional argument group, a `Range` would leave the
+                    // group unrecognised: its fields are spelled out here.
+                    range: lake::Range {
+                        types: args.types,
+                        from: args.from,
+                        until: args.until,
+                    },
                     keys: args.keys,
                     rate: args.rate,
                 };

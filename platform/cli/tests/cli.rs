@@ -1838,7 +1838,19 @@ async fn a_replay_reaches_its_consumer_alone_in_key_order_and_resumes_where_it_s
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed once it has recorded its start and replayed some.
+    eventually(Duration::from_secs(30), "the replay under way", || async {
+        let list = replay(&["list", "alpha"]);
+        let copies = ledger
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.2 && h.1 >= 10)
+            .count();
+        (text(&list).contains("running") && copies > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     killed.kill().unwrap();
     killed.wait().unwrap();
     let before = ledger
