@@ -305,8 +305,20 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
         self.read(&format!("{prefix}.>")).await
     }
 
-    /// Reads the newest entry of every key matching `filter` with one ordered consumer.
+    /// Reads the newest entry of every key matching `filter` with one ordered consumer,
+    /// waiting out a hub that cannot answer (as a read or write does).
     async fn read(&self, filter: &str) -> Result<Vec<(String, Record<T>)>, ViewError> {
+        let ride_out = RideOut::start();
+        loop {
+            match self.read_once(filter).await {
+                Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
+                read => return read,
+            }
+        }
+    }
+
+    /// One pass of [`View::read`].
+    async fn read_once(&self, filter: &str) -> Result<Vec<(String, Record<T>)>, ViewError> {
         let fail = |e: async_nats::Error| ViewError::new(&self.name, "cannot read the bucket", e);
         let consumer = self
             .store
