@@ -723,9 +723,14 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
     stop(up);
 }
 
-/// `fractal status --format json` on the system running from `state`: its exit code and the
-/// status.
+/// `fractal status --format json` on the shipped system running from `state`: its exit code
+/// and the status.
 fn status(state: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    status_of(&shipped(), state, extra)
+}
+
+/// `fractal status --format json` on `topology` running from `state`.
+fn status_of(topology: &str, state: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_fractal"))
         .args([
             "status",
@@ -734,7 +739,7 @@ fn status(state: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
             "--interval",
             "0.5",
             "--topology",
-            &shipped(),
+            topology,
             "--state",
         ])
         .arg(state)
@@ -1184,21 +1189,7 @@ fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
         "{running:?}"
     );
 
-    let output = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args([
-            "status",
-            "--format",
-            "json",
-            "--interval",
-            "0.5",
-            "--topology",
-            &topology,
-            "--state",
-        ])
-        .arg(&state)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (_, status) = status_of(&topology, &state, &[]);
     for hub in status["hubs"].as_array().unwrap() {
         assert_eq!(
             (hub["nodes"].as_u64(), hub["nodes_up"].as_u64()),

@@ -102,16 +102,7 @@ async fn a_client_whose_stream_settings_differ_from_the_hub_is_refused_and_chang
     ] {
         assert!(message.contains(part), "{part} in {message}");
     }
-    let info = hub
-        .jetstream()
-        .get_stream("EVENTS")
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .config
-        .clone();
+    let info = events_config(&hub).await;
     assert_eq!(info.max_messages, 1000);
 
     // A service with such a configuration does not start; it says why.
@@ -137,8 +128,14 @@ async fn provisioning_is_idempotent_and_applies_new_limits() {
     config.events.max_messages = 10;
     let hub = fractal::Hub::connect(&config).await.expect("connects");
     hub.provision().await.expect("updated");
-    let info = hub
-        .jetstream()
+    let info = events_config(&hub).await;
+    assert_eq!(info.max_messages, 10);
+    assert!(hub.is_connected());
+}
+
+/// The settings of the hub's event stream as the hub has them.
+async fn events_config(hub: &fractal::Hub) -> async_nats::jetstream::stream::Config {
+    hub.jetstream()
         .get_stream("EVENTS")
         .await
         .expect("stream")
@@ -146,7 +143,5 @@ async fn provisioning_is_idempotent_and_applies_new_limits() {
         .await
         .expect("info")
         .config
-        .clone();
-    assert_eq!(info.max_messages, 10);
-    assert!(hub.is_connected());
+        .clone()
 }
