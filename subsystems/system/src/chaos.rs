@@ -59,8 +59,17 @@ pub async fn run(running: &Path, options: &ChaosOptions) -> Result<(), DemoError
     let outcome = outcome?;
     let took = started.elapsed();
 
-    // The lake: one `order.delivered` per order, for every order placed.
+    // Every hub node back and current before the lake is read: one killed last may still be
+    // rejoining its cluster, and a read meanwhile would time out rather than fail the checks.
     let system = RunningSystem::load(running)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for monitors in system.monitors.values() {
+        while !all_healthy(monitors).await && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    // The lake: one `order.delivered` per order, for every order placed.
     let delivered = delivered_per_order(&system).await?;
     let twice: Vec<&String> = delivered
         .iter()
