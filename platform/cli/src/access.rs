@@ -38,6 +38,8 @@ pub(crate) struct Client {
     pub(crate) publish: Vec<String>,
     /// Subjects it may subscribe to.
     pub(crate) subscribe: Vec<String>,
+    /// Whether it may answer the requests it receives (a service's control requests).
+    pub(crate) responds: bool,
 }
 
 /// What a client may do, in the topology's words.
@@ -64,6 +66,7 @@ impl Client {
             grants,
             publish,
             subscribe,
+            responds: false,
         }
     }
 }
@@ -102,24 +105,42 @@ fn durable(stream: &str, durable: &str) -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}_backfill.>"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}_backfill"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}_backfill"),
+        // A view rebuild reads the lake through another.
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}_rebuild"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{durable}_rebuild.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}_rebuild"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}_rebuild"),
     ]
 }
 
-/// Reading and writing view `view`'s bucket, and watching it, without administering it.
+/// Reading and writing view `view`'s two buckets (a rebuild alternates between them), and
+/// watching them, without administering them; reading its binding in the hub's `views` bucket
+/// and writing it (a rebuild switches it).
 fn view(view: &str) -> Vec<String> {
-    let stream = format!("KV_view_{view}");
-    vec![
-        format!("$KV.view_{view}.>"),
-        format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.API.DIRECT.GET.{stream}"),
-        format!("$JS.API.DIRECT.GET.{stream}.>"),
-        // The ordered consumers that list and watch it.
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.*"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
-    ]
+    let mut subjects = Vec::new();
+    for bucket in [format!("view_{view}"), format!("view_{view}__b")] {
+        let stream = format!("KV_{bucket}");
+        subjects.extend([
+            format!("$KV.{bucket}.>"),
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}.>"),
+            // The ordered consumers that list and watch it.
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.*"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
+        ]);
+    }
+    let bindings = fractal::view::rebuild::BINDINGS;
+    subjects.extend([
+        format!("$KV.{bindings}.{view}"),
+        format!("$JS.API.STREAM.INFO.KV_{bindings}"),
+        format!("$JS.API.STREAM.MSG.GET.KV_{bindings}"),
+        format!("$JS.API.DIRECT.GET.KV_{bindings}.$KV.{bindings}.{view}"),
+    ]);
+    subjects
 }
 
 /// Every client of hub `hub` and its permissions, the provisioning step and the operator
@@ -144,6 +165,7 @@ pub(crate) fn clients(topology: &Topology, hub: &str) -> Vec<Client> {
             },
             publish: vec![">".into()],
             subscribe: vec![">".into()],
+            responds: false,
         },
     ];
     for service in topology.services.iter().filter(|s| s.hub() == hub) {
@@ -179,12 +201,19 @@ pub(crate) fn clients(topology: &Topology, hub: &str) -> Vec<Client> {
             views: service.spec.views.clone(),
             other: None,
         };
-        clients.push(Client::new(
+        let mut client = Client::new(
             service_id(&service.name()),
             format!("service {}", service.name()),
             grants,
             publish,
+        );
+        // Its control requests (a view rebuild), which it answers.
+        client.subscribe.push(format!(
+            "{}.>",
+            fractal::view::rebuild::control_prefix(&config.service)
         ));
+        client.responds = true;
+        clients.push(client);
     }
     for bridge in &topology.bridges {
         let config = &bridge.config;
@@ -321,11 +350,16 @@ pub(crate) fn authorization(
     );
     for client in clients(topology, hub) {
         block.push_str(&format!(
-            "    # {}\n    {{ nkey: {}, permissions: {{\n        publish: {{ allow: [{}] }},\n        subscribe: {{ allow: [{}] }}\n    }} }}\n",
+            "    # {}\n    {{ nkey: {}, permissions: {{\n        publish: {{ allow: [{}] }},\n        subscribe: {{ allow: [{}] }}{}\n    }} }}\n",
             client.what,
             credentials.public_key(&client.id)?,
             list(&client.publish),
             list(&client.subscribe),
+            if client.responds {
+                ",\n        allow_responses: true"
+            } else {
+                ""
+            },
         ));
     }
     block.push_str("  ]\n}\n");
@@ -404,7 +438,11 @@ mod tests {
             "{:?}",
             dispatch.publish
         );
-        assert_eq!(dispatch.subscribe, ["_INBOX.delivery-dispatch.>"]);
+        assert_eq!(
+            dispatch.subscribe,
+            ["_INBOX.delivery-dispatch.>", "fractal.control.dispatch.>"]
+        );
+        assert!(dispatch.responds, "it answers its control requests");
 
         let gateway = client("delivery", "delivery-gateway");
         assert_eq!(

@@ -14,6 +14,7 @@ mod tls;
 mod topology;
 mod ui;
 mod up;
+mod views;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -108,6 +109,11 @@ enum Command {
     Lake {
         #[command(subcommand)]
         action: LakeAction,
+    },
+    /// A service's views.
+    Views {
+        #[command(subcommand)]
+        action: ViewsAction,
     },
     /// Publish a simulated event, its payload given as JSON.
     Publish {
@@ -280,6 +286,19 @@ enum ReplayAction {
         hub: String,
         /// The replay's id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ViewsAction {
+    /// Rebuild a view from the lake while its running service keeps serving it: the service
+    /// runs its handlers over every stored event into a new bucket, then switches to it; the
+    /// report compares the new entries with the old.
+    Rebuild {
+        /// The service, `<subsystem>/<service>`.
+        service: String,
+        /// The view (its indexes are rebuilt with it).
+        view: String,
     },
 }
 
@@ -545,6 +564,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             (None, None) => bail!("name a hub and --to or --route, or `list` or `cancel`"),
         },
+        Command::Views {
+            action: ViewsAction::Rebuild { service, view },
+        } => {
+            let topology = load(&topology_path)?;
+            let (name, consumer) = views::locate(&topology, &service, &view)?;
+            let hub = hub(&topology_path, &state, &name).await?;
+            print!("{}", views::rebuild(&hub, consumer, &view).await?);
+        }
         Command::Lake {
             action:
                 LakeAction::Export {

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,10 @@ use crate::config::{Problems, Validate, join};
 use crate::event::Event;
 use crate::fault::{FaultKind, FaultRecorder, Origin};
 use crate::metrics::{ConsumerLabels, PLATFORM, TypeLabels};
+use crate::view::rebuild::Handling;
 use crate::{Hub, telemetry, wire};
+
+mod rebuild;
 
 /// How a service consumes its hub's events.
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +431,7 @@ impl Consumer {
             .map(|t| wire::event_filter(t))
             .collect();
         filter_subjects.sort();
+        let all_filter_subjects = filter_subjects.clone();
         let plan = plan(&stream, &durable, &filter_subjects, self.config.start);
         let (deliver_policy, metadata, backfill) = self
             .hub
@@ -468,9 +473,13 @@ impl Consumer {
             "Consumer started."
         );
 
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             faults: FaultRecorder::new(&self.hub, &self.service, &durable),
             client: self.hub.client().clone(),
+            hub: self.hub.clone(),
+            filter_subjects: all_filter_subjects,
+            pause: tokio::sync::RwLock::new(()),
+            started: AtomicU64::new(0),
             service: self.service,
             durable: durable.clone(),
             stream: stream_name.clone(),
@@ -478,7 +487,8 @@ impl Consumer {
             config: self.config.clone(),
             shutdown: shutdown.clone(),
             backfill,
-        };
+        });
+        let control = tokio::spawn(rebuild::serve(shared.clone(), shutdown.clone()));
         let lag = tokio::spawn(poll_lag(
             consumer.clone(),
             ConsumerLabels {
@@ -537,6 +547,7 @@ impl Consumer {
         }
         while lanes.running.next().await.is_some() {}
         lag.abort();
+        control.abort();
         // Send the last acknowledgements; a hub that is down gets them redelivered instead.
         match tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await {
             Ok(Ok(())) => {}
@@ -549,9 +560,16 @@ impl Consumer {
 }
 
 struct Shared {
+    hub: Hub,
     service: String,
     durable: String,
     stream: String,
+    /// The subjects of the event types it handles.
+    filter_subjects: Vec<String>,
+    /// Held by each running handler; a rebuild takes it whole to switch its views.
+    pause: tokio::sync::RwLock<()>,
+    /// The highest stream sequence a handler has started on.
+    started: AtomicU64,
     handlers: HashMap<String, Registered>,
     config: ConsumerConfig,
     faults: FaultRecorder,
@@ -874,8 +892,18 @@ async fn handle(shared: &Shared, message: Message) {
             fractal.delivery = attempt,
         );
         telemetry::continue_trace(&span, message.headers.as_ref());
+        let running = shared.pause.read().await;
+        shared.started.fetch_max(stream_sequence, Ordering::AcqRel);
         let started = Instant::now();
-        let result = (registered.handler)(event.clone()).instrument(span).await;
+        let handling = Handling {
+            sequence: stream_sequence,
+            rebuild: None,
+        };
+        let result = handling
+            .scope((registered.handler)(event.clone()))
+            .instrument(span)
+            .await;
+        drop(running);
         registered.seconds.observe(started.elapsed().as_secs_f64());
         let (error, counted) = match result {
             Ok(()) => {

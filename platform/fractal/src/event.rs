@@ -159,7 +159,7 @@ impl std::ops::Deref for Event {
 }
 
 /// What an [`Event`] carries.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EventData {
     /// Unique, sortable id.
     pub id: String,
@@ -234,6 +234,13 @@ pub enum DecodeError {
 }
 
 impl Event {
+    /// The same event, marked as a copy replayed by `replay`.
+    pub(crate) fn replayed(&self, replay: &str) -> Event {
+        let mut data = (*self.0).clone();
+        data.replay = Some(replay.to_owned());
+        Event(Arc::new(data))
+    }
+
     /// Decodes a message read from a hub's event stream. The payload shares `body`'s memory.
     pub fn decode(
         subject: &str,

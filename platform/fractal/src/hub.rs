@@ -594,6 +594,8 @@ pub struct Hub {
     config: HubConfig,
     credential: String,
     refusals: broadcast::Sender<Arc<str>>,
+    /// The views opened through this connection.
+    views: crate::view::Bindings,
 }
 
 /// What the server reported refusing this client: the subject of a publish or subscription
@@ -785,7 +787,13 @@ impl Hub {
             config: config.clone(),
             credential,
             refusals,
+            views: crate::view::Bindings::default(),
         })
+    }
+
+    /// The views opened through this connection, by name.
+    pub(crate) fn views(&self) -> &crate::view::Bindings {
+        &self.views
     }
 
     /// The subjects the hub refuses this client from now on.

@@ -154,7 +154,17 @@ impl Publisher {
     /// Publishes one event and waits until the hub has stored it. A hub that cannot answer
     /// for a moment (a node gone, a cluster electing a leader) is waited for, up to
     /// 15 s; the event's id keeps a publish that did land from being stored twice.
+    ///
+    /// A handler running for a view rebuild publishes nothing: what it publishes is in the
+    /// lake from the first time, and the answer says so (`duplicate`, sequence 0).
     pub async fn publish(&self, event: NewEvent) -> Result<Published, PublishError> {
+        if crate::view::rebuild::rebuilding() {
+            return Ok(Published {
+                id: event.id,
+                sequence: 0,
+                duplicate: true,
+            });
+        }
         let ride_out = RideOut::start();
         loop {
             let sent = match self.send(event.clone()).await {
@@ -176,6 +186,13 @@ impl Publisher {
         events: impl IntoIterator<Item = NewEvent>,
     ) -> Result<Vec<Published>, PublishError> {
         let events: Vec<NewEvent> = events.into_iter().collect();
+        if crate::view::rebuild::rebuilding() {
+            let mut published = Vec::with_capacity(events.len());
+            for event in events {
+                published.push(self.publish(event).await?);
+            }
+            return Ok(published);
+        }
         let mut published = Vec::with_capacity(events.len());
         let mut pending: VecDeque<Pending> = VecDeque::with_capacity(PIPELINE_WINDOW);
         let pipelined = async {

@@ -15,13 +15,18 @@
 //!   tickets by restaurant), kept in step by every [`View::update`];
 //! - a [`LiveView`] is a copy of a view in the service's memory, kept current from the bucket,
 //!   for a service that reads a view on every event or request.
+//!
+//! A view can be rebuilt from the lake into a new bucket while the service keeps serving the
+//! old one ([`rebuild`]): a view is bound to its bucket through the hub's `views` bucket, and
+//! a rebuild switches the binding.
 
 mod live;
+pub mod rebuild;
 
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
@@ -192,15 +197,33 @@ fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// Makes sure the key-value bucket of view `name` exists on `hub` (`view_<name>`),
-/// replicated like the hub's streams: what a hub's provisioning step does for each view up
-/// front, so that services need no right to create streams, and [`View::open`] does for a
-/// view nobody provisioned.
+/// Makes sure the key-value bucket of view `name` exists on `hub` (`view_<name>`, or the one
+/// a rebuild bound it to), replicated like the hub's streams, and the hub's `views` bucket of
+/// bindings too: what a hub's provisioning step does for each view up front, so that services
+/// need no right to create streams, and [`View::open`] does for a view nobody provisioned.
 pub async fn provision(hub: &Hub, name: &str) -> Result<kv::Store, ViewError> {
-    let bucket = format!("view_{name}");
+    let bound = rebuild::bound(hub, name).await?;
+    let bucket = bound.map_or_else(|| rebuild::first_bucket(name), |b| b.bucket);
+    bucket_of(
+        hub,
+        name,
+        &bucket,
+        &format!("View `{name}` of hub `{}`.", hub.name()),
+    )
+    .await
+}
+
+/// Opens key-value bucket `bucket` (for view `name`, in errors) on `hub`, creating it if
+/// missing, waiting out a hub that cannot answer.
+async fn bucket_of(
+    hub: &Hub,
+    name: &str,
+    bucket: &str,
+    description: &str,
+) -> Result<kv::Store, ViewError> {
     let ride_out = RideOut::start();
     loop {
-        match hub.jetstream().get_key_value(&bucket).await {
+        match hub.jetstream().get_key_value(bucket).await {
             Ok(store) => return Ok(store),
             Err(e) if missing(&e) => break,
             Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
@@ -215,8 +238,8 @@ pub async fn provision(hub: &Hub, name: &str) -> Result<kv::Store, ViewError> {
     }
     hub.jetstream()
         .create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            description: format!("View `{name}` of hub `{}`.", hub.name()),
+            bucket: bucket.to_owned(),
+            description: description.to_owned(),
             history: 1,
             storage: async_nats::jetstream::stream::StorageType::File,
             num_replicas: hub.replicas(),
@@ -238,43 +261,143 @@ fn missing(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Where a view's entries are: the bucket it reads and writes now, which a rebuild switches.
+/// One per view and hub connection, shared by every handle on the view.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    name: String,
+    store: std::sync::RwLock<kv::Store>,
+    /// Events of the hub's stream up to this sequence are in the bucket already (a rebuild
+    /// applied them): a consumer handling one of them again leaves the view alone.
+    rebuilt_through: AtomicU64,
+    /// The indexes kept in step with it.
+    indexes: Mutex<Vec<String>>,
+    /// The view this one is an index of.
+    index_of: Mutex<Option<String>>,
+    /// Whether a live copy follows its bucket.
+    live: AtomicBool,
+}
+
+/// The views opened through one hub connection, by name.
+pub(crate) type Bindings = Arc<Mutex<HashMap<String, Arc<Binding>>>>;
+
+impl Binding {
+    fn store(&self) -> kv::Store {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn bucket_name(&self) -> String {
+        self.store().name
+    }
+
+    pub(crate) fn rebuilt_through(&self) -> u64 {
+        self.rebuilt_through.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn indexes(&self) -> Vec<String> {
+        self.indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn index_of(&self) -> Option<String> {
+        self.index_of
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Binds the view to `store`, which a rebuild filled with the hub's events up to
+    /// `rebuilt_through`.
+    pub(crate) fn switch(&self, store: kv::Store, rebuilt_through: u64) {
+        *self.store.write().unwrap_or_else(PoisonError::into_inner) = store;
+        self.rebuilt_through
+            .store(rebuilt_through, Ordering::Release);
+    }
+}
+
 /// A typed view over one key-value bucket, and the indexes every update keeps in step.
 #[derive(Debug, Clone)]
 pub struct View<T> {
     name: String,
-    store: kv::Store,
+    binding: Arc<Binding>,
     client: async_nats::Client,
     indexes: Vec<Index<T>>,
     _value: PhantomData<fn() -> T>,
+}
+
+impl<T> View<T> {
+    /// The bucket this task reads the view from (see [`rebuild::route`]).
+    fn bucket(&self) -> kv::Store {
+        rebuild::route(&self.binding).0
+    }
 }
 
 impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// Opens the view `name` on `hub`, creating its bucket (`view_<name>`) if missing.
     pub async fn open(hub: &Hub, name: &str) -> Result<View<T>, ViewError> {
         if name.is_empty()
+            || name.contains("__")
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(ViewError::invalid(
                 name,
-                "a view name is letters, digits, `_` and `-`",
+                "a view name is letters, digits, `_` and `-`, without `__`",
             ));
         }
-        let bucket = format!("view_{name}");
-        // A credential that may not use the bucket gets no reply at all; its refusal,
-        // reported on the connection, fails the open at once.
-        let stream = format!("KV_{bucket}");
-        let refused = |subject: &str| subject.starts_with("$JS.API.") && subject.contains(&stream);
-        let opening = format!("opening view `{name}` (bucket `{bucket}`)");
-        let open = provision(hub, name);
-        let store = hub
-            .unless_refused(&opening, refused, open)
-            .await
-            .map_err(|e| ViewError::new(name, "the hub refused this credential", e))??;
+        let open = hub
+            .views()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        let binding = match open {
+            Some(binding) => binding,
+            None => {
+                // A credential that may not use the bucket gets no reply at all; its refusal,
+                // reported on the connection, fails the open at once.
+                let refused = |subject: &str| {
+                    subject.starts_with("$JS.API.")
+                        && (subject.contains(&format!("KV_view_{name}"))
+                            || subject.contains(rebuild::BINDINGS))
+                };
+                let opening = format!("opening view `{name}`");
+                let store = hub
+                    .unless_refused(&opening, refused, provision(hub, name))
+                    .await
+                    .map_err(|e| ViewError::new(name, "the hub refused this credential", e))??;
+                let rebuilt_through = rebuild::bound(hub, name)
+                    .await?
+                    .map_or(0, |b| b.rebuilt_through);
+                let binding = Arc::new(Binding {
+                    name: name.to_owned(),
+                    store: std::sync::RwLock::new(store),
+                    rebuilt_through: AtomicU64::new(rebuilt_through),
+                    indexes: Mutex::default(),
+                    index_of: Mutex::default(),
+                    live: AtomicBool::new(false),
+                });
+                hub.views()
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(name.to_owned())
+                    .or_insert(binding)
+                    .clone()
+            }
+        };
         Ok(View {
             name: name.to_owned(),
-            store,
+            binding,
             client: hub.client().clone(),
             indexes: Vec::new(),
             _value: PhantomData,
@@ -283,6 +406,21 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
 
     /// The same view, keeping `index` in step with every [`View::update`] from now on.
     pub fn indexed_by(mut self, index: Index<T>) -> Self {
+        let mut indexes = self
+            .binding
+            .indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !indexes.contains(&index.view.name) {
+            indexes.push(index.view.name.clone());
+        }
+        drop(indexes);
+        *index
+            .view
+            .binding
+            .index_of
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(self.name.clone());
         self.indexes.push(index);
         self
     }
@@ -319,87 +457,100 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
 
     /// One pass of [`View::read`].
     async fn read_once(&self, filter: &str) -> Result<Vec<(String, Record<T>)>, ViewError> {
-        let fail = |e: async_nats::Error| ViewError::new(&self.name, "cannot read the bucket", e);
-        let consumer = self
-            .store
-            .stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                description: Some(format!("A pass over view `{}`.", self.name)),
-                filter_subject: format!("{}{filter}", self.store.prefix),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                replay_policy: ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(e.into()))?;
-        // By key: writes made during the pass arrive too, and the newest of each key wins.
-        let mut entries = BTreeMap::new();
-        if consumer.cached_info().num_pending == 0 {
-            self.remove_consumer(consumer.cached_info().name.clone());
-            return Ok(Vec::new());
-        }
-        let name = consumer.cached_info().name.clone();
-        let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
-        let pass = async {
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| fail(e.into()))?;
-                let info = message.info().map_err(fail)?;
-                let pending = info.pending;
-                let key = message
-                    .subject
-                    .strip_prefix(self.store.prefix.as_str())
-                    .unwrap_or(&message.subject)
-                    .to_owned();
-                let headers = message.headers.as_ref();
-                let operation = headers
-                    .and_then(|h| h.get("KV-Operation"))
-                    .map(|v| v.as_str());
-                // A marker the server leaves when it removes a message (a TTL, a purge).
-                let marker = headers.is_some_and(|h| h.get("Nats-Marker-Reason").is_some());
-                let record = if operation.is_none_or(|op| op == "PUT") && !marker {
-                    decode(&message.payload)
-                        .map_err(|e| {
-                            ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
-                        })?
-                        .0
-                } else {
-                    None
-                };
-                match record {
-                    Some(record) => entries.insert(key, record),
-                    None => entries.remove(&key),
-                };
-                if pending == 0 {
-                    break;
-                }
-            }
-            Ok::<_, ViewError>(())
-        };
-        let result = tokio::time::timeout(SCAN_TIMEOUT, pass).await;
-        drop(messages);
-        self.remove_consumer(name);
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(ViewError::busy(
-                    &self.name,
-                    format!("a pass over `{filter}` took longer than {SCAN_TIMEOUT:?}"),
-                ));
+        let store = self.bucket();
+        let mut entries = Vec::new();
+        for (key, (_, bytes)) in pass(&self.name, &store, &self.client, filter).await? {
+            let record = decode(&bytes)
+                .map_err(|e| {
+                    ViewError::new(&self.name, format!("entry `{key}` does not decode"), e)
+                })?
+                .0;
+            if let Some(record) = record {
+                entries.push((key, record));
             }
         }
-        Ok(entries.into_iter().collect())
+        Ok(entries)
     }
+}
 
-    /// Deletes a pass's consumer in the background; the hub would drop it when idle anyway.
-    fn remove_consumer(&self, name: String) {
-        let stream = self.store.stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
+/// The newest stored value of every key of `store` matching `filter`, with its revision, read
+/// with one ordered consumer (deleted keys left out), for view `name` in errors.
+async fn pass(
+    name: &str,
+    store: &kv::Store,
+    client: &async_nats::Client,
+    filter: &str,
+) -> Result<BTreeMap<String, (u64, bytes::Bytes)>, ViewError> {
+    let fail = |e: async_nats::Error| ViewError::new(name, "cannot read the bucket", e);
+    let consumer = store
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some(format!("A pass over view `{name}`.")),
+            filter_subject: format!("{}{filter}", store.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            replay_policy: ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(e.into()))?;
+    // By key: writes made during the pass arrive too, and the newest of each key wins.
+    let mut entries = BTreeMap::new();
+    if consumer.cached_info().num_pending == 0 {
+        remove_consumer(store, consumer.cached_info().name.clone());
+        return Ok(entries);
     }
+    let consumer_name = consumer.cached_info().name.clone();
+    let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
+    let reading = async {
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| fail(e.into()))?;
+            let info = message.info().map_err(fail)?;
+            let pending = info.pending;
+            let key = message
+                .subject
+                .strip_prefix(store.prefix.as_str())
+                .unwrap_or(&message.subject)
+                .to_owned();
+            let headers = message.headers.as_ref();
+            let operation = headers
+                .and_then(|h| h.get("KV-Operation"))
+                .map(|v| v.as_str());
+            // A marker the server leaves when it removes a message (a TTL, a purge).
+            let marker = headers.is_some_and(|h| h.get("Nats-Marker-Reason").is_some());
+            if operation.is_none_or(|op| op == "PUT") && !marker {
+                entries.insert(key, (info.stream_sequence, message.payload.clone()));
+            } else {
+                entries.remove(&key);
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok::<_, ViewError>(())
+    };
+    let result = tokio::time::timeout(SCAN_TIMEOUT, reading).await;
+    drop(messages);
+    remove_consumer(store, consumer_name);
+    match result {
+        Ok(Ok(())) => Ok(entries),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ViewError::busy(
+            name,
+            format!("a pass over `{filter}` took longer than {SCAN_TIMEOUT:?}"),
+        )),
+    }
+}
 
+/// Deletes a pass's consumer in the background; the hub would drop it when idle anyway.
+fn remove_consumer(store: &kv::Store, name: String) {
+    let stream = store.stream.clone();
+    tokio::spawn(async move {
+        let _ = stream.delete_consumer(&name).await;
+    });
+}
+
+impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// Applies `change` to the entry for `key` and stores the result; `change` returns `None`
     /// to leave the entry as it is. Runs again on the newer entry if another writer got there
     /// first. Then brings every index in step with the stored entry (also when it did not
@@ -410,6 +561,11 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
         F: FnMut(Option<Record<T>>) -> Option<Record<T>>,
     {
         check_key(key).map_err(|problem| ViewError::invalid(&self.name, problem))?;
+        let (store, writes) = rebuild::route(&self.binding);
+        if !writes {
+            // The view holds this event's effect already (see `rebuild::route`).
+            return self.get(key).await;
+        }
         let ride_out = RideOut::start();
         for attempt in 0..MAX_CONFLICTS {
             let (revision, current) = match self.entry(key).await? {
@@ -422,7 +578,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             };
             let bytes = encode(&next).into();
             // Revision 0 means "only if the key has never been written".
-            match self.store.update(key, bytes, revision).await {
+            match store.update(key, bytes, revision).await {
                 Ok(written) => {
                     self.sync_indexes(key, written, Some(&next), current.as_ref())
                         .await?;
@@ -465,10 +621,14 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// that stops between the two leaves the index entry; no later update of the key can tell
     /// where it was.)
     pub async fn delete(&self, key: &str) -> Result<(), ViewError> {
+        let (store, writes) = rebuild::route(&self.binding);
+        if !writes {
+            return Ok(());
+        }
         let ride_out = RideOut::start();
         if self.indexes.is_empty() {
             loop {
-                match self.store.delete(key).await {
+                match store.delete(key).await {
                     Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                     deleted => {
                         return deleted.map_err(|e| {
@@ -482,7 +642,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
             let Some((revision, Some(previous))) = self.entry(key).await? else {
                 return Ok(());
             };
-            match self.store.delete_expect_revision(key, Some(revision)).await {
+            match store.delete_expect_revision(key, Some(revision)).await {
                 Ok(()) => {
                     // As the entry is now: deleted (the marker's revision), or written again
                     // by someone else since, whose own step files it.
@@ -569,8 +729,9 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
     /// primary revision it reflects.
     async fn stored(&self, key: &str) -> Result<Option<(u64, Option<Record<T>>, u64)>, ViewError> {
         let ride_out = RideOut::start();
+        let store = self.bucket();
         let entry = loop {
-            match self.store.entry(key).await {
+            match store.entry(key).await {
                 // A node gone, a cluster electing a leader: wait it out, for a while.
                 Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
                 read => {
@@ -701,6 +862,10 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
         revision: u64,
         record: Option<&Record<T>>,
     ) -> Result<(), ViewError> {
+        let (store, writes) = rebuild::route(&self.view.binding);
+        if !writes {
+            return Ok(());
+        }
         let ride_out = RideOut::start();
         for attempt in 0..MAX_CONFLICTS {
             let (current, source) = self.stored(place).await?;
@@ -710,7 +875,7 @@ impl<T: prost::Message + Default + Clone + PartialEq> Index<T> {
                 return Ok(());
             }
             let bytes = encode_indexed(record, revision).into();
-            match self.view.store.update(place, bytes, current).await {
+            match store.update(place, bytes, current).await {
                 Ok(written) => {
                     self.written.fetch_max(written, Ordering::AcqRel);
                     return Ok(());

@@ -78,6 +78,10 @@ struct Inner<T> {
 impl<T: prost::Message + Default + Clone + PartialEq + Send + Sync + 'static> View<T> {
     /// A live copy of this view, loaded and following the bucket once this returns.
     pub async fn live(&self) -> Result<LiveView<T>, ViewError> {
+        // A copy follows one bucket: a rebuild, which switches buckets, refuses this view.
+        self.binding
+            .live
+            .store(true, std::sync::atomic::Ordering::Release);
         let copy = Arc::new(RwLock::new(BTreeMap::new()));
         let watchers = Watchers::default();
         let (seen_tx, seen) = tokio::sync::watch::channel(0);
@@ -95,7 +99,7 @@ impl<T: prost::Message + Default + Clone + PartialEq + Send + Sync + 'static> Vi
                 copy,
                 watchers,
                 seen,
-                stream: self.store.stream.clone(),
+                stream: self.bucket().stream.clone(),
                 _stop: stop.drop_guard(),
             }),
         };
@@ -217,9 +221,10 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
 ) {
     let mut next = 1;
     loop {
+        let bucket = view.bucket();
         let watch = tokio::select! {
             _ = stop.cancelled() => return,
-            watch = view.store.watch_all_from_revision(next) => watch,
+            watch = bucket.watch_all_from_revision(next) => watch,
         };
         match watch {
             Ok(mut watch) => {
@@ -286,7 +291,7 @@ async fn follow<T: prost::Message + Default + Clone + PartialEq>(
 /// Whether `view`'s bucket holds a revision at or past `next`, one the copy has not reached. A
 /// bucket that cannot be asked counts as not behind: the next check asks again.
 async fn behind<T>(view: &View<T>, next: u64) -> bool {
-    let info = tokio::time::timeout(CHECK_EVERY, view.store.stream.get_info()).await;
+    let info = tokio::time::timeout(CHECK_EVERY, view.bucket().stream.get_info()).await;
     matches!(info, Ok(Ok(info)) if info.state.last_sequence >= next)
 }
 
