@@ -130,8 +130,61 @@ pub fn load<T: DeserializeOwned + Validate>(sources: &Sources<'_>) -> Result<T, 
         }
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment = figment.merge(Env::prefixed(sources.env_prefix).split("__"));
+    let prefix = sources.env_prefix.to_owned();
+    figment = figment.merge(
+        Env::prefixed(sources.env_prefix)
+            .split("__")
+            .filter(move |key| {
+                let value = std::env::var(format!("{prefix}{key}")).unwrap_or_default();
+                !service_link(key.as_str(), &value)
+            }),
+    );
     from_figment(figment)
+}
+
+/// Whether `name=value` (the name without the program's prefix) is one of the variables
+/// Kubernetes sets in a pod for each Service of its namespace (`<SERVICE>_SERVICE_HOST`,
+/// `<SERVICE>_SERVICE_PORT[_<NAME>]`, `<SERVICE>_PORT`, `<SERVICE>_PORT_<N>_<PROTO>[_PROTO|_PORT|
+/// _ADDR]`), in the shape Kubernetes gives them: a Service named `ordering-gateway` gives the
+/// `ordering` program `ORDERING_GATEWAY_PORT=tcp://10.0.0.1:50071`. Such a variable is not
+/// configuration and is ignored. Nothing else is: a real key is nested with `__` or is not in
+/// these shapes, so a mistyped one is still an unknown key.
+pub fn service_link(name: &str, value: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    if name.contains("__") {
+        return false;
+    }
+    let port = |v: &str| v.parse::<u16>().is_ok();
+    let address = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let protocol = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    let url = |v: &str| {
+        v.split_once("://").is_some_and(|(scheme, rest)| {
+            protocol(&scheme.to_ascii_uppercase())
+                && rest
+                    .rsplit_once(':')
+                    .is_some_and(|(host, p)| address(host.trim_matches(['[', ']'])) && port(p))
+        })
+    };
+    if name.ends_with("_SERVICE_HOST") {
+        return address(value);
+    }
+    if name.ends_with("_SERVICE_PORT") || name.contains("_SERVICE_PORT_") {
+        return port(value);
+    }
+    // `<SERVICE>_PORT_<N>_<PROTO>` and its `_PROTO`, `_PORT` and `_ADDR` parts.
+    if let Some(at) = name.rfind("_PORT_") {
+        let tail: Vec<&str> = name[at + "_PORT_".len()..].split('_').collect();
+        match tail.as_slice() {
+            [n, p] if port(n) && protocol(p) => return url(value),
+            [n, p, "PROTO"] if port(n) && protocol(p) => {
+                return protocol(&value.to_ascii_uppercase());
+            }
+            [n, p, "PORT"] if port(n) && protocol(p) => return port(value),
+            [n, p, "ADDR"] if port(n) && protocol(p) => return address(value),
+            _ => {}
+        }
+    }
+    name.ends_with("_PORT") && url(value)
 }
 
 /// Loads a configuration from TOML text alone (defaults → text), as tools and tests do.
@@ -236,6 +289,34 @@ mod tests {
             if self.inner.name.is_empty() {
                 problems.add(join(path, "inner.name"), "must not be empty");
             }
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_recognised_and_nothing_else() {
+        for (name, value) in [
+            ("GATEWAY_PORT", "tcp://10.0.0.1:50071"),
+            ("GATEWAY_SERVICE_HOST", "10.0.0.1"),
+            ("GATEWAY_SERVICE_PORT", "50071"),
+            ("GATEWAY_SERVICE_PORT_GRPC", "50071"),
+            ("GATEWAY_PORT_50071_TCP", "tcp://10.0.0.1:50071"),
+            ("GATEWAY_PORT_50071_TCP_PROTO", "tcp"),
+            ("GATEWAY_PORT_50071_TCP_PORT", "50071"),
+            ("GATEWAY_PORT_50071_TCP_ADDR", "10.0.0.1"),
+            ("HUB_PORT", "tcp://[fd00::1]:4222"),
+        ] {
+            assert!(service_link(name, value), "{name}={value}");
+        }
+        for (name, value) in [
+            ("HUB__URLS", "tcp://10.0.0.1:4222"),
+            ("GATEWAY_PORT", "50071"),
+            ("GATEWAY_PORT", "http://10.0.0.1:50071"),
+            ("GATEWAY_SERVICE_HOST", "gateway.local"),
+            ("GATEWAY_PORT_50071_TCP_PROTO", "http"),
+            ("GRPC__LISTEN", "0.0.0.0:50071"),
+            ("SERVIC", "checkout"),
+        ] {
+            assert!(!service_link(name, value), "{name}={value}");
         }
     }
 

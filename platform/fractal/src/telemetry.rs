@@ -128,14 +128,53 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
+/// Where spans go, from the standard variables: the variable that named it, the endpoint with
+/// its scheme, and whether it takes TLS. An endpoint without a scheme is `https://` unless
+/// `OTEL_EXPORTER_OTLP_INSECURE` is `true`, as the OTLP exporter specification says.
+fn otlp_endpoint(
+    traces: Option<String>,
+    general: Option<String>,
+    insecure: bool,
+) -> Result<Option<(&'static str, String, bool)>, String> {
+    let (variable, endpoint) = match (traces, general) {
+        (Some(e), _) if !e.is_empty() => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e),
+        (_, Some(e)) if !e.is_empty() => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+        _ => return Ok(None),
+    };
+    let endpoint = match endpoint.split_once("://") {
+        Some((scheme, _)) if scheme == "http" || scheme == "https" => endpoint.clone(),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{variable} `{endpoint}`: the scheme is `{scheme}`; OTLP over gRPC takes                  `http://` or `https://` (for example `https://collector:4317`)"
+            ));
+        }
+        None if insecure => format!("http://{endpoint}"),
+        None => format!("https://{endpoint}"),
+    };
+    let uri: tonic::codegen::http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{variable} `{endpoint}` is not a URL: {e}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{variable} `{endpoint}` names no host"));
+    }
+    let tls = endpoint.starts_with("https://");
+    Ok(Some((variable, endpoint, tls)))
+}
+
 /// A tracer provider that exports spans over OTLP gRPC to the endpoint the standard
-/// environment variables name.
+/// environment variables name; over TLS (with the Mozilla roots compiled in) for `https://`.
 pub fn otlp_provider(
     service_name: &str,
 ) -> Result<SdkTracerProvider, Box<dyn std::error::Error + Send + Sync>> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()?;
+    let insecure = std::env::var("OTEL_EXPORTER_OTLP_INSECURE")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_TRACES_INSECURE"))
+        .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let found = otlp_endpoint(
+        std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok(),
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
+        insecure,
+    )?;
+    let exporter = span_exporter(found)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();
@@ -143,6 +182,27 @@ pub fn otlp_provider(
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// The OTLP gRPC exporter for an endpoint found by [`otlp_endpoint`] (none: the library's
+/// default).
+fn span_exporter(
+    found: Option<(&'static str, String, bool)>,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let mut variable = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    if let Some((named_by, endpoint, tls)) = found {
+        variable = named_by;
+        builder = builder.with_endpoint(endpoint);
+        if tls {
+            builder = builder
+                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot export spans to the endpoint {variable} names: {e}"))
 }
 
 struct HeaderInjector<'a>(&'a mut HeaderMap);
@@ -202,5 +262,65 @@ pub fn continue_from(span: &tracing::Span, carrier: &std::collections::HashMap<S
     let parent = TraceContextPropagator::new().extract(carrier);
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_otlp_endpoint_takes_its_scheme_or_the_specifications_default() {
+        let found = |traces: Option<&str>, general: Option<&str>, insecure| {
+            otlp_endpoint(traces.map(Into::into), general.map(Into::into), insecure)
+        };
+        assert_eq!(found(None, None, false), Ok(None));
+        assert_eq!(
+            found(None, Some("collector:4317"), false),
+            Ok(Some((
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector:4317".into(),
+                true
+            )))
+        );
+        assert_eq!(
+            found(None, Some("collector:4317"), true),
+            Ok(Some((
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector:4317".into(),
+                false
+            )))
+        );
+        assert_eq!(
+            found(
+                Some("http://jaeger:4317"),
+                Some("https://other:4317"),
+                false
+            ),
+            Ok(Some((
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://jaeger:4317".into(),
+                false
+            )))
+        );
+        let bad = found(None, Some("grpc://collector:4317"), false).unwrap_err();
+        assert!(
+            bad.contains("OTEL_EXPORTER_OTLP_ENDPOINT `grpc://collector:4317`")
+                && bad.contains("`http://` or `https://`"),
+            "{bad}"
+        );
+        let bad = found(None, Some("https://"), false).unwrap_err();
+        assert!(
+            bad.contains("OTEL_EXPORTER_OTLP_ENDPOINT `https://`"),
+            "{bad}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_builds_an_exporter_over_tls() {
+        let tls = otlp_endpoint(None, Some("https://otlp.example.com:4317".into()), false).unwrap();
+        assert!(span_exporter(tls).is_ok());
+        let plain = otlp_endpoint(None, Some("http://127.0.0.1:4317".into()), false).unwrap();
+        assert!(span_exporter(plain).is_ok());
     }
 }

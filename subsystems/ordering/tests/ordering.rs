@@ -297,3 +297,42 @@ async fn the_orders_view_ignores_repeats_and_arrival_order() {
     }
     assert_eq!(views[0], views[1]);
 }
+
+/// Kubernetes sets `<SERVICE>_PORT…` variables for every Service of a namespace: a Service named
+/// `ordering-gateway` gives this program `ORDERING_GATEWAY_PORT`, which is not configuration.
+/// A mistyped key is still an error.
+#[test]
+fn kubernetes_service_links_are_not_configuration_and_typos_still_are_errors() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/checkout.toml");
+    let check = |variables: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ordering"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--check")
+            .envs(variables.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let linked = check(&[
+        ("ORDERING_GATEWAY_PORT", "tcp://10.0.0.1:50071"),
+        ("ORDERING_GATEWAY_SERVICE_HOST", "10.0.0.1"),
+        ("ORDERING_GATEWAY_SERVICE_PORT", "50071"),
+        ("ORDERING_GATEWAY_PORT_50071_TCP", "tcp://10.0.0.1:50071"),
+        ("ORDERING_GATEWAY_PORT_50071_TCP_PROTO", "tcp"),
+        ("ORDERING_GATEWAY_PORT_50071_TCP_PORT", "50071"),
+        ("ORDERING_GATEWAY_PORT_50071_TCP_ADDR", "10.0.0.1"),
+    ]);
+    assert!(
+        linked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&linked.stderr)
+    );
+    let typo = check(&[
+        ("ORDERING_GATEWAY_PORT", "tcp://10.0.0.1:50071"),
+        ("ORDERING_HUB__URLZ", "nats://127.0.0.1:4222"),
+    ]);
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("1 problem"), "{stderr}");
+    assert!(stderr.contains("hub.urlz: unknown key"), "{stderr}");
+}
