@@ -751,17 +751,9 @@ fn replay_target(topology_path: &Path, args: &ReplayArgs) -> anyhow::Result<Stri
     let to = args.to.as_deref().unwrap_or_default();
     if to.contains('/') {
         let topology = load(topology_path)?;
-        let Some(service) = topology.services.iter().find(|s| s.name() == to) else {
-            bail!(
-                "--to `{to}`: no such service in the topology (services: {})",
-                topology
-                    .services
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        };
+        let service = topology
+            .service(to)
+            .map_err(|e| anyhow::anyhow!("--to `{to}`: {e}"))?;
         if service.hub() != args.hub {
             bail!(
                 "--to `{to}` runs on hub `{}`, not `{}`",

@@ -321,6 +321,20 @@ fn listen_port(listen: &str) -> Option<u16> {
 }
 
 impl Topology {
+    /// Service `name` (`<subsystem>/<service>`), or an error listing the services there are.
+    pub(crate) fn service(&self, name: &str) -> anyhow::Result<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = self.services.iter().map(Service::name).collect();
+                anyhow::anyhow!(
+                    "no service `{name}` in the topology (services: {})",
+                    names.join(", ")
+                )
+            })
+    }
+
     /// Reads and checks the topology at `path` and every config it names; reports every
     /// problem found, each with where it is.
     pub(crate) fn load(path: &Path) -> Result<Topology, ConfigError> {

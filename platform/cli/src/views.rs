@@ -17,17 +17,7 @@ pub(crate) fn locate<'a>(
     service: &str,
     view: &str,
 ) -> anyhow::Result<(String, &'a str)> {
-    let Some(found) = topology.services.iter().find(|s| s.name() == service) else {
-        bail!(
-            "no service `{service}` in the topology (services: {})",
-            topology
-                .services
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let found = topology.service(service)?;
     if !found.spec.views.iter().any(|v| v == view) {
         bail!(
             "service `{service}` has no view `{view}` in the topology (its views: {})",
