@@ -69,6 +69,16 @@ pub async fn run(running: &Path, options: &ChaosOptions) -> Result<(), DemoError
         }
     }
 
+    // Views follow the lake: read them once every consumer has handled what the lake holds
+    // (a service restarted late may still be catching up).
+    for hub in system.hubs.keys() {
+        let config = system.hub_config(hub).ok_or("a hub of the system")?;
+        let connected = fractal::Hub::connect(&config).await?;
+        while !caught_up(&connected).await && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     // The lake: one `order.delivered` per order, for every order placed.
     let delivered = delivered_per_order(&system).await?;
     let twice: Vec<&String> = delivered
@@ -348,6 +358,28 @@ async fn kill(running: &Path, state: &Path, options: &ChaosOptions, done: &Atomi
         }
     }
     kills
+}
+
+/// Whether every durable consumer of the hub's events has handled all it was given: nothing
+/// waiting, nothing unacknowledged.
+async fn caught_up(hub: &fractal::Hub) -> bool {
+    use futures::StreamExt as _;
+    let Ok(stream) = hub.jetstream().get_stream(hub.events_stream()).await else {
+        return false;
+    };
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers.next().await {
+        match info {
+            Ok(info) if info.config.durable_name.is_some() => {
+                if info.num_pending > 0 || info.num_ack_pending > 0 {
+                    return false;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Whether every node answers healthy on its monitoring endpoint.
