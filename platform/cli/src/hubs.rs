@@ -122,6 +122,38 @@ pub(crate) fn server_config(
     conf
 }
 
+/// Creates or updates the hub's streams and creates its `views`, retrying while the hub cannot
+/// answer yet (a new cluster settling, a node starting) for up to `timeout`; `alive` is asked
+/// between attempts and its error ends the wait.
+pub(crate) async fn provision(
+    config: &fractal::HubConfig,
+    views: &[&str],
+    timeout: std::time::Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let hub = fractal::Hub::connect(config).await?;
+            hub.provision().await?;
+            for view in views {
+                fractal::view::provision(&hub, view).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(e.context("cannot provision the hub's streams and views"));
+            }
+            Err(_) => {
+                alive()?;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,6 +240,39 @@ enum HubAction {
     /// Print who may do what on each hub, as `fractal up` grants it: a Markdown table per
     /// hub of each client's events, faults, durable consumers and views.
     Permissions,
+    /// Print the hub's `authorization` block for a deployment (the Helm charts'
+    /// `authorization` value): each client's public key with its permissions, derived from
+    /// the topology. The seeds stay in `<state>/credentials` (made now if missing), one
+    /// `<client>.nk` file each, to be put in a Secret.
+    Authorization {
+        /// The hub.
+        hub: String,
+    },
+    /// Create the hub's streams and view buckets on a hub that runs elsewhere (the Helm
+    /// charts' provisioning Job), as `fractal up`'s provisioning step does; waits for the hub
+    /// to answer.
+    Provision {
+        /// The hub's name.
+        hub: String,
+        /// A URL of the hub; repeat for each node.
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        /// The provisioner's nkey seed file; none: an open hub.
+        #[arg(long)]
+        seed_file: Option<PathBuf>,
+        /// The certificate authority of the hub's TLS certificate; none: no TLS.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Replicas of the streams and views.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// A view bucket to create; repeat for each.
+        #[arg(long = "view")]
+        views: Vec<String>,
+        /// How long to wait for the hub.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -711,6 +744,63 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hub {
             action: HubAction::Permissions,
         } => print!("{}", access::table(&load(&topology_path)?)),
+        Command::Hub {
+            action: HubAction::Authorization { hub },
+        } => {
+            let topology = load(&topology_path)?;
+            if !topology.hubs.contains_key(&hub) {
+                bail!(
+                    "hub `{hub}` is not in the topology (hubs: {})",
+                    topology.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            let credentials = access::Credentials::at(&state.join("credentials"))?;
+            print!("{}", access::authorization(&topology, &hub, &credentials)?);
+        }
+        Command::Hub {
+            action:
+                HubAction::Provision {
+                    hub,
+                    urls,
+                    seed_file,
+                    ca_file,
+                    replicas,
+                    views,
+                    timeout_secs,
+                },
+        } => {
+            let mut config = fractal::HubConfig::local(&hub, &urls[0]);
+            config.urls = urls;
+            config.events.replicas = replicas;
+            config.faults.replicas = replicas;
+            if let Some(file) = seed_file {
+                config.auth = fractal::hub::AuthConfig::Nkey {
+                    seed: None,
+                    seed_file: Some(file),
+                };
+                config.inbox_prefix = format!("_INBOX.{}", access::PROVISIONER);
+            }
+            if let Some(file) = ca_file {
+                config.tls = Some(fractal::hub::TlsConfig {
+                    required: true,
+                    ca_file: Some(file),
+                    cert_file: None,
+                    key_file: None,
+                });
+            }
+            let views: Vec<&str> = views.iter().map(String::as_str).collect();
+            hubs::provision(
+                &config,
+                &views,
+                Duration::from_secs(timeout_secs),
+                || Ok(()),
+            )
+            .await?;
+            println!(
+                "Hub `{hub}`: streams and {} view buckets provisioned.",
+                views.len()
+            );
+        }
         Command::Watchdog { .. } => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -465,8 +465,10 @@ impl Up {
                 .flat_map(|s| s.spec.views.iter().map(String::as_str))
                 .collect();
             let provisioner = access.client(config, OPERATOR, PROVISIONER);
-            self.provision(&provisioner, &views, options.ready_timeout)
-                .await?;
+            crate::hubs::provision(&provisioner, &views, options.ready_timeout, || {
+                self.check_alive()
+            })
+            .await?;
             eprintln!("  hub {name} ready at {}", config.urls.join(", "));
         }
 
@@ -710,37 +712,6 @@ impl Up {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Creates or updates the hub's streams and creates its `views`, retrying while a new
-    /// cluster settles.
-    async fn provision(
-        &mut self,
-        config: &fractal::HubConfig,
-        views: &[&str],
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let attempt = async {
-                let hub = fractal::Hub::connect(config).await?;
-                hub.provision().await?;
-                for view in views {
-                    fractal::view::provision(&hub, view).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(e.context("cannot provision the hub's streams and views"));
-                }
-                Err(_) => {
-                    self.check_alive()?;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
         }
     }
 

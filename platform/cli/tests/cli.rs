@@ -1937,3 +1937,59 @@ async fn a_replay_reaches_its_consumer_alone_in_key_order_and_resumes_where_it_s
     let copies = ledger.lock().unwrap().iter().filter(|h| h.2).count();
     assert_eq!(copies, 330);
 }
+
+/// What a deployment's provisioning Job runs: streams and view buckets on a hub that runs
+/// elsewhere, and the authorization block its charts take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_running_elsewhere_is_provisioned_and_its_authorization_printed() {
+    let server = NatsServer::start();
+    let provisioned = fractal(&[
+        "hub",
+        "provision",
+        "alpha",
+        "--url",
+        &server.url(),
+        "--view",
+        "orders",
+        "--view",
+        "catalog",
+    ]);
+    assert!(provisioned.status.success(), "{}", text(&provisioned));
+    assert!(
+        text(&provisioned).contains("Hub `alpha`: streams and 2 view buckets provisioned."),
+        "{}",
+        text(&provisioned)
+    );
+    let hub = fractal::Hub::connect(&server.hub_config("alpha"))
+        .await
+        .unwrap();
+    hub.jetstream().get_stream("EVENTS").await.unwrap();
+    for bucket in ["view_orders", "view_catalog", "views"] {
+        hub.jetstream().get_key_value(bucket).await.unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let authorization = fractal(&[
+        "hub",
+        "authorization",
+        "ordering",
+        "--topology",
+        &shipped(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(authorization.status.success(), "{}", text(&authorization));
+    let block = String::from_utf8_lossy(&authorization.stdout).into_owned();
+    assert!(block.contains("authorization {"), "{block}");
+    assert!(block.contains("# service ordering/checkout"), "{block}");
+    let seed = std::fs::read_to_string(state.join("credentials/ordering-checkout.nk")).unwrap();
+    assert!(!block.contains(seed.trim()), "a seed in {block}");
+    let unknown = fractal(&["hub", "authorization", "nowhere", "--topology", &shipped()]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("hub `nowhere` is not in the topology"),
+        "{}",
+        text(&unknown)
+    );
+}

@@ -1,0 +1,119 @@
+{{/*
+One bridge: the bridge program's own TOML in a ConfigMap, unchanged, and a Deployment of 0 or 1
+replica that never runs two at once (`Recreate`): a bridge must be a single process.
+Context: dict with root (the chart's root), level (the subsystem's values) and bridge (its
+values). The config is the bridge's `config`, or the chart file its `configFile` names.
+*/}}
+{{- define "fractal.bridge" -}}
+{{- $root := .root -}}
+{{- $level := .level -}}
+{{- $bridge := .bridge -}}
+{{- $config := $bridge.config | default ($root.Files.Get (printf "files/%s" ($bridge.configFile | default "-"))) -}}
+{{- if not $config -}}
+{{- fail (printf "bridges[%s]: give the bridge's TOML as `config`, or as a chart file named by `configFile`" $bridge.name) -}}
+{{- end -}}
+{{- if gt (int $bridge.replicas) 1 -}}
+{{- fail (printf "bridges[%s].replicas: a bridge runs as one process (0 or 1 replica), not %v" $bridge.name $bridge.replicas) -}}
+{{- end -}}
+{{- $name := printf "bridge-%s" $bridge.name | include "fractal.dnsName" -}}
+{{- $cas := compact (list $bridge.source.caSecretName $bridge.target.caSecretName) -}}
+{{- $ctx := dict "root" $root "component" "bridge" "name" $name "subsystem" $level.subsystem "hub" $bridge.source.hub "clientOf" (list $bridge.source.hub $bridge.target.hub | uniq) -}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "fractal.labels" $ctx | nindent 4 }}
+data:
+  bridge.toml: |
+    {{- regexReplaceAll "(?m)^ +$" ($config | nindent 4) "" }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "fractal.labels" $ctx | nindent 4 }}
+spec:
+  replicas: {{ $bridge.replicas }}
+  strategy:
+    type: Recreate
+  selector:
+    matchLabels:
+      {{- include "fractal.selectorLabels" $ctx | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "fractal.labels" $ctx | nindent 8 }}
+      annotations:
+        checksum/config: {{ include "fractal.checksum" $config }}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      securityContext:
+        {{- include "fractal.podSecurityContext" . | nindent 8 }}
+      containers:
+        - name: bridge
+          image: {{ printf "%s:%s" $root.Values.image.repository ($root.Values.image.tag | default $root.Chart.AppVersion) | quote }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: ["/usr/local/bin/fractal-bridge", "--config", "/etc/fractal/bridge.toml"]
+          env:
+            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_SOURCE__" "urls" $bridge.source.urls "client" $bridge.source.credential "tls" $bridge.source.caSecretName "replicas" $bridge.source.replicas) | nindent 12 }}
+            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_TARGET__" "urls" $bridge.target.urls "client" $bridge.target.credential "tls" $bridge.target.caSecretName "replicas" $bridge.target.replicas) | nindent 12 }}
+            - name: BRIDGE_ADMIN__LISTEN
+              value: {{ printf "0.0.0.0:%d" (int $bridge.admin.port) | quote }}
+            - name: BRIDGE_LOG__FORMAT
+              value: json
+            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $bridge.source.hub "name" $name) | nindent 12 }}
+          ports:
+            - name: admin
+              containerPort: {{ $bridge.admin.port }}
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: admin
+            periodSeconds: 10
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: admin
+            periodSeconds: 5
+          resources:
+            {{- include "fractal.resources" $bridge.resources | nindent 12 }}
+          securityContext:
+            {{- include "fractal.containerSecurityContext" . | nindent 12 }}
+          volumeMounts:
+            - name: config
+              mountPath: /etc/fractal/bridge.toml
+              subPath: bridge.toml
+              readOnly: true
+            {{- if or $bridge.source.credential $bridge.target.credential }}
+            - name: credentials
+              mountPath: /etc/fractal/credentials
+              readOnly: true
+            {{- end }}
+            {{- if $cas }}
+            {{- include "fractal.caMounts" $cas | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: config
+          configMap:
+            name: {{ $name }}
+        {{- if or $bridge.source.credential $bridge.target.credential }}
+        - name: credentials
+          secret:
+            secretName: {{ $level.credentials.secretName | quote }}
+            defaultMode: 0400
+            items:
+              {{- range $side := list $bridge.source $bridge.target }}
+              {{- if $side.credential }}
+              - key: {{ printf "%s.nk" $side.credential | quote }}
+                path: {{ printf "%s.nk" $side.credential | quote }}
+              {{- end }}
+              {{- end }}
+        {{- end }}
+        {{- if $cas }}
+        {{- include "fractal.caVolumes" $cas | nindent 8 }}
+        {{- end }}
+{{- end -}}
