@@ -31,20 +31,7 @@ pub fn tool(name: &str) -> PathBuf {
 }
 
 /// A program of the workspace, built beside this test (`target/<profile>/<name>`).
-pub fn program(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows where it is");
-    let folder = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
-    let path = folder.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run the whole workspace's tests (`cargo test --workspace`)",
-        path.display()
-    );
-    path
-}
+pub use fractal_testkit::workspace_binary as program;
 
 /// A chart's folder: `helm/<name>`.
 pub fn chart(name: &str) -> PathBuf {

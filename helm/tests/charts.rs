@@ -568,3 +568,56 @@ fn helm_test_drives_the_demo_through_the_deployed_services() {
     );
     assert!(alone.iter().all(|m| m["kind"] != "Pod"));
 }
+
+#[test]
+fn network_policies_admit_only_each_hubs_clients_and_monitoring_only_when_enabled() {
+    let (_, plain) = rendered("food-delivery", &None);
+    for kind in ["NetworkPolicy", "PodMonitor", "PrometheusRule"] {
+        assert!(
+            plain.iter().all(|m| m["kind"] != kind),
+            "{kind} rendered by default"
+        );
+    }
+    let (_, ha) = rendered(
+        "food-delivery",
+        &Some(chart("food-delivery").join("ci/ha-values.yaml")),
+    );
+    for hub in ["system", "restaurant", "ordering", "delivery"] {
+        let policy = find(&ha, "NetworkPolicy", &format!("hub-{hub}"));
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        let port = |rule: &Value| rule["ports"][0]["port"].as_u64().unwrap();
+        let client = rules.iter().find(|r| port(r) == 4222).unwrap();
+        let label = format!("hub.fractal.dev/{hub}");
+        assert_eq!(
+            client["from"][0]["podSelector"]["matchLabels"][&label],
+            "client"
+        );
+        let cluster = rules.iter().find(|r| port(r) == 6222).unwrap();
+        assert_eq!(
+            cluster["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+            format!("hub-{hub}")
+        );
+        let monitor = rules.iter().find(|r| port(r) == 8222).unwrap();
+        assert_eq!(
+            monitor["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+        // Every workload that talks to the hub carries the label the policy admits.
+        for workload in ha.iter().filter(|m| pod_spec(m).is_some()) {
+            let labels = &workload["spec"]["template"]["metadata"]["labels"];
+            let name = workload["metadata"]["name"].as_str().unwrap();
+            let talks = name.starts_with(&format!("{hub}-"))
+                || name == format!("hub-{hub}-provision")
+                || (name.starts_with("bridge-") && name.contains(hub));
+            if talks {
+                assert_eq!(labels[&label], "client", "{name} may not reach hub {hub}");
+            }
+        }
+        find(&ha, "PodMonitor", &format!("{hub}-monitoring"));
+        find(&ha, "PrometheusRule", &format!("{hub}-monitoring"));
+    }
+    let dashboard = find(&ha, "ConfigMap", "food-delivery-dashboard");
+    let json: Value = serde_json::from_str(dashboard["data"]["fractal.json"].as_str().unwrap())
+        .expect("the dashboard is JSON");
+    assert!(json["panels"].as_array().unwrap().len() >= 6);
+}

@@ -65,7 +65,7 @@ spec:
               value: {{ printf "0.0.0.0:%d" (int $bridge.admin.port) | quote }}
             - name: BRIDGE_LOG__FORMAT
               value: json
-            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $bridge.source.hub "name" $name) | nindent 12 }}
+            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $bridge.source.hub "serviceName" $name) | nindent 12 }}
           ports:
             - name: admin
               containerPort: {{ $bridge.admin.port }}

@@ -77,7 +77,8 @@ seccompProfile:
 {{/*
 Telemetry: OTLP over gRPC to `telemetry.otlp.endpoint` with a parent-based ratio sampler, and
 the resource attributes that say where each span ran. Context: dict with root, subsystem, hub,
-name.
+serviceName (`OTEL_SERVICE_NAME`: `<subsystem>-<service>`, `bridge-<name>`, as `fractal up`
+names them).
 */}}
 {{- define "fractal.telemetryEnv" -}}
 {{- $telemetry := .root.Values.telemetry | default dict -}}
@@ -95,7 +96,7 @@ name.
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $otlp.endpoint | quote }}
 - name: OTEL_SERVICE_NAME
-  value: {{ printf "%s-%s" .subsystem .name | quote }}
+  value: {{ .serviceName | quote }}
 - name: OTEL_TRACES_SAMPLER
   value: parentbased_traceidratio
 - name: OTEL_TRACES_SAMPLER_ARG

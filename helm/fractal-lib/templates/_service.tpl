@@ -71,7 +71,7 @@ spec:
             {{- end }}
             - name: {{ printf "%sLOG__FORMAT" $prefix }}
               value: json
-            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $hub.name "name" $svc.name) | nindent 12 }}
+            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $hub.name "serviceName" (printf "%s-%s" $level.subsystem $svc.name)) | nindent 12 }}
           ports:
             - name: admin
               containerPort: {{ $svc.admin.port }}
