@@ -139,3 +139,55 @@ pub fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .find(|m| m["kind"] == kind && m["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
 }
+
+/// What a rendered Deployment's container runs: its program (a name in `/usr/local/bin`),
+/// the config file its `--config` names, that file's text from the ConfigMap mounted there,
+/// and the container itself.
+#[derive(Debug, Clone)]
+pub struct Runs<'a> {
+    /// The program's name.
+    pub program: String,
+    /// The config file's name (`config.toml`, `bridge.toml`).
+    pub file: String,
+    /// The config file's text.
+    pub config: String,
+    /// The container's manifest.
+    pub container: &'a Value,
+}
+
+/// What the first container of `deployment` runs, with its config read from `documents`.
+pub fn runs<'a>(documents: &[Value], deployment: &'a Value) -> Runs<'a> {
+    let spec = pod_spec(deployment).expect("a workload");
+    let container = &spec["containers"][0];
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .expect("a command")
+        .iter()
+        .map(|c| c.as_str().expect("a word"))
+        .collect();
+    let base = |path: &str| {
+        Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a file name")
+            .to_owned()
+    };
+    let (program, file) = (base(command[0]), base(command[2]));
+    let config_map = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "config")
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .unwrap_or_else(|| panic!("{} mounts no config", id(deployment)));
+    let config = find(documents, "ConfigMap", config_map)["data"][&file]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {file} in ConfigMap {config_map}"))
+        .to_owned();
+    Runs {
+        program,
+        file,
+        config,
+        container,
+    }
+}

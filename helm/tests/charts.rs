@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fractal_charts::{Value, chart, find, helm, id, pod_spec, program, render, root, tool};
+use fractal_charts::{Value, chart, find, helm, id, pod_spec, program, render, root, runs, tool};
 
 /// Every chart with each of its `ci/*-values.yaml` (and with its defaults alone).
 fn cases() -> Vec<(&'static str, Option<PathBuf>)> {
@@ -321,59 +321,37 @@ fn each_hub_configuration_is_one_nats_server_accepts_and_no_config_map_holds_a_s
 fn every_program_accepts_its_rendered_configuration_and_environment() {
     let dir = tempfile::tempdir().unwrap();
     for (case, _, documents) in all_rendered() {
-        let maps = config_maps(&documents);
         for manifest in documents.iter().filter(|m| m["kind"] == "Deployment") {
-            let spec = pod_spec(manifest).unwrap();
-            let Some(config_map) = spec["volumes"]
+            let runs = runs(&documents, manifest);
+            let file = dir.path().join(&runs.file);
+            std::fs::write(&file, &runs.config).unwrap();
+            // Literal values only: the downward API's fields are not configuration.
+            let env: Vec<(String, String)> = runs.container["env"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|v| v["name"] == "config")
-                .and_then(|v| v["configMap"]["name"].as_str())
-            else {
-                continue;
-            };
-            for container in spec["containers"].as_array().unwrap() {
-                let command: Vec<&str> = container["command"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.as_str().unwrap())
-                    .collect();
-                let name = Path::new(command[0]).file_name().unwrap().to_str().unwrap();
-                let key = Path::new(command[2]).file_name().unwrap().to_str().unwrap();
-                let (_, _, text) = maps
-                    .iter()
-                    .find(|(map, k, _)| *map == format!("ConfigMap/{config_map}") && k == key)
-                    .unwrap_or_else(|| panic!("{case}: no {key} in {config_map}"));
-                let file = dir.path().join(key);
-                std::fs::write(&file, text).unwrap();
-                let env: Vec<(String, String)> = container["env"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| {
-                        Some((
-                            e["name"].as_str()?.to_owned(),
-                            e["value"].as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect();
-                let output = Command::new(program(name))
-                    .arg("--config")
-                    .arg(&file)
-                    .arg("--check")
-                    .env_clear()
-                    .envs(env)
-                    .output()
-                    .unwrap();
-                assert!(
-                    output.status.success(),
-                    "{case} {}: `{name} --check` refuses its config: {}",
-                    id(manifest),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
+                .filter_map(|e| {
+                    Some((
+                        e["name"].as_str()?.to_owned(),
+                        e["value"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            let output = Command::new(program(&runs.program))
+                .arg("--config")
+                .arg(&file)
+                .arg("--check")
+                .env_clear()
+                .envs(env)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{case} {}: `{} --check` refuses its config: {}",
+                id(manifest),
+                runs.program,
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
     }
 }

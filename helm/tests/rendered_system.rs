@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fractal_charts::{Value, id, pod_spec, program, render};
+use fractal_charts::{Value, id, pod_spec, program, render, runs};
 use fractal_testkit::{Process, eventually, free_port, http_get, nats_server_binary};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -290,35 +290,10 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
     let mut grpc: HashMap<String, u16> = HashMap::new();
     for deployment in documents.iter().filter(|m| m["kind"] == "Deployment") {
         let name = deployment["metadata"]["name"].as_str().unwrap().to_owned();
-        let spec = pod_spec(deployment).unwrap();
-        let container = &spec["containers"][0];
-        let command: Vec<&str> = container["command"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
-        let binary = Path::new(command[0])
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let key = Path::new(command[2])
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let config_map = spec["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "config")
-            .and_then(|v| v["configMap"]["name"].as_str())
-            .unwrap();
+        let runs = runs(&documents, deployment);
+        let (binary, container) = (runs.program.clone(), runs.container);
         let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, config_maps[config_map][&key].as_str().unwrap()).unwrap();
+        std::fs::write(&config, &runs.config).unwrap();
         let mut env = Vec::new();
         for (variable, value) in environment(container, &format!("{name}-0")) {
             let value = if variable.ends_with("_LISTEN") {
