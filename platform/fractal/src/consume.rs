@@ -781,30 +781,62 @@ impl<F: Future<Output = ()>> Future for LaneRun<F> {
     }
 }
 
+/// What became of a message.
+enum Outcome {
+    /// Handled, or passed over as not this consumer's: acknowledged.
+    Done,
+    /// Not to be handled: recorded as a fault, then acknowledged.
+    Fault {
+        kind: FaultKind,
+        reason: String,
+        deliveries: u64,
+    },
+    /// Given back at shutdown, for redelivery.
+    Released,
+}
+
 async fn handle(shared: &Shared, message: Message) {
-    let (stream_sequence, delivered) = match message.info() {
+    let (sequence, delivered) = match message.info() {
         Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
         Err(e) => {
             tracing::error!(error = %e, subject = %message.subject, "Message without JetStream metadata.");
             return;
         }
     };
-    if shared
-        .backfill
-        .as_ref()
-        .is_some_and(|b| b.skips(stream_sequence))
-    {
-        // An older event of a key whose newest this `latest-per-key` consumer handles.
-        if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, "Could not acknowledge; the event will be delivered again.");
+    match outcome(shared, &message, sequence, delivered).await {
+        Outcome::Done => {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, subject = %message.subject, "Could not acknowledge; the event will be delivered again.");
+            }
         }
-        return;
+        Outcome::Fault {
+            kind,
+            reason,
+            deliveries,
+        } => {
+            let origin = Origin {
+                stream: &shared.stream,
+                sequence,
+                deliveries,
+            };
+            let event_type = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(wire::TYPE))
+                .map(|v| v.as_str());
+            fault(shared, &message, origin, kind, &reason, event_type).await;
+        }
+        Outcome::Released => {}
     }
-    let origin = |deliveries| Origin {
-        stream: &shared.stream,
-        sequence: stream_sequence,
-        deliveries,
-    };
+}
+
+/// Runs the handler for `message` (at `sequence`, delivered `delivered` times) with retries,
+/// and says what is to become of it.
+async fn outcome(shared: &Shared, message: &Message, sequence: u64, delivered: u64) -> Outcome {
+    if shared.backfill.as_ref().is_some_and(|b| b.skips(sequence)) {
+        // An older event of a key whose newest this `latest-per-key` consumer handles.
+        return Outcome::Done;
+    }
     let event = match Event::decode(
         &message.subject,
         message.headers.as_ref(),
@@ -812,22 +844,11 @@ async fn handle(shared: &Shared, message: Message) {
     ) {
         Ok(event) => event,
         Err(e) => {
-            let event_type = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(wire::TYPE))
-                .map(|v| v.as_str());
-            let reason = format!("not a well-formed event: {e}");
-            fault(
-                shared,
-                &message,
-                origin(delivered),
-                FaultKind::Malformed,
-                &reason,
-                event_type,
-            )
-            .await;
-            return;
+            return Outcome::Fault {
+                kind: FaultKind::Malformed,
+                reason: format!("not a well-formed event: {e}"),
+                deliveries: delivered,
+            };
         }
     };
     let skipped_replay = event.replay.is_some() && shared.config.replays == Replays::Skip;
@@ -838,42 +859,25 @@ async fn handle(shared: &Shared, message: Message) {
             .is_some_and(|intended| *intended != shared.durable)
     {
         // A replay this consumer skips, or a fault or replay meant for another consumer alone.
-        if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, id = %event.id, "Could not acknowledge; the event will be delivered again.");
-        }
-        return;
+        return Outcome::Done;
     }
     let Some(registered) = shared.handlers.get(&event.event_type) else {
-        let reason = format!("no handler for event type `{}`", event.event_type);
-        let event_type = Some(event.event_type.as_str());
-        fault(
-            shared,
-            &message,
-            origin(delivered),
-            FaultKind::Unhandled,
-            &reason,
-            event_type,
-        )
-        .await;
-        return;
+        return Outcome::Fault {
+            kind: FaultKind::Unhandled,
+            reason: format!("no handler for event type `{}`", event.event_type),
+            deliveries: delivered,
+        };
     };
     let max = shared.config.max_deliveries;
     let mut attempt = delivered;
     if attempt > max {
         // Delivered again and again without an acknowledgement: the process handling it died
         // each time. Stop before it takes this one down too.
-        let reason = format!("delivered {attempt} times without being acknowledged");
-        let event_type = Some(event.event_type.as_str());
-        fault(
-            shared,
-            &message,
-            origin(attempt),
-            FaultKind::RetriesExhausted,
-            &reason,
-            event_type,
-        )
-        .await;
-        return;
+        return Outcome::Fault {
+            kind: FaultKind::RetriesExhausted,
+            reason: format!("delivered {attempt} times without being acknowledged"),
+            deliveries: attempt,
+        };
     }
     // Waits for an unavailable hub, since the last counted attempt.
     let mut waits = 0;
@@ -893,10 +897,10 @@ async fn handle(shared: &Shared, message: Message) {
         );
         telemetry::continue_trace(&span, message.headers.as_ref());
         let running = shared.pause.read().await;
-        shared.started.fetch_max(stream_sequence, Ordering::AcqRel);
+        shared.started.fetch_max(sequence, Ordering::AcqRel);
         let started = Instant::now();
         let handling = Handling {
-            sequence: stream_sequence,
+            sequence,
             rebuild: None,
         };
         let result = handling
@@ -908,24 +912,14 @@ async fn handle(shared: &Shared, message: Message) {
         let (error, counted) = match result {
             Ok(()) => {
                 registered.handled.inc();
-                if let Err(e) = message.ack().await {
-                    tracing::warn!(error = %e, id = %event.id, "Could not acknowledge; the event will be delivered again.");
-                }
-                return;
+                return Outcome::Done;
             }
             Err(HandlerError::Permanent(e)) => {
-                let reason = e.to_string();
-                let event_type = Some(event.event_type.as_str());
-                fault(
-                    shared,
-                    &message,
-                    origin(attempt),
-                    FaultKind::Permanent,
-                    &reason,
-                    event_type,
-                )
-                .await;
-                return;
+                return Outcome::Fault {
+                    kind: FaultKind::Permanent,
+                    reason: e.to_string(),
+                    deliveries: attempt,
+                };
             }
             Err(HandlerError::Retryable(e)) => (e, true),
             // Not the event's fault: the attempt is not counted.
@@ -935,18 +929,11 @@ async fn handle(shared: &Shared, message: Message) {
         let delay = if counted {
             waits = 0;
             if attempt >= max {
-                let reason = format!("failed {attempt} times; last error: {error}");
-                let event_type = Some(event.event_type.as_str());
-                fault(
-                    shared,
-                    &message,
-                    origin(attempt),
-                    FaultKind::RetriesExhausted,
-                    &reason,
-                    event_type,
-                )
-                .await;
-                return;
+                return Outcome::Fault {
+                    kind: FaultKind::RetriesExhausted,
+                    reason: format!("failed {attempt} times; last error: {error}"),
+                    deliveries: attempt,
+                };
             }
             backoff(&shared.config, attempt)
         } else {
@@ -963,8 +950,8 @@ async fn handle(shared: &Shared, message: Message) {
             error = %error,
             "Handler failed; retrying."
         );
-        if !wait(shared, &message, delay).await {
-            return;
+        if !wait(shared, message, delay).await {
+            return Outcome::Released;
         }
         if counted {
             attempt += 1;
