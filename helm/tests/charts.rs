@@ -337,6 +337,19 @@ fn every_program_accepts_its_rendered_configuration_and_environment() {
                     ))
                 })
                 .collect();
+            // A variable under another prefix would be ignored, not refused: the charts'
+            // prefix rule must be the programs' own.
+            let prefix = match runs.program.as_str() {
+                "fractal-bridge" => "BRIDGE_".to_owned(),
+                other => fractal::service::env_prefix(other),
+            };
+            for (name, _) in &env {
+                assert!(
+                    name.starts_with(&prefix) || name.starts_with("OTEL_"),
+                    "{case} {}: `{name}` is not under {prefix}",
+                    id(manifest)
+                );
+            }
             let output = Command::new(program(&runs.program))
                 .arg("--config")
                 .arg(&file)

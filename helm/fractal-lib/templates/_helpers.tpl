@@ -152,7 +152,8 @@ for none), tls (the Secret holding the hub's `ca.crt`, or empty), replicas.
 {{- join "," $quoted -}}
 {{- end -}}
 
-{{/* The environment variable prefix of a program: `ORDERING_` for `ordering`. */}}
+{{/* The environment variable prefix of a program (`ORDERING_` for `ordering`), by the rule of
+`fractal::service::env_prefix`; helm/tests checks the two agree. */}}
 {{- define "fractal.envPrefix" -}}
 {{- printf "%s_" (. | upper | replace "-" "_") -}}
 {{- end -}}

@@ -291,10 +291,6 @@ impl Access {
     }
 }
 
-fn env_prefix(program: &str) -> String {
-    format!("{}_", program.to_uppercase().replace('-', "_"))
-}
-
 fn tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -474,7 +470,7 @@ impl Up {
 
         for service in &topology.services {
             let program = program(&options.programs, &service.spec.program)?;
-            let prefix = env_prefix(&service.spec.program);
+            let prefix = fractal::service::env_prefix(&service.spec.program);
             let admin = shifted(&service.config.admin.listen, offset)?;
             let client = access.client(
                 &hubs[service.hub()],

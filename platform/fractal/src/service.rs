@@ -206,22 +206,26 @@ pub fn shutdown_on_signal() -> CancellationToken {
 /// What a service's body returns when it stops for a reason other than shutdown.
 pub type ServiceError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The prefix of the environment variables that override program `program`'s configuration:
+/// its name in capitals, `-` as `_`, and a trailing `_` (`ORDERING_`, `FOOD_DEMO_`). The one
+/// rule, for the programs and for the tools that set their variables (`fractal up`).
+pub fn env_prefix(program: &str) -> String {
+    format!("{}_", program.to_uppercase().replace('-', "_"))
+}
+
 /// The whole `main` of a service binary `program --config FILE [--check]`: loads the
-/// [`ServiceConfig`] (defaults, the file, then variables prefixed `env_prefix`), checks that it
-/// names one of `services`, and with `--check` stops there; otherwise sets up telemetry, starts
-/// the [`Service`] and runs `body` until SIGTERM or Ctrl-C.
-pub fn main<F, Fut>(
-    program: &'static str,
-    env_prefix: &str,
-    services: &[&str],
-    body: F,
-) -> std::process::ExitCode
+/// [`ServiceConfig`] (defaults, the file, then variables prefixed by [`env_prefix`]), checks
+/// that it names one of `services`, and with `--check` stops there; otherwise sets up
+/// telemetry, starts the [`Service`] and runs `body` until SIGTERM or Ctrl-C.
+pub fn main<F, Fut>(program: &'static str, services: &[&str], body: F) -> std::process::ExitCode
 where
     F: FnOnce(Service) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,
 {
     use std::process::ExitCode;
 
+    let env_prefix = env_prefix(program);
+    let env_prefix = env_prefix.as_str();
     let args = clap::Command::new(program)
         .about(format!(
             "Runs one of the services {} (the config's `service` key). Variables prefixed \

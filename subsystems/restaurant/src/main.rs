@@ -3,7 +3,6 @@
 fn main() -> std::process::ExitCode {
     fractal::service::main(
         "restaurant",
-        "RESTAURANT_",
         food_restaurant::SERVICES,
         food_restaurant::run,
     )
