@@ -150,6 +150,14 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
+    // Every port is chosen before any process binds it: never the same one twice.
+    let taken = Mutex::new(BTreeSet::new());
+    let port = || loop {
+        let port = free_port();
+        if taken.lock().unwrap().insert(port) {
+            return port;
+        }
+    };
 
     // Spans go to this receiver, where the charts' values send them to a collector.
     let receiver = Receiver::default();
@@ -207,9 +215,9 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
     for hub in HUBS {
         let nodes: Vec<Node> = (0..NODES)
             .map(|_| Node {
-                client: free_port(),
-                cluster: free_port(),
-                monitor: free_port(),
+                client: port(),
+                cluster: port(),
+                monitor: port(),
             })
             .collect();
         let config = config_maps[&format!("hub-{hub}-config")]["nats.conf"]
@@ -297,7 +305,7 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
         let mut env = Vec::new();
         for (variable, value) in environment(container, &format!("{name}-0")) {
             let value = if variable.ends_with("_LISTEN") {
-                let port = free_port();
+                let port = port();
                 if variable.ends_with("GRPC__LISTEN") {
                     grpc.insert(name.clone(), port);
                 }
