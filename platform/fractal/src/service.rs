@@ -213,17 +213,72 @@ pub fn env_prefix(program: &str) -> String {
     format!("{}_", program.to_uppercase().replace('-', "_"))
 }
 
+/// What runs one service until shutdown: its `run`, boxed
+/// (`|service| Box::pin(checkout::run(service))`).
+pub type Body =
+    fn(Service) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
+
+/// A program and its services, declared once: [`main`] checks that a config's `service` is
+/// one of these names and runs the one it names, and the program's name gives its
+/// environment prefix ([`env_prefix`]).
+///
+/// ```no_run
+/// # use fractal::service::{Service, ServiceError, Subsystem};
+/// async fn checkout(service: Service) -> Result<(), ServiceError> {
+///     service.run(None, None).await
+/// }
+///
+/// const ORDERING: Subsystem = Subsystem {
+///     program: "ordering",
+///     services: &[("checkout", |service| Box::pin(checkout(service)))],
+/// };
+///
+/// fn main() -> std::process::ExitCode {
+///     fractal::service::main(ORDERING)
+/// }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Subsystem {
+    /// The program's name.
+    pub program: &'static str,
+    /// Each service: its name (a config's `service` key) and what runs it.
+    pub services: &'static [(&'static str, Body)],
+}
+
+impl std::fmt::Debug for Subsystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subsystem")
+            .field("program", &self.program)
+            .field("services", &self.names())
+            .finish()
+    }
+}
+
+impl Subsystem {
+    /// The services' names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.services.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Runs the service `service`'s configuration names until shutdown.
+    pub async fn run(self, service: Service) -> Result<(), ServiceError> {
+        let name = service.config.service.clone();
+        match self.services.iter().find(|(known, _)| *known == name) {
+            Some((_, body)) => body(service).await,
+            None => Err(format!("`{name}` is not a service of {}", self.program).into()),
+        }
+    }
+}
+
 /// The whole `main` of a service binary `program --config FILE [--check]`: loads the
 /// [`ServiceConfig`] (defaults, the file, then variables prefixed by [`env_prefix`]), checks
-/// that it names one of `services`, and with `--check` stops there; otherwise sets up
-/// telemetry, starts the [`Service`] and runs `body` until SIGTERM or Ctrl-C.
-pub fn main<F, Fut>(program: &'static str, services: &[&str], body: F) -> std::process::ExitCode
-where
-    F: FnOnce(Service) -> Fut,
-    Fut: Future<Output = Result<(), ServiceError>>,
-{
+/// that it names one of the subsystem's services, and with `--check` stops there; otherwise
+/// sets up telemetry, starts the [`Service`] and runs it until SIGTERM or Ctrl-C.
+pub fn main(subsystem: Subsystem) -> std::process::ExitCode {
     use std::process::ExitCode;
 
+    let program = subsystem.program;
+    let services = subsystem.names();
     let env_prefix = env_prefix(program);
     let env_prefix = env_prefix.as_str();
     let args = clap::Command::new(program)
@@ -299,7 +354,7 @@ where
         let Some(service) = Service::start(config, shutdown).await? else {
             return Ok(());
         };
-        body(service).await?;
+        subsystem.run(service).await?;
         tracing::info!(service = %source, "Service stopped.");
         Ok(())
     });

@@ -15,7 +15,7 @@ mod dispatch;
 mod drivers;
 mod gateway;
 
-use fractal::service::{Service, ServiceError};
+use fractal::service::Subsystem;
 
 /// The subsystem's internal events and gRPC API (`food.delivery.v1`).
 #[allow(
@@ -45,15 +45,12 @@ pub mod events {
     pub const DELIVERY_DELIVERED: &str = "delivery.delivered";
 }
 
-/// The subsystem's services, by the name a config's `service` key gives.
-pub const SERVICES: &[&str] = &["drivers", "dispatch", "gateway"];
-
-/// Runs the service the configuration names until shutdown.
-pub async fn run(service: Service) -> Result<(), ServiceError> {
-    match service.config.service.as_str() {
-        "drivers" => drivers::run(service).await,
-        "dispatch" => dispatch::run(service).await,
-        "gateway" => gateway::run(service).await,
-        other => Err(format!("`{other}` is not a delivery service").into()),
-    }
-}
+/// The program and its services, by the name a config's `service` key gives.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    program: "delivery",
+    services: &[
+        ("drivers", |service| Box::pin(drivers::run(service))),
+        ("dispatch", |service| Box::pin(dispatch::run(service))),
+        ("gateway", |service| Box::pin(gateway::run(service))),
+    ],
+};

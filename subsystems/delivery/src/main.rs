@@ -1,5 +1,5 @@
 //! `delivery --config FILE [--check]`: runs one of the delivery subsystem's services.
 
 fn main() -> std::process::ExitCode {
-    fractal::service::main("delivery", food_delivery::SERVICES, food_delivery::run)
+    fractal::service::main(food_delivery::SUBSYSTEM)
 }

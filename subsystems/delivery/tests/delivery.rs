@@ -30,8 +30,10 @@ async fn start() -> Subsystem {
     let mut services = Vec::new();
     for service in ["drivers", "dispatch", "gateway"] {
         services.push(
-            RunningService::start(&server, "delivery", "delivery", service, food_delivery::run)
-                .await,
+            RunningService::start(&server, "delivery", "delivery", service, |s| {
+                food_delivery::SUBSYSTEM.run(s)
+            })
+            .await,
         );
     }
     let drivers = DriversClient::new(services[0].channel().await);
@@ -427,13 +429,9 @@ async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_c
             .unwrap()
     );
 
-    let _dispatch = RunningService::start(
-        &server,
-        "delivery",
-        "delivery",
-        "dispatch",
-        food_delivery::run,
-    )
+    let _dispatch = RunningService::start(&server, "delivery", "delivery", "dispatch", |s| {
+        food_delivery::SUBSYSTEM.run(s)
+    })
     .await;
     simulate(
         &hub,
@@ -475,13 +473,9 @@ async fn a_free_driver_and_a_waiting_order_that_no_event_brought_together_are_ma
             .unwrap()
     );
 
-    let _dispatch = RunningService::start(
-        &server,
-        "delivery",
-        "delivery",
-        "dispatch",
-        food_delivery::run,
-    )
+    let _dispatch = RunningService::start(&server, "delivery", "delivery", "dispatch", |s| {
+        food_delivery::SUBSYSTEM.run(s)
+    })
     .await;
     let announced = wait_for_events(&hub, "delivery.assigned", 1).await;
     assert_eq!(announced[0].key, "o-1");

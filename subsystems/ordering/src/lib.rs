@@ -15,7 +15,7 @@
 mod checkout;
 mod gateway;
 
-use fractal::service::{Service, ServiceError};
+use fractal::service::Subsystem;
 
 /// The subsystem's internal events and gRPC API (`food.ordering.v1`).
 #[allow(
@@ -43,14 +43,11 @@ pub mod events {
     pub const ORDER_PROGRESSED: &str = "order.progressed";
 }
 
-/// The subsystem's services, by the name a config's `service` key gives.
-pub const SERVICES: &[&str] = &["checkout", "gateway"];
-
-/// Runs the service the configuration names until shutdown.
-pub async fn run(service: Service) -> Result<(), ServiceError> {
-    match service.config.service.as_str() {
-        "checkout" => checkout::run(service).await,
-        "gateway" => gateway::run(service).await,
-        other => Err(format!("`{other}` is not an ordering service").into()),
-    }
-}
+/// The program and its services, by the name a config's `service` key gives.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    program: "ordering",
+    services: &[
+        ("checkout", |service| Box::pin(checkout::run(service))),
+        ("gateway", |service| Box::pin(gateway::run(service))),
+    ],
+};

@@ -1,5 +1,5 @@
 //! `ordering --config FILE [--check]`: runs one of the ordering subsystem's services.
 
 fn main() -> std::process::ExitCode {
-    fractal::service::main("ordering", food_ordering::SERVICES, food_ordering::run)
+    fractal::service::main(food_ordering::SUBSYSTEM)
 }

@@ -17,7 +17,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 async fn start(server: &NatsServer, service: &str) -> RunningService {
-    RunningService::start(server, "ordering", "ordering", service, food_ordering::run).await
+    RunningService::start(server, "ordering", "ordering", service, |s| {
+        food_ordering::SUBSYSTEM.run(s)
+    })
+    .await
 }
 
 fn menu() -> Menu {

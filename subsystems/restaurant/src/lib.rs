@@ -16,7 +16,7 @@ mod gateway;
 mod kitchen;
 mod menus;
 
-use fractal::service::{Service, ServiceError};
+use fractal::service::Subsystem;
 
 /// The subsystem's internal events and gRPC APIs (`food.restaurant.v1`).
 #[allow(
@@ -44,15 +44,12 @@ pub mod events {
     pub const TICKET_READY: &str = "ticket.ready";
 }
 
-/// The subsystem's services, by the name a config's `service` key gives.
-pub const SERVICES: &[&str] = &["menus", "kitchen", "gateway"];
-
-/// Runs the service the configuration names until shutdown.
-pub async fn run(service: Service) -> Result<(), ServiceError> {
-    match service.config.service.as_str() {
-        "menus" => menus::run(service).await,
-        "kitchen" => kitchen::run(service).await,
-        "gateway" => gateway::run(service).await,
-        other => Err(format!("`{other}` is not a restaurant service").into()),
-    }
-}
+/// The program and its services, by the name a config's `service` key gives.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    program: "restaurant",
+    services: &[
+        ("menus", |service| Box::pin(menus::run(service))),
+        ("kitchen", |service| Box::pin(kitchen::run(service))),
+        ("gateway", |service| Box::pin(gateway::run(service))),
+    ],
+};

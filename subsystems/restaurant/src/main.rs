@@ -1,9 +1,5 @@
 //! `restaurant --config FILE [--check]`: runs one of the restaurant subsystem's services.
 
 fn main() -> std::process::ExitCode {
-    fractal::service::main(
-        "restaurant",
-        food_restaurant::SERVICES,
-        food_restaurant::run,
-    )
+    fractal::service::main(food_restaurant::SUBSYSTEM)
 }

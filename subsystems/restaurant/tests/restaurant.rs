@@ -63,13 +63,9 @@ async fn list(client: &KitchenClient<Channel>, open_only: bool) -> Option<Vec<Ti
 }
 
 async fn start(server: &NatsServer, service: &str) -> RunningService {
-    RunningService::start(
-        server,
-        "restaurant",
-        "restaurant",
-        service,
-        food_restaurant::run,
-    )
+    RunningService::start(server, "restaurant", "restaurant", service, |s| {
+        food_restaurant::SUBSYSTEM.run(s)
+    })
     .await
 }
 

@@ -13,7 +13,7 @@ pub mod demo;
 mod insights;
 pub mod load;
 
-use fractal::service::{Service, ServiceError};
+use fractal::service::Subsystem;
 
 /// The insights API (`food.insights.v1`).
 #[allow(
@@ -30,12 +30,8 @@ pub mod v1 {
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// The system hub's services, by the name a config's `service` key gives.
-pub const SERVICES: &[&str] = &["insights"];
-
-/// Runs the service the configuration names until shutdown.
-pub async fn run(service: Service) -> Result<(), ServiceError> {
-    match service.config.service.as_str() {
-        "insights" => insights::run(service).await,
-        other => Err(format!("`{other}` is not a system service").into()),
-    }
-}
+/// The program and its services, by the name a config's `service` key gives.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    program: "system",
+    services: &[("insights", |service| Box::pin(insights::run(service)))],
+};

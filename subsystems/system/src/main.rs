@@ -1,5 +1,5 @@
 //! `system --config FILE [--check]`: runs a service of the system hub.
 
 fn main() -> std::process::ExitCode {
-    fractal::service::main("system", food_system::SERVICES, food_system::run)
+    fractal::service::main(food_system::SUBSYSTEM)
 }
