@@ -375,9 +375,9 @@ impl Consumer {
     }
 
     /// Handles events of `event_type` by publishing the event `translate` makes of each: an
-    /// edge's ingress or egress step, or a plain reaction. `translate` should give the new
-    /// event the id [`crate::event::EventData::derived_id`] makes, so that a redelivery
-    /// publishes nothing new.
+    /// edge's ingress or egress step, or a plain reaction. The published event's id is derived
+    /// from the original's and its own type ([`crate::event::EventData::derived_id`]), so a
+    /// redelivery publishes nothing new.
     pub fn translate(
         self,
         event_type: &str,
@@ -389,7 +389,8 @@ impl Consumer {
             let publisher = publisher.clone();
             async move {
                 let translated = translate(&event)?;
-                publisher.publish(translated).await?;
+                let id = event.derived_id(&translated.event_type);
+                publisher.publish(translated.with_id(id)).await?;
                 Ok(())
             }
         })

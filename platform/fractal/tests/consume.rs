@@ -568,3 +568,35 @@ async fn a_latest_per_key_consumer_handles_the_newest_event_of_each_key_then_eve
     }
     assert!(faults(&hub).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_translation_carries_an_id_derived_from_the_original_so_a_redelivery_stores_it_once() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let publisher = fractal::Publisher::new(&hub, "alpha/gateway");
+    let consumer = Consumer::new(&hub, "gateway", fast_retries()).translate(
+        "item.added",
+        &publisher,
+        |event| {
+            Ok(NewEvent::new(
+                "item.counted",
+                event.key.clone(),
+                &Header::default(),
+            ))
+        },
+    );
+    let (token, handle) = spawn(consumer);
+    simulate(&hub, [numbered("item.added", "k-1", 1)]).await;
+    let translated = fractal_testkit::wait_for_events(&hub, "item.counted", 1).await;
+    let original = fractal_testkit::events_of_type(&hub, "item.added").await;
+    assert_eq!(
+        translated[0].id,
+        original[0].derived_id("item.counted").to_string()
+    );
+    // Translated again (a redelivery, a replay), the hub keeps the first.
+    let again = NewEvent::new("item.counted", "k-1", &Header::default())
+        .with_id(original[0].derived_id("item.counted"));
+    assert!(publisher.publish(again).await.unwrap().duplicate);
+    token.cancel();
+    handle.await.expect("stopped");
+}

@@ -36,11 +36,7 @@ fn delivery_requested(event: &Event) -> Result<NewEvent, HandlerError> {
         requested_at: Some(event.time.into()),
         ..Default::default()
     };
-    Ok(
-        NewEvent::new(DELIVERY_REQUESTED, &delivery.order_id, &delivery)
-            .at(event.time)
-            .with_id(event.derived_id(DELIVERY_REQUESTED)),
-    )
+    Ok(NewEvent::new(DELIVERY_REQUESTED, &delivery.order_id, &delivery).at(event.time))
 }
 
 fn order_driver_assigned(event: &Event) -> Result<NewEvent, HandlerError> {
@@ -76,7 +72,5 @@ fn order_update(
     order.driver_assigned_at = delivery.assigned_at;
     order.picked_up_at = delivery.picked_up_at;
     order.delivered_at = delivery.delivered_at;
-    Ok(NewEvent::external(event_type, &order.order_id, &order)
-        .at(event.time)
-        .with_id(event.derived_id(event_type)))
+    Ok(NewEvent::external(event_type, &order.order_id, &order).at(event.time))
 }

@@ -51,9 +51,7 @@ fn catalog_updated(event: &Event) -> Result<NewEvent, HandlerError> {
             .collect(),
         changed_at: menu.changed_at,
     };
-    Ok(NewEvent::new(CATALOG_UPDATED, &entry.restaurant_id, &entry)
-        .at(event.time)
-        .with_id(event.derived_id(CATALOG_UPDATED)))
+    Ok(NewEvent::new(CATALOG_UPDATED, &entry.restaurant_id, &entry).at(event.time))
 }
 
 /// Ingress: whatever another subsystem says about an order is progress on it.
@@ -61,9 +59,7 @@ fn order_progressed(event: &Event) -> Result<NewEvent, HandlerError> {
     let order: Order = event.payload()?;
     food_contracts::check_id("order_id", &order.order_id).map_err(HandlerError::permanent)?;
     let progressed = OrderProgressed { order: Some(order) };
-    Ok(NewEvent::new(ORDER_PROGRESSED, &event.key, &progressed)
-        .at(event.time)
-        .with_id(event.derived_id(ORDER_PROGRESSED)))
+    Ok(NewEvent::new(ORDER_PROGRESSED, &event.key, &progressed).at(event.time))
 }
 
 /// Egress: a checkout is the order placed.
@@ -72,9 +68,7 @@ fn order_placed(event: &Event) -> Result<NewEvent, HandlerError> {
     let Some(order) = submitted.order else {
         return Err(HandlerError::permanent("order.submitted carries no order"));
     };
-    Ok(NewEvent::external(ORDER_PLACED, &order.order_id, &order)
-        .at(event.time)
-        .with_id(event.derived_id(ORDER_PLACED)))
+    Ok(NewEvent::external(ORDER_PLACED, &order.order_id, &order).at(event.time))
 }
 
 /// Egress: a menu opened is a menu viewed.
@@ -85,9 +79,5 @@ fn menu_viewed(event: &Event) -> Result<NewEvent, HandlerError> {
         customer_id: browsed.customer_id,
         viewed_at: browsed.browsed_at,
     };
-    Ok(
-        NewEvent::external(MENU_VIEWED, &viewed.restaurant_id, &viewed)
-            .at(event.time)
-            .with_id(event.derived_id(MENU_VIEWED)),
-    )
+    Ok(NewEvent::external(MENU_VIEWED, &viewed.restaurant_id, &viewed).at(event.time))
 }

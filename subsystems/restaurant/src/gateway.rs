@@ -48,9 +48,7 @@ fn ticket_received(event: &Event) -> Result<NewEvent, HandlerError> {
         ready_at: None,
         order: Some(order),
     };
-    Ok(NewEvent::new(TICKET_RECEIVED, &ticket.order_id, &ticket)
-        .at(event.time)
-        .with_id(event.derived_id(TICKET_RECEIVED)))
+    Ok(NewEvent::new(TICKET_RECEIVED, &ticket.order_id, &ticket).at(event.time))
 }
 
 /// Egress: customers see the dishes the kitchen can make now.
@@ -72,9 +70,7 @@ fn menu_changed(event: &Event) -> Result<NewEvent, HandlerError> {
             .collect(),
         changed_at: saved.saved_at,
     };
-    Ok(NewEvent::external(MENU_CHANGED, &menu.restaurant_id, &menu)
-        .at(event.time)
-        .with_id(event.derived_id(MENU_CHANGED)))
+    Ok(NewEvent::external(MENU_CHANGED, &menu.restaurant_id, &menu).at(event.time))
 }
 
 fn order_accepted(event: &Event) -> Result<NewEvent, HandlerError> {
@@ -101,7 +97,5 @@ fn order_update(
     order.set_status(status);
     order.accepted_at = ticket.accepted_at;
     order.ready_at = ticket.ready_at;
-    Ok(NewEvent::external(event_type, &order.order_id, &order)
-        .at(event.time)
-        .with_id(event.derived_id(event_type)))
+    Ok(NewEvent::external(event_type, &order.order_id, &order).at(event.time))
 }
