@@ -476,7 +476,6 @@ impl Consumer {
 
         let shared = Arc::new(Shared {
             faults: FaultRecorder::new(&self.hub, &self.service, &durable),
-            client: self.hub.client().clone(),
             hub: self.hub.clone(),
             filter_subjects: all_filter_subjects,
             pause: tokio::sync::RwLock::new(()),
@@ -550,7 +549,7 @@ impl Consumer {
         lag.abort();
         control.abort();
         // Send the last acknowledgements; a hub that is down gets them redelivered instead.
-        match tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await {
+        match tokio::time::timeout(Duration::from_secs(5), shared.hub.client().flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "Could not flush acknowledgements."),
             Err(_) => tracing::warn!("Hub unreachable; last acknowledgements not sent."),
@@ -574,7 +573,6 @@ struct Shared {
     handlers: HashMap<String, Registered>,
     config: ConsumerConfig,
     faults: FaultRecorder,
-    client: async_nats::Client,
     shutdown: CancellationToken,
     backfill: Option<Backfill>,
 }

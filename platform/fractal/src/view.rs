@@ -202,15 +202,18 @@ fn check_key(key: &str) -> Result<(), String> {
 /// bindings too: what a hub's provisioning step does for each view up front, so that services
 /// need no right to create streams, and [`View::open`] does for a view nobody provisioned.
 pub async fn provision(hub: &Hub, name: &str) -> Result<kv::Store, ViewError> {
+    Ok(bound_bucket(hub, name).await?.0)
+}
+
+/// [`provision`], also returning the stream sequence up to which a rebuild applied the hub's
+/// events to the bucket (0 if none did).
+async fn bound_bucket(hub: &Hub, name: &str) -> Result<(kv::Store, u64), ViewError> {
     let bound = rebuild::bound(hub, name).await?;
+    let rebuilt_through = bound.as_ref().map_or(0, |b| b.rebuilt_through);
     let bucket = bound.map_or_else(|| rebuild::first_bucket(name), |b| b.bucket);
-    bucket_of(
-        hub,
-        name,
-        &bucket,
-        &format!("View `{name}` of hub `{}`.", hub.name()),
-    )
-    .await
+    let description = format!("View `{name}` of hub `{}`.", hub.name());
+    let store = bucket_of(hub, name, &bucket, &description).await?;
+    Ok((store, rebuilt_through))
 }
 
 /// Opens key-value bucket `bucket` (for view `name`, in errors) on `hub`, creating it if
@@ -266,7 +269,9 @@ fn missing(error: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Debug)]
 pub(crate) struct Binding {
     name: String,
-    store: std::sync::RwLock<kv::Store>,
+    /// Shared, so that reading which bucket it is costs a reference count, not a copy of the
+    /// bucket's cached stream information.
+    store: std::sync::RwLock<Arc<kv::Store>>,
     /// Events of the hub's stream up to this sequence are in the bucket already (a rebuild
     /// applied them): a consumer handling one of them again leaves the view alone.
     rebuilt_through: AtomicU64,
@@ -282,7 +287,7 @@ pub(crate) struct Binding {
 pub(crate) type Bindings = Arc<Mutex<HashMap<String, Arc<Binding>>>>;
 
 impl Binding {
-    fn store(&self) -> kv::Store {
+    fn store(&self) -> Arc<kv::Store> {
         self.store
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -290,7 +295,7 @@ impl Binding {
     }
 
     pub(crate) fn bucket_name(&self) -> String {
-        self.store().name
+        self.store().name.clone()
     }
 
     pub(crate) fn rebuilt_through(&self) -> u64 {
@@ -317,7 +322,7 @@ impl Binding {
 
     /// Binds the view to `store`, which a rebuild filled with the hub's events up to
     /// `rebuilt_through`.
-    pub(crate) fn switch(&self, store: kv::Store, rebuilt_through: u64) {
+    pub(crate) fn switch(&self, store: Arc<kv::Store>, rebuilt_through: u64) {
         *self.store.write().unwrap_or_else(PoisonError::into_inner) = store;
         self.rebuilt_through
             .store(rebuilt_through, Ordering::Release);
@@ -336,7 +341,7 @@ pub struct View<T> {
 
 impl<T> View<T> {
     /// The bucket this task reads the view from (see [`rebuild::route`]).
-    fn bucket(&self) -> kv::Store {
+    fn bucket(&self) -> Arc<kv::Store> {
         rebuild::route(&self.binding).0
     }
 }
@@ -372,16 +377,13 @@ impl<T: prost::Message + Default + Clone + PartialEq> View<T> {
                             || subject.contains(rebuild::BINDINGS))
                 };
                 let opening = format!("opening view `{name}`");
-                let store = hub
-                    .unless_refused(&opening, refused, provision(hub, name))
+                let (store, rebuilt_through) = hub
+                    .unless_refused(&opening, refused, bound_bucket(hub, name))
                     .await
                     .map_err(|e| ViewError::new(name, "the hub refused this credential", e))??;
-                let rebuilt_through = rebuild::bound(hub, name)
-                    .await?
-                    .map_or(0, |b| b.rebuilt_through);
                 let binding = Arc::new(Binding {
                     name: name.to_owned(),
-                    store: std::sync::RwLock::new(store),
+                    store: std::sync::RwLock::new(Arc::new(store)),
                     rebuilt_through: AtomicU64::new(rebuilt_through),
                     indexes: Mutex::default(),
                     index_of: Mutex::default(),

@@ -219,7 +219,7 @@ async fn rebuild_into(
             .get_key_value(&target.next)
             .await
             .map_err(|e| format!("cannot open bucket `{}`: {e}", target.next))?;
-        stores.insert(target.view.clone(), store);
+        stores.insert(target.view.clone(), Arc::new(store));
     }
     let stores = Arc::new(stores);
     let stream = hub
@@ -361,7 +361,7 @@ async fn fetch(
 /// live consumer would (retries, faults), and returns its stream sequence.
 async fn apply(
     shared: &Shared,
-    stores: &Arc<HashMap<String, kv::Store>>,
+    stores: &Arc<HashMap<String, Arc<kv::Store>>>,
     message: &async_nats::jetstream::Message,
     progress: &mut Progress,
 ) -> u64 {

@@ -241,7 +241,7 @@ tokio::task_local! {
 pub(crate) struct Handling {
     pub(crate) sequence: u64,
     /// For a rebuild: the buckets the rebuilt views are written to, by view.
-    pub(crate) rebuild: Option<Arc<HashMap<String, kv::Store>>>,
+    pub(crate) rebuild: Option<Arc<HashMap<String, Arc<kv::Store>>>>,
 }
 
 impl Handling {
@@ -256,7 +256,7 @@ impl Handling {
 ///   view as it is now without writing it;
 /// - a live handler writes the view unless its event is one a rebuild applied already;
 /// - anything else (a query, a command) reads and writes the view's bucket.
-pub(crate) fn route(binding: &Binding) -> (kv::Store, bool) {
+pub(crate) fn route(binding: &Binding) -> (Arc<kv::Store>, bool) {
     HANDLING
         .try_with(|handling| match &handling.rebuild {
             Some(stores) => match stores.get(&binding.name) {
