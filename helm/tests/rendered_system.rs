@@ -8,84 +8,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fractal_charts::{Value, id, pod_spec, program, render, runs};
-use fractal_testkit::{Process, eventually, free_port, http_get, nats_server_binary};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
+use fractal_testkit::{
+    OtlpReceiver, Process, ReceivedSpan, eventually, free_port, http_get, nats_server_binary,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use tonic::{Request, Response, Status};
 
 const ORDERS: usize = 30;
 const NODES: usize = 3;
 const HUBS: [&str; 4] = ["system", "restaurant", "ordering", "delivery"];
-
-/// A span as the receiver got it, with its resource's attributes.
-#[derive(Debug, Clone)]
-struct Span {
-    name: String,
-    trace: Vec<u8>,
-    attributes: HashMap<String, String>,
-    resource: HashMap<String, String>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-fn text(value: Option<&AnyValue>) -> String {
-    match value.and_then(|v| v.value.as_ref()) {
-        Some(Any::StringValue(s)) => s.clone(),
-        Some(Any::IntValue(i)) => i.to_string(),
-        Some(Any::BoolValue(b)) => b.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn map(attributes: &[KeyValue]) -> HashMap<String, String> {
-    attributes
-        .iter()
-        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
-        .collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = map(resource_spans
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or_default());
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
-                    spans.push(Span {
-                        name: span.name,
-                        trace: span.trace_id,
-                        attributes: map(&span.attributes),
-                        resource: resource.clone(),
-                    });
-                }
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 /// One hub node's ports on loopback.
 #[derive(Debug, Clone, Copy)]
@@ -160,14 +93,7 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
     };
 
     // Spans go to this receiver, where the charts' values send them to a collector.
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (receiver, otlp) = OtlpReceiver::start().await;
 
     // Credentials as an operator makes them: seeds in a folder (the Secret), each hub's
     // authorization block in the values.
@@ -386,9 +312,9 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
 
     // One trace per order, across the subsystems' hubs, each span saying which pod it ran in.
     let traces = eventually(Duration::from_secs(60), "every order's trace", || {
-        let spans = receiver.spans.lock().unwrap().clone();
+        let spans = receiver.spans();
         async move {
-            let checkouts: Vec<&Span> = spans
+            let checkouts: Vec<&ReceivedSpan> = spans
                 .iter()
                 .filter(|s| s.name == "checkout" && s.attributes.contains_key("order_id"))
                 .collect();
@@ -403,7 +329,7 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
             for checkout in checkouts {
                 let pods: BTreeSet<String> = spans
                     .iter()
-                    .filter(|s| s.trace == checkout.trace)
+                    .filter(|s| s.trace_id == checkout.trace_id)
                     .map(|s| s.resource.get("k8s.pod.name").cloned().unwrap_or_default())
                     .collect();
                 let whole = [
@@ -425,8 +351,8 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
     })
     .await;
     assert!(traces.len() >= ORDERS);
-    let spans = receiver.spans.lock().unwrap();
-    let placed = |s: &&Span| {
+    let spans = receiver.spans();
+    let placed = |s: &&ReceivedSpan| {
         s.resource
             .get("k8s.pod.name")
             .is_some_and(|p| !p.is_empty())

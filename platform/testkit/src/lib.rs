@@ -805,3 +805,114 @@ pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A span an [`OtlpReceiver`] got: its name, trace id, attributes, and its resource's
+/// attributes (`service.name`, `k8s.pod.name`, …).
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The span's name.
+    pub name: String,
+    /// Its trace id.
+    pub trace_id: Vec<u8>,
+    /// Its attributes, as text.
+    pub attributes: std::collections::HashMap<String, String>,
+    /// Its resource's attributes, as text.
+    pub resource: std::collections::HashMap<String, String>,
+}
+
+impl ReceivedSpan {
+    /// The `service.name` of its resource.
+    pub fn service(&self) -> &str {
+        self.resource.get("service.name").map_or("", String::as_str)
+    }
+}
+
+/// An OTLP/gRPC trace receiver in the test, as Jaeger or a collector would run it.
+#[derive(Debug, Clone, Default)]
+pub struct OtlpReceiver {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+}
+
+impl OtlpReceiver {
+    /// Starts one on a free loopback port; returns it and its endpoint (`http://…`).
+    pub async fn start() -> (OtlpReceiver, String) {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let receiver = OtlpReceiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("an address"));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (receiver, endpoint)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().expect("the spans").clone()
+    }
+}
+
+fn attributes(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> std::collections::HashMap<String, String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    attributes
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                _ => String::new(),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for OtlpReceiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.spans.lock().expect("the spans");
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = attributes(
+                resource_spans
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.as_slice())
+                    .unwrap_or_default(),
+            );
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(ReceivedSpan {
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        attributes: attributes(&span.attributes),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse {
+                partial_success: None,
+            },
+        ))
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use food_contracts::v1::OrderStatus;
@@ -15,82 +15,14 @@ use food_system::v1::{MenuViewsRequest, OrdersPerMinuteRequest};
 use fractal::local::{RunningProcess, RunningSystem};
 use fractal_bridge::BridgeConfig;
 use fractal_testkit::{
-    NatsServer, Process, eventually, free_port, http_get, metric, workspace_binary,
+    NatsServer, OtlpReceiver, Process, eventually, free_port, http_get, metric, workspace_binary,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use tonic::{Request, Response, Status};
 
 const ORDERS: usize = 20;
 const DRIVERS: usize = 6;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A span as the OTLP receiver got it.
-#[derive(Debug, Clone)]
-struct Collected {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    attributes: HashMap<String, String>,
-}
-
-/// An OTLP/gRPC trace receiver, as Jaeger or a collector would run it.
-#[derive(Debug, Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Collected>>>,
-}
-
-fn string(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
-    match value.and_then(|v| v.value.as_ref()) {
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(Value::IntValue(i)) => i.to_string(),
-        Some(Value::BoolValue(b)) => b.to_string(),
-        _ => String::new(),
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().expect("the spans");
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .map(|kv| string(kv.value.as_ref()))
-                .unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
-                    spans.push(Collected {
-                        service: service.clone(),
-                        name: span.name,
-                        trace_id: span.trace_id,
-                        attributes: span
-                            .attributes
-                            .iter()
-                            .map(|kv| (kv.key.clone(), string(kv.value.as_ref())))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
 }
 
 /// Hubs, services and bridges, each its own process; stopped (and their logs shown, on
@@ -245,22 +177,9 @@ const SERVICES: [(&str, &str); 9] = [
     ("system", "insights"),
 ];
 
-async fn otlp_receiver() -> (Receiver, String) {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let endpoint = format!("http://{}", listener.local_addr().expect("an address"));
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(receiver.clone()))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
-    tokio::spawn(server);
-    (receiver, endpoint)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
-    let (receiver, endpoint) = otlp_receiver().await;
+    let (receiver, endpoint) = OtlpReceiver::start().await;
     let mut system = System::start(
         &["restaurant", "ordering", "delivery", "system"],
         &SERVICES,
@@ -362,7 +281,7 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
     // handling all share its trace id.
     let order_id = orders[0].order.as_ref().expect("an order").order_id.clone();
     let services = eventually(Duration::from_secs(30), "the order's spans", || {
-        let spans = receiver.spans.lock().expect("the spans").clone();
+        let spans = receiver.spans();
         let order_id = order_id.clone();
         async move {
             let checkout = spans.iter().find(|s| {
@@ -371,7 +290,7 @@ async fn twenty_orders_cross_every_hub_and_each_is_one_trace() {
             let services: BTreeSet<String> = spans
                 .iter()
                 .filter(|s| s.trace_id == checkout.trace_id)
-                .map(|s| s.service.clone())
+                .map(|s| s.service().to_owned())
                 .collect();
             let wanted = [
                 "ordering-checkout",
