@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use fractal::protowire::{MAX_DEPTH, Reader, WireError, WireType};
+use fractal_protowire::{MAX_DEPTH, Reader, WireError, WireType};
 use prost_reflect::{DescriptorPool, Kind, MessageDescriptor};
 
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {

@@ -11,19 +11,17 @@
 //! then publishes everything unacknowledged again, in order (the target drops what it already
 //! has as duplicates); while the target is down the route stops pulling.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::{HeaderMap, HeaderName, StatusCode, Subject};
+use async_nats::{HeaderName, Subject};
 use bytes::Bytes;
 use fractal::fault::{FaultKind, FaultRecorder, Origin};
 use fractal::{EventView, Hub, telemetry, wire};
 use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use prost_reflect::MessageDescriptor;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -31,12 +29,9 @@ use tracing::Instrument as _;
 use crate::config::{RelayConfig, RouteConfig};
 use crate::metrics::RouteMetrics;
 
-/// Acknowledge the source at least every this many relays.
-const ACK_EVERY: usize = 256;
+mod window;
 
-/// How long the target has to acknowledge a relay before everything unacknowledged is
-/// published again.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+use window::{Copy, Fault, Outcome, PUBLISH_TIMEOUT, State, Window};
 
 /// Room for a `Fractal-Path` header the copy may gain (name, separators, a comma).
 const PATH_HEADER_ROOM: usize = wire::PATH.len() + 5;
@@ -63,241 +58,11 @@ enum Stop {
     Resume,
 }
 
-/// What became of one source message.
-#[derive(Debug, Clone, Copy)]
-enum Outcome {
-    Relayed { duplicate: bool },
-    Skipped,
-    Faulted,
-}
-
-/// A relayed event as it goes to the target, kept until the target has stored it.
-#[derive(Debug)]
-struct Copy {
-    subject: Subject,
-    headers: HeaderMap,
-    payload: Bytes,
-}
-
-/// Where one source message is.
-#[derive(Debug)]
-enum State {
-    /// Published to the target at `since`; its acknowledgement is awaited.
-    Sent {
-        copy: Copy,
-        since: Instant,
-    },
-    /// The target refused it, or the publish failed: to publish again.
-    Failed {
-        copy: Copy,
-        error: String,
-    },
-    /// Being recorded as a fault on the source hub.
-    Recording(Arc<Fault>),
-    /// The fault could not be recorded: to record again.
-    NotRecorded {
-        fault: Arc<Fault>,
-        error: String,
-    },
-    Settled(Outcome),
-}
-
-/// A delivery that cannot be relayed, to keep on the source hub's fault stream.
-#[derive(Debug)]
-struct Fault {
-    original: async_nats::Message,
-    sequence: u64,
-    deliveries: u64,
-    kind: FaultKind,
-    reason: String,
-    event_type: Option<String>,
-}
-
 /// Faults to record, numbered by their slots, in source order.
 type Recorder = mpsc::UnboundedSender<(u64, Arc<Fault>)>;
 
 /// Each recorded fault's result, under its slot's number.
 type Recorded = mpsc::UnboundedReceiver<(u64, Result<(), String>)>;
-
-/// One source message in flight.
-#[derive(Debug)]
-struct Slot {
-    /// The delivery's reply subject: acknowledging it acknowledges every earlier delivery.
-    ack: Option<Subject>,
-    state: State,
-}
-
-/// The source messages in flight, in source order. Each is numbered; a relay's number is the
-/// last token of its publish's reply subject.
-#[derive(Debug)]
-struct Flight {
-    slots: VecDeque<Slot>,
-    /// The number of the first slot.
-    first: u64,
-    inbox: String,
-}
-
-impl Flight {
-    fn new(inbox: String) -> Self {
-        Flight {
-            slots: VecDeque::new(),
-            first: 0,
-            inbox,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    fn next_number(&self) -> u64 {
-        self.first + self.slots.len() as u64
-    }
-
-    fn reply(&self, number: u64) -> String {
-        format!("{}.{number}", self.inbox)
-    }
-
-    fn slot(&mut self, number: u64) -> Option<&mut Slot> {
-        let index = usize::try_from(number.checked_sub(self.first)?).ok()?;
-        self.slots.get_mut(index)
-    }
-
-    /// Takes the front slot if it is settled.
-    fn pop_settled(&mut self) -> Option<(Option<Subject>, Outcome)> {
-        match self.slots.front()?.state {
-            State::Settled(outcome) => {
-                let slot = self.slots.pop_front()?;
-                self.first += 1;
-                Some((slot.ack, outcome))
-            }
-            _ => None,
-        }
-    }
-
-    /// Why the front slot cannot settle without help, if it cannot.
-    fn stuck(&self, now: Instant) -> Option<String> {
-        match &self.slots.front()?.state {
-            State::Failed { error, .. } | State::NotRecorded { error, .. } => Some(error.clone()),
-            State::Sent { since, .. } if now.duration_since(*since) >= PUBLISH_TIMEOUT => Some(
-                format!("no acknowledgement from the target in {PUBLISH_TIMEOUT:?}"),
-            ),
-            _ => None,
-        }
-    }
-
-    /// When the front slot's publish times out, if it is awaiting one.
-    fn deadline(&self) -> Option<Instant> {
-        match &self.slots.front()?.state {
-            State::Sent { since, .. } => Some(*since + PUBLISH_TIMEOUT),
-            _ => None,
-        }
-    }
-
-    /// Applies the target's answer to the publish numbered by the last token of `subject`.
-    fn acknowledge(&mut self, message: &async_nats::Message) {
-        let Some(number) = message
-            .subject
-            .rsplit_once('.')
-            .and_then(|(_, number)| number.parse().ok())
-        else {
-            return;
-        };
-        let Some(slot) = self.slot(number) else {
-            // Already settled: a late answer to a publish made again.
-            return;
-        };
-        let answer = publish_answer(message);
-        let placeholder = State::Settled(Outcome::Skipped);
-        slot.state = match (std::mem::replace(&mut slot.state, placeholder), answer) {
-            (State::Sent { .. } | State::Failed { .. }, Ok(duplicate)) => {
-                State::Settled(Outcome::Relayed { duplicate })
-            }
-            (State::Sent { copy, .. } | State::Failed { copy, .. }, Err(error)) => {
-                State::Failed { copy, error }
-            }
-            (state, _) => state,
-        };
-    }
-
-    fn recorded(&mut self, number: u64, result: Result<(), String>) {
-        if let Some(slot) = self.slot(number)
-            && let State::Recording(fault) = &slot.state
-        {
-            slot.state = match result {
-                Ok(()) => State::Settled(Outcome::Faulted),
-                Err(error) => State::NotRecorded {
-                    fault: fault.clone(),
-                    error,
-                },
-            };
-        }
-    }
-
-    /// The front slot's delivery, to keep the source from delivering it again while it waits.
-    fn front_ack(&self) -> Option<&Subject> {
-        self.slots.front()?.ack.as_ref()
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-/// What the target answered to a publish: stored (a duplicate or not), or why not.
-fn publish_answer(message: &async_nats::Message) -> Result<bool, String> {
-    if message.status == Some(StatusCode::NO_RESPONDERS) {
-        return Err("no stream on the target hub stores the subject".into());
-    }
-    // The common answer, `{"stream":"EVENTS","seq":42}`, or with `"duplicate": true`, is read
-    // without parsing it; anything else is parsed whole.
-    let payload = message.payload.as_ref();
-    if payload.starts_with(b"{\"stream\":")
-        && find(payload, b"\"seq\":").is_some()
-        && find(payload, b"\"error\"").is_none()
-    {
-        return Ok(find(payload, b"\"duplicate\"").is_some_and(|at| {
-            let rest = &payload[at + b"\"duplicate\"".len()..];
-            let value = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(rest);
-            value.trim_ascii_start().starts_with(b"true")
-        }));
-    }
-    /// A stored publish names its stream and sequence; an error has neither.
-    #[derive(Deserialize)]
-    struct PubAck {
-        stream: Option<String>,
-        seq: Option<u64>,
-        #[serde(default)]
-        duplicate: bool,
-        error: Option<ApiError>,
-    }
-    #[derive(Deserialize)]
-    struct ApiError {
-        #[serde(default)]
-        description: String,
-        #[serde(default)]
-        err_code: u64,
-    }
-    match serde_json::from_slice::<PubAck>(&message.payload) {
-        Ok(PubAck { error: Some(e), .. }) => Err(format!(
-            "the target refused it: {} (error {})",
-            e.description, e.err_code
-        )),
-        Ok(PubAck {
-            stream: Some(_),
-            seq: Some(_),
-            duplicate,
-            ..
-        }) => Ok(duplicate),
-        Ok(_) => Err(format!(
-            "the answer is not a JetStream acknowledgement: {}",
-            String::from_utf8_lossy(&message.payload)
-        )),
-        Err(e) => Err(format!("unreadable acknowledgement from the target: {e}")),
-    }
-}
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -435,169 +200,15 @@ impl Route {
         tracing::info!(route = %self.config.name, "Route stopped.");
     }
 
-    /// One session of a consumer: relays until shutdown or until a delivery goes missing.
+    /// One session of a consumer: relays until shutdown or until a delivery goes missing,
+    /// then drains what is in flight.
     async fn relay_from(&self, consumer: PullConsumer, shutdown: &CancellationToken) -> Stop {
-        let target = self.target.client();
-        let mut flight = Flight::new(target.new_inbox());
-        let subscribe = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            target.subscribe(format!("{}.*", flight.inbox)),
-        );
-        let subscribed = tokio::select! {
-            _ = shutdown.cancelled() => return Stop::Shutdown,
-            subscribed = subscribe => subscribed,
+        let mut session = match Session::open(self, shutdown).await {
+            Ok(session) => session,
+            Err(stop) => return stop,
         };
-        let mut answers = match subscribed {
-            Ok(Ok(answers)) => answers,
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer in {PUBLISH_TIMEOUT:?}"),
-                };
-                tracing::warn!(route = %self.config.name, error = %error, "Cannot subscribe to the target's acknowledgements; retrying.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Stop::Shutdown,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => return Stop::Resume,
-                }
-            }
-        };
-        let (recorder, mut recorded) = self.recorder();
-        tracing::info!(
-            route = %self.config.name,
-            subjects = ?self.config.subjects(),
-            contract = %self.contract.full_name(),
-            source = %self.source.name(),
-            target = %self.target.name(),
-            "Route started."
-        );
-        let mut stored: Option<Subject> = None;
-        let mut unacked = 0usize;
-        let mut messages = None;
-        let mut next_delivery = None;
-        let mut retry_delay = Duration::from_millis(100);
-        let mut stop = Stop::Shutdown;
-        'relay: loop {
-            while let Some((ack, outcome)) = flight.pop_settled() {
-                self.count(outcome);
-                stored = ack.or(stored);
-                unacked += 1;
-                retry_delay = Duration::from_millis(100);
-            }
-            if unacked >= ACK_EVERY || (unacked > 0 && flight.len() == 0) {
-                self.ack(stored.take(), b"+ACK").await;
-                unacked = 0;
-            }
-            if let Some(error) = flight.stuck(Instant::now()) {
-                tracing::warn!(route = %self.config.name, error = %error, in_flight = flight.len(), retry_in_ms = retry_delay.as_millis() as u64, "Relay failed; publishing everything unacknowledged again.");
-                if unacked > 0 {
-                    self.ack(stored.take(), b"+ACK").await;
-                    unacked = 0;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'relay,
-                    _ = tokio::time::sleep(retry_delay) => {}
-                }
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
-                // A slow target may have answered meanwhile.
-                while let Some(Some(answer)) = answers.next().now_or_never() {
-                    flight.acknowledge(&answer);
-                }
-                while let Ok((number, result)) = recorded.try_recv() {
-                    flight.recorded(number, result);
-                }
-                if flight.stuck(Instant::now()).is_none() {
-                    continue;
-                }
-                // Keep the source from delivering the waiting events again meanwhile.
-                self.ack(flight.front_ack().cloned(), b"+WPI").await;
-                self.again(&mut flight, &recorder).await;
-                continue;
-            }
-            let pulling = match &mut messages {
-                Some(stream) => stream,
-                None => match fractal::consume::pull(&consumer, self.relay.batch, shutdown).await {
-                    Some(stream) => messages.insert(stream),
-                    None => break 'relay,
-                },
-            };
-            let room = flight.len() < self.relay.max_in_flight;
-            let deadline = flight.deadline();
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break 'relay,
-                answer = answers.next() => match answer {
-                    Some(answer) => flight.acknowledge(&answer),
-                    None => {
-                        tracing::warn!(route = %self.config.name, "The target's acknowledgements stopped; resuming from the last stored event.");
-                        stop = Stop::Resume;
-                        break 'relay;
-                    }
-                },
-                result = recorded.recv() => match result {
-                    Some((number, result)) => flight.recorded(number, result),
-                    None => {
-                        tracing::warn!(route = %self.config.name, "The fault recorder stopped; resuming from the last stored event.");
-                        stop = Stop::Resume;
-                        break 'relay;
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
-                next = pulling.next(), if room => match next {
-                    Some(Ok(message)) => {
-                        let info = message.info().map(|i| (i.consumer_sequence, i.stream_sequence, i.delivered.max(1) as u64));
-                        // Deliveries are numbered; a gap means one was lost in transit, and
-                        // acknowledging past it would acknowledge it unrelayed.
-                        let delivery = info.as_ref().map(|i| i.0).ok();
-                        if next_delivery.is_some() && delivery != next_delivery {
-                            tracing::warn!(route = %self.config.name, expected = ?next_delivery, got = ?delivery, "A delivery went missing; resuming from the last stored event.");
-                            stop = Stop::Resume;
-                            break 'relay;
-                        }
-                        next_delivery = delivery.map(|d| d + 1);
-                        let origin = info.map(|i| (i.1, i.2)).unwrap_or_default();
-                        let number = flight.next_number();
-                        let message = message.message;
-                        let ack = message.reply.clone();
-                        let state = self.start(message, origin, number, &flight, &recorder).await;
-                        flight.slots.push_back(Slot { ack, state });
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(route = %self.config.name, error = %e, "Pull from the source hub failed.");
-                        if fractal::consume::pull_lost(&e) {
-                            messages = None;
-                        }
-                    }
-                    None => messages = None,
-                },
-            }
-        }
-        // Stop pulling, then wait for what is in flight: acknowledge the stored prefix, leave
-        // the rest to be delivered again (the target drops the copies as duplicates).
-        drop(messages);
-        let drain = async {
-            loop {
-                while let Some((ack, outcome)) = flight.pop_settled() {
-                    self.count(outcome);
-                    stored = ack.or(stored.take());
-                }
-                if flight.len() == 0 || flight.stuck(Instant::now()).is_some() {
-                    break;
-                }
-                tokio::select! {
-                    Some(answer) = answers.next() => flight.acknowledge(&answer),
-                    Some((number, result)) = recorded.recv() => flight.recorded(number, result),
-                    else => break,
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), drain)
-            .await
-            .is_err()
-            || flight.len() > 0
-        {
-            tracing::warn!(route = %self.config.name, in_flight = flight.len(), "Relays still in flight at shutdown; they will be delivered again.");
-        }
-        self.ack(stored.take(), b"+ACK").await;
+        let stop = session.relay(&consumer, shutdown).await;
+        session.drain().await;
         stop
     }
 
@@ -635,13 +246,10 @@ impl Route {
 
     /// Publishes again, in order, every relay not yet stored, and records again every fault
     /// that could not be recorded.
-    async fn again(&self, flight: &mut Flight, recorder: &Recorder) {
+    async fn again(&self, window: &mut Window, recorder: &Recorder) {
         let now = Instant::now();
-        for index in 0..flight.slots.len() {
-            let number = flight.first + index as u64;
-            let reply = flight.reply(number);
-            let placeholder = State::Settled(Outcome::Skipped);
-            let state = std::mem::replace(&mut flight.slots[index].state, placeholder);
+        for index in 0..window.len() {
+            let (number, reply, state) = window.take(index);
             let state = match state {
                 State::Sent { copy, .. } | State::Failed { copy, .. } => {
                     self.send(copy, reply, now).await
@@ -650,7 +258,7 @@ impl Route {
                 state => state,
             };
             let failed = matches!(state, State::Failed { .. });
-            flight.slots[index].state = state;
+            window.put(index, state);
             if failed {
                 // The connection is not taking publishes: the rest waits for the next round.
                 break;
@@ -682,7 +290,7 @@ impl Route {
         mut message: async_nats::Message,
         (sequence, deliveries): (u64, u64),
         number: u64,
-        flight: &Flight,
+        reply: String,
         recorder: &Recorder,
     ) -> State {
         let event =
@@ -802,7 +410,7 @@ impl Route {
                 }
             }
         };
-        self.send(copy, flight.reply(number), Instant::now())
+        self.send(copy, reply, Instant::now())
             .instrument(span)
             .await
     }
@@ -907,6 +515,218 @@ impl Route {
     }
 }
 
+/// One session of a route's consumer: the window of messages in flight, the target's
+/// answers, the fault recorder's results and the pull from the source.
+struct Session<'a> {
+    route: &'a Route,
+    window: Window,
+    answers: async_nats::Subscriber,
+    recorder: Recorder,
+    recorded: Recorded,
+    messages: Option<pull::Stream>,
+    /// The consumer sequence the next delivery must have.
+    next_delivery: Option<u64>,
+}
+
+impl<'a> Session<'a> {
+    /// Subscribes to the target's answers; `Err` says how the route goes on if it cannot.
+    async fn open(route: &'a Route, shutdown: &CancellationToken) -> Result<Self, Stop> {
+        let target = route.target.client();
+        let window = Window::new(target.new_inbox());
+        let subscribe = tokio::time::timeout(PUBLISH_TIMEOUT, target.subscribe(window.answers()));
+        let subscribed = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+            subscribed = subscribe => subscribed,
+        };
+        let answers = match subscribed {
+            Ok(Ok(answers)) => answers,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer in {PUBLISH_TIMEOUT:?}"),
+                };
+                tracing::warn!(route = %route.config.name, error = %error, "Cannot subscribe to the target's acknowledgements; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => return Err(Stop::Resume),
+                }
+            }
+        };
+        let (recorder, recorded) = route.recorder();
+        tracing::info!(
+            route = %route.config.name,
+            subjects = ?route.config.subjects(),
+            contract = %route.contract.full_name(),
+            source = %route.source.name(),
+            target = %route.target.name(),
+            "Route started."
+        );
+        Ok(Session {
+            route,
+            window,
+            answers,
+            recorder,
+            recorded,
+            messages: None,
+            next_delivery: None,
+        })
+    }
+
+    /// Relays until shutdown, or until the session must end ([`Stop::Resume`]).
+    async fn relay(&mut self, consumer: &PullConsumer, shutdown: &CancellationToken) -> Stop {
+        let name = &self.route.config.name;
+        loop {
+            self.settle().await;
+            if let Some(error) = self.window.stuck(Instant::now()) {
+                if !self.retry(&error, shutdown).await {
+                    return Stop::Shutdown;
+                }
+                continue;
+            }
+            let pulling = match &mut self.messages {
+                Some(stream) => stream,
+                None => {
+                    match fractal::hub::pull(consumer, self.route.relay.batch, shutdown).await {
+                        Some(stream) => self.messages.insert(stream),
+                        None => return Stop::Shutdown,
+                    }
+                }
+            };
+            let room = self.window.len() < self.route.relay.max_in_flight;
+            let deadline = self.window.deadline();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Stop::Shutdown,
+                answer = self.answers.next() => match answer {
+                    Some(answer) => self.window.answer(&answer),
+                    None => {
+                        tracing::warn!(route = %name, "The target's acknowledgements stopped; resuming from the last stored event.");
+                        return Stop::Resume;
+                    }
+                },
+                result = self.recorded.recv() => match result {
+                    Some((number, result)) => self.window.recorded(number, result),
+                    None => {
+                        tracing::warn!(route = %name, "The fault recorder stopped; resuming from the last stored event.");
+                        return Stop::Resume;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
+                next = pulling.next(), if room => match next {
+                    Some(Ok(message)) => {
+                        if let Err(stop) = self.on_delivery(message).await {
+                            return stop;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(route = %name, error = %e, "Pull from the source hub failed.");
+                        if fractal::hub::pull_lost(&e) {
+                            self.messages = None;
+                        }
+                    }
+                    None => self.messages = None,
+                },
+            }
+        }
+    }
+
+    /// Checks one delivery and relays it, or starts recording its fault. A gap in the
+    /// deliveries' numbers means one was lost in transit, and acknowledging past it would
+    /// acknowledge it unrelayed: the session ends and resumes from the last stored event.
+    async fn on_delivery(&mut self, message: async_nats::jetstream::Message) -> Result<(), Stop> {
+        let info = message.info().map(|i| {
+            (
+                i.consumer_sequence,
+                i.stream_sequence,
+                i.delivered.max(1) as u64,
+            )
+        });
+        let delivery = info.as_ref().map(|i| i.0).ok();
+        if self.next_delivery.is_some() && delivery != self.next_delivery {
+            tracing::warn!(route = %self.route.config.name, expected = ?self.next_delivery, got = ?delivery, "A delivery went missing; resuming from the last stored event.");
+            return Err(Stop::Resume);
+        }
+        self.next_delivery = delivery.map(|d| d + 1);
+        let origin = info.map(|i| (i.1, i.2)).unwrap_or_default();
+        let number = self.window.next_number();
+        let message = message.message;
+        let ack = message.reply.clone();
+        let reply = self.window.reply(number);
+        let state = self
+            .route
+            .start(message, origin, number, reply, &self.recorder)
+            .await;
+        self.window.push(ack, state);
+        Ok(())
+    }
+
+    /// Counts what settled and acknowledges the source when it is time.
+    async fn settle(&mut self) {
+        let route = self.route;
+        self.window.settle(|outcome| route.count(outcome));
+        if let Some(stored) = self.window.ack_due() {
+            route.ack(Some(stored), b"+ACK").await;
+        }
+    }
+
+    /// The front message is stuck (`error`): acknowledges what is stored, waits (with
+    /// backoff), then publishes everything unacknowledged again, unless the target answered
+    /// meanwhile. False if shutdown came first.
+    async fn retry(&mut self, error: &str, shutdown: &CancellationToken) -> bool {
+        let route = self.route;
+        let delay = self.window.backoff();
+        tracing::warn!(route = %route.config.name, error = %error, in_flight = self.window.len(), retry_in_ms = delay.as_millis() as u64, "Relay failed; publishing everything unacknowledged again.");
+        route.ack(self.window.take_ack(), b"+ACK").await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        // A slow target may have answered meanwhile.
+        while let Some(Some(answer)) = self.answers.next().now_or_never() {
+            self.window.answer(&answer);
+        }
+        while let Ok((number, result)) = self.recorded.try_recv() {
+            self.window.recorded(number, result);
+        }
+        if self.window.stuck(Instant::now()).is_none() {
+            return true;
+        }
+        // Keep the source from delivering the waiting events again meanwhile.
+        route.ack(self.window.front_ack().cloned(), b"+WPI").await;
+        route.again(&mut self.window, &self.recorder).await;
+        true
+    }
+
+    /// Stops pulling, then waits (up to 10 s) for what is in flight: acknowledges the stored
+    /// prefix and leaves the rest to be delivered again (the target drops the copies as
+    /// duplicates).
+    async fn drain(mut self) {
+        let route = self.route;
+        self.messages = None;
+        let drain = async {
+            loop {
+                self.window.settle(|outcome| route.count(outcome));
+                if self.window.len() == 0 || self.window.stuck(Instant::now()).is_some() {
+                    break;
+                }
+                tokio::select! {
+                    Some(answer) = self.answers.next() => self.window.answer(&answer),
+                    Some((number, result)) = self.recorded.recv() => self.window.recorded(number, result),
+                    else => break,
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+            || self.window.len() > 0
+        {
+            tracing::warn!(route = %route.config.name, in_flight = self.window.len(), "Relays still in flight at shutdown; they will be delivered again.");
+        }
+        route.ack(self.window.take_ack(), b"+ACK").await;
+    }
+}
+
 /// The envelope in `body` with its type replaced. `body` decoded as an envelope already.
 fn renamed(body: &Bytes, event_type: &str) -> Bytes {
     match fractal::proto::Envelope::decode(body.clone()) {
@@ -915,49 +735,5 @@ fn renamed(body: &Bytes, event_type: &str) -> Bytes {
             envelope.encode_to_vec().into()
         }
         Err(_) => body.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn answer(payload: &'static str) -> Result<bool, String> {
-        publish_answer(&async_nats::Message {
-            subject: "_INBOX.x.1".into(),
-            reply: None,
-            payload: Bytes::from_static(payload.as_bytes()),
-            headers: None,
-            status: None,
-            description: None,
-            length: payload.len(),
-        })
-    }
-
-    /// The answers as nats-server 2.15 writes them.
-    #[test]
-    fn publish_answers_are_read() {
-        assert_eq!(answer(r#"{"stream":"EVENTS","seq":1}"#), Ok(false));
-        assert_eq!(
-            answer(r#"{"stream":"EVENTS","seq":1,"duplicate": true}"#),
-            Ok(true)
-        );
-        assert_eq!(
-            answer(r#"{"stream":"EVENTS","domain":"hub","seq":7,"duplicate":true}"#),
-            Ok(true)
-        );
-        let refused = answer(
-            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"EVENTS"}"#,
-        );
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("maximum messages exceeded (error 10077)")),
-            "{refused:?}"
-        );
-        assert!(answer("not json").is_err());
-        // Something else answering on the subject is not the target storing it.
-        assert!(answer("{}").is_err());
-        assert!(answer(r#"{"ok":true}"#).is_err());
     }
 }

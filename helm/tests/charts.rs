@@ -535,7 +535,7 @@ fn helm_test_drives_the_demo_through_the_deployed_services() {
     let pod = find(&documents, "Pod", "food-delivery-demo");
     assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
     let map = find(&documents, "ConfigMap", "food-delivery-demo");
-    let system: fractal::local::RunningSystem =
+    let system: fractal_cli::running::RunningSystem =
         serde_json::from_str(map["data"]["system.json"].as_str().unwrap())
             .expect("the demo reads its system description");
     for (service, endpoint) in [

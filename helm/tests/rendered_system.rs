@@ -255,7 +255,7 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
     }
 
     // The demo of `helm test`, its system description pointed at the ports above.
-    let mut system: fractal::local::RunningSystem = serde_json::from_str(
+    let mut system: fractal_cli::running::RunningSystem = serde_json::from_str(
         config_maps["food-delivery-demo"]["system.json"]
             .as_str()
             .unwrap(),

@@ -2,9 +2,9 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use fractal_process::{Process, Spawn};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fractal::proto::Header;
@@ -13,7 +13,7 @@ use fractal_testkit::{Servers, eventually, free_port, stream_messages};
 
 /// A bridge process, killable and restartable.
 pub struct Bridge {
-    child: Option<Child>,
+    child: Option<Process>,
     config: PathBuf,
     log: PathBuf,
     pub admin_port: u16,
@@ -97,20 +97,12 @@ impl Bridge {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fractal-bridge"))
-            .arg("--config")
-            .arg(&self.config)
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_fractal-bridge"));
+        let child = Spawn::new(program, &self.log)
+            .args([std::ffi::OsStr::new("--config"), self.config.as_os_str()])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
+            .envs([("RUST_LOG", "info")])
+            .start()
             .expect("fractal-bridge starts");
         self.child = Some(child);
     }
@@ -118,8 +110,7 @@ impl Bridge {
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            child.kill();
         }
     }
 
@@ -128,16 +119,12 @@ impl Bridge {
         self.spawn();
     }
 
-    /// SIGTERM, and wait for a clean exit.
+    /// SIGTERM, and wait (up to 30 s) for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let child = self.child.take().expect("running");
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        let mut child = child;
-        child.wait().unwrap()
+        let mut child = self.child.take().expect("running");
+        child
+            .terminate(Duration::from_secs(30))
+            .expect("exits on SIGTERM")
     }
 
     pub fn pid(&self) -> u32 {

@@ -66,14 +66,15 @@ enum Command {
         #[arg(long)]
         no_auth: bool,
     },
-    /// Drive orders end to end through the system (started for the demo if not running).
+    /// Run the topology's demo program against the system (started for the demo if not
+    /// running), with `--system <state>/running.json` and the arguments after `--`.
     Demo {
-        /// How many orders.
-        #[arg(long, default_value_t = 5)]
-        orders: usize,
         /// Add this to every port when the demo starts the system itself.
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
+        /// Arguments for the demo program (`fractal demo -- --help` lists them).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
     /// Show the system as a graph, and who produces and consumes each contract.
     Topology {
@@ -541,10 +542,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             up.stop();
             println!("Stopped.");
         }
-        Command::Demo {
-            orders,
-            port_offset,
-        } => return demo(&topology_path, &state, orders, port_offset).await,
+        Command::Demo { port_offset, args } => {
+            return demo(&topology_path, &state, port_offset, &args).await;
+        }
         Command::Tail {
             hub: name,
             event_type,
@@ -882,17 +882,30 @@ fn contract_of(topology: &Topology, event_type: &str) -> anyhow::Result<String> 
     }
 }
 
+/// Runs the topology's demo program with `args`, against the running system or one started
+/// for it. The platform knows nothing of what the demo does: its options are its own.
 async fn demo(
     topology_path: &Path,
     state: &Path,
-    orders: usize,
     port_offset: u16,
+    args: &[String],
 ) -> anyhow::Result<ExitCode> {
     let topology = load(topology_path)?;
     let Some(demo) = &topology.demo else {
         bail!("the topology names no [demo] program");
     };
     let program = up::program(&programs()?, &demo.program)?;
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        let status = std::process::Command::new(&program)
+            .args(args)
+            .status()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        return Ok(if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let shutdown = fractal::service::shutdown_on_signal();
     let mut started = None;
     if up::running(state).is_none() {
@@ -917,7 +930,7 @@ async fn demo(
     let mut child = tokio::process::Command::new(&program)
         .arg("--system")
         .arg(up::running_file(state))
-        .args(["--orders", &orders.to_string()])
+        .args(args)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {}", program.display()))?;

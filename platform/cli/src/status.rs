@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use fractal::config::{Problems, Validate, join};
-use fractal::local::RunningSystem;
+use fractal_cli::running::RunningSystem;
 use serde::{Deserialize, Serialize};
 
 use crate::table::table;
@@ -263,7 +263,7 @@ impl Targets {
     }
 
     fn from_running(topology: &Topology, system: &RunningSystem, state: &Path) -> Targets {
-        let process = |p: Option<&fractal::local::RunningProcess>| match p {
+        let process = |p: Option<&fractal_cli::running::RunningProcess>| match p {
             Some(p) => (
                 Some(p.admin.clone()),
                 Some(Supervised {

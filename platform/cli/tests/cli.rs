@@ -467,15 +467,9 @@ fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
     assert_eq!(started.len(), 4 + 9 + 6, "hubs, services and bridges");
 
     let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args([
-            "demo",
-            "--orders",
-            "10",
-            "--topology",
-            &shipped(),
-            "--state",
-        ])
+        .args(["demo", "--topology", &shipped(), "--state"])
         .arg(&state)
+        .args(["--", "--orders", "10"])
         .output()
         .unwrap();
     assert!(demo.status.success(), "{}", text(&demo));
@@ -516,8 +510,9 @@ fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
         assert!(text(&refused).contains(problem), "{}", text(&refused));
     }
     let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args(["demo", "--orders", "3", "--topology", &shipped(), "--state"])
+        .args(["demo", "--topology", &shipped(), "--state"])
         .arg(&state)
+        .args(["--", "--orders", "3"])
         .output()
         .unwrap();
     assert!(
@@ -527,7 +522,7 @@ fn up_runs_the_demo_and_a_killed_up_leaves_nothing_behind() {
     );
 
     // Log files are plain text: no terminal colour codes.
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     for process in running.services.values().chain(running.bridges.values()) {
         let log = std::fs::read_to_string(&process.log).unwrap();
         assert!(log.contains("started"), "{}: {log}", process.log);
@@ -618,7 +613,7 @@ fn one_subsystem_runs_alone_with_its_upstream_simulated() {
     let state_arg = state.display().to_string();
     let _turn = one_system_at_a_time();
     let mut up = up(&["--subsystem", "delivery"], &state);
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     assert_eq!(running.hubs.keys().collect::<Vec<_>>(), ["delivery"]);
     assert_eq!(running.services.len(), 3);
     assert!(running.bridges.is_empty());
@@ -689,20 +684,14 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
     let out = std::fs::File::create(&out_path).unwrap();
     let _turn = one_system_at_a_time();
     let up = up_to(&[], &state, out);
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     let dispatch = running.services["delivery/dispatch"].pid;
     let bridge = running.bridges["system-to-delivery"].pid;
 
     let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args([
-            "demo",
-            "--orders",
-            "20",
-            "--topology",
-            &shipped(),
-            "--state",
-        ])
+        .args(["demo", "--topology", &shipped(), "--state"])
         .arg(&state)
+        .args(["--", "--orders", "20"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -740,7 +729,7 @@ fn a_killed_service_and_bridge_are_reported_and_restarted_while_orders_flow() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(report.contains("Restarting in 1s."), "{report}");
-    let again = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let again = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     for (old, new) in [
         (dispatch, again.services["delivery/dispatch"].pid),
         (bridge, again.bridges["system-to-delivery"].pid),
@@ -836,7 +825,7 @@ fn status_is_healthy_when_quiet_and_names_a_stopped_service_and_a_bridge_whose_t
             .all(|b| b["ready"] == true)
     );
 
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     let kitchen = running.services["restaurant/kitchen"].pid;
     Command::new("kill")
         .args(["-KILL", &kitchen.to_string()])
@@ -1110,7 +1099,7 @@ fn the_page_shows_every_part_and_a_service_that_goes_down_and_comes_back() {
     let state = dir.path().join("state");
     let _turn = one_system_at_a_time();
     let up = up(&[], &state);
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     let port = fractal_testkit::free_port();
     let mut ui = Command::new(env!("CARGO_BIN_EXE_fractal"))
         .args([
@@ -1225,7 +1214,7 @@ fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
     let state = dir.path().join("state");
     let topology = three_node_topology(dir.path());
     let up = up_on(&topology, &[], &state, Stdio::null());
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     assert!(
         running.nodes.values().all(|urls| urls.len() == 3),
         "{running:?}"
@@ -1241,8 +1230,9 @@ fn the_system_runs_on_three_node_hubs_and_outlives_a_killed_node() {
     }
 
     let demo = Command::new(env!("CARGO_BIN_EXE_fractal"))
-        .args(["demo", "--orders", "20", "--topology", &topology, "--state"])
+        .args(["demo", "--topology", &topology, "--state"])
         .arg(&state)
+        .args(["--", "--orders", "20"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1335,19 +1325,20 @@ fn with_tls_the_system_runs_and_a_client_of_another_authority_is_refused() {
     let up = up(&["--tls"], &state);
     let demo = fractal(&[
         "demo",
-        "--orders",
-        "5",
         "--topology",
         &shipped(),
         "--state",
         &state.display().to_string(),
+        "--",
+        "--orders",
+        "5",
     ]);
     assert!(
         text(&demo).contains("5/5 orders delivered"),
         "{}",
         text(&demo)
     );
-    let running = fractal::local::RunningSystem::load(&state.join("running.json")).unwrap();
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json")).unwrap();
     let operator = running.hub_config("ordering").unwrap();
     assert!(
         operator.urls.iter().all(|u| u.starts_with("tls://")),
@@ -1434,7 +1425,7 @@ fn hub_config_prints_each_node_of_a_cluster_for_review() {
 
 /// How client `id` of a run reaches `hub`: its own seed and inbox, as `fractal up` hands them.
 fn as_client(state: &Path, hub: &str, id: &str) -> fractal::HubConfig {
-    let running = fractal::local::RunningSystem::load(&state.join("running.json"))
+    let running = fractal_cli::running::RunningSystem::load(&state.join("running.json"))
         .expect("the run's description");
     let mut config = running.hub_config(hub).expect("the hub runs");
     config.auth = fractal::hub::AuthConfig::Nkey {
@@ -1539,7 +1530,7 @@ fn each_client_may_do_only_what_the_topology_grants_it() {
         }
 
         // The operator still sees the streams; nothing was deleted.
-        let operator = fractal::local::RunningSystem::load(&state.join("running.json"))
+        let operator = fractal_cli::running::RunningSystem::load(&state.join("running.json"))
             .unwrap()
             .hub_config("delivery")
             .unwrap();

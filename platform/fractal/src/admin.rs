@@ -138,15 +138,3 @@ pub async fn serve(
     tracing::info!(%addr, "Admin endpoint listening.");
     Ok(addr)
 }
-
-/// The whole HTTP/1.1 response (status line, headers, body) to `GET path` on an admin endpoint
-/// at `addr`, as a probe sees it; `None` if nothing answers.
-pub async fn probe(addr: impl tokio::net::ToSocketAddrs, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
-}

@@ -343,6 +343,46 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// A [`Consumer`] registering handlers that share one state ([`Consumer::with_state`]).
+#[derive(Debug)]
+pub struct WithState<S> {
+    consumer: Consumer,
+    state: S,
+}
+
+impl<S: Clone + Send + Sync + 'static> WithState<S> {
+    /// Handles events of `event_type` with `handler`, given the state and the event.
+    pub fn on<F, Fut>(self, event_type: &str, handler: F) -> Self
+    where
+        F: Fn(S, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        WithState {
+            consumer: self
+                .consumer
+                .on(event_type, move |event| handler(state.clone(), event)),
+            state: self.state,
+        }
+    }
+
+    /// Registers the next handlers with another state.
+    pub fn with_state<T: Clone + Send + Sync + 'static>(self, state: T) -> WithState<T> {
+        self.consumer.with_state(state)
+    }
+
+    /// The consumer with every handler registered.
+    pub fn consumer(self) -> Consumer {
+        self.consumer
+    }
+}
+
+impl<S> From<WithState<S>> for Consumer {
+    fn from(with_state: WithState<S>) -> Consumer {
+        with_state.consumer
+    }
+}
+
 impl Consumer {
     /// A consumer for `service` (a single token, also the default durable name).
     pub fn new(hub: &Hub, service: &str, config: ConsumerConfig) -> Self {
@@ -372,6 +412,38 @@ impl Consumer {
         };
         self.handlers.insert(event_type.to_owned(), registered);
         self
+    }
+
+    /// Registers the next handlers with `state`, which each is given (cloned) with its event.
+    ///
+    /// ```no_run
+    /// # async fn example(service: fractal::service::Service) -> Result<(), fractal::service::ServiceError> {
+    /// use fractal::proto::Header as Order;
+    /// use fractal::view::{Record, View};
+    /// use fractal::{Event, HandlerError};
+    ///
+    /// async fn apply(orders: View<Order>, event: Event) -> Result<(), HandlerError> {
+    ///     let order: Order = event.payload()?;
+    ///     orders
+    ///         .update(&event.key, |_| Some(Record::new(order.clone(), event.time)))
+    ///         .await?;
+    ///     Ok(())
+    /// }
+    ///
+    /// let orders = View::<Order>::open(&service.hub, "orders").await?;
+    /// let consumer = service
+    ///     .consumer()
+    ///     .with_state(orders)
+    ///     .on("order.placed", apply)
+    ///     .on("order.delivered", apply);
+    /// service.run(consumer).await
+    /// # }
+    /// ```
+    pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> WithState<S> {
+        WithState {
+            consumer: self,
+            state,
+        }
     }
 
     /// Handles events of `event_type` by publishing the event `translate` makes of each: an
@@ -506,7 +578,7 @@ impl Consumer {
         loop {
             let pulling = match &mut messages {
                 Some(stream) => stream,
-                None => match pull(&consumer, self.config.batch, &shutdown).await {
+                None => match crate::hub::pull(&consumer, self.config.batch, &shutdown).await {
                     Some(stream) => messages.insert(stream),
                     None => break,
                 },
@@ -529,7 +601,7 @@ impl Consumer {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Pull from the hub failed.");
-                        if pull_lost(&e) {
+                        if crate::hub::pull_lost(&e) {
                             messages = None;
                         }
                     }
@@ -968,43 +1040,6 @@ async fn wait(shared: &Shared, message: &async_nats::jetstream::Message, delay: 
             false
         }
         _ = tokio::time::sleep(delay) => true,
-    }
-}
-
-/// Whether a pull stream's `error` says its pull request was lost: the server it waited on is
-/// gone (a node of a clustered hub died, and the consumer has a new leader) and no heartbeat
-/// comes. The stream would wait out the request's 30 s expiry before asking again; a new
-/// [`pull`] asks the consumer's current leader at once.
-pub fn pull_lost(error: &pull::MessagesError) -> bool {
-    error.kind() == pull::MessagesErrorKind::MissingHeartbeat
-}
-
-/// Starts pulling from `consumer` in batches of `batch`, retrying every second until the hub
-/// answers; `None` once `shutdown` is cancelled. The hub sends a heartbeat every 2 s while it
-/// has nothing to deliver, so a lost pull request shows within a few seconds ([`pull_lost`]).
-pub async fn pull(
-    consumer: &consumer::PullConsumer,
-    batch: usize,
-    shutdown: &CancellationToken,
-) -> Option<pull::Stream> {
-    loop {
-        let started = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(2))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        match started {
-            Ok(stream) => return Some(stream),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot pull from the hub; retrying.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
     }
 }
 

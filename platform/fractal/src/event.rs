@@ -12,8 +12,8 @@ use prost::Message as _;
 use ulid::Ulid;
 
 use crate::proto::Envelope;
-use crate::protowire::{Reader, WireError, WireType};
 use crate::wire::{self, Scope};
+use fractal_protowire::{Reader, WireError, WireType};
 
 /// An id made from `parts` (an aggregate id and a step, say) and a time in milliseconds: the
 /// same for the same inputs, so an event published under it twice (by a retried command, or
@@ -37,6 +37,22 @@ pub fn stable_id(millis: u64, parts: &[&str]) -> Ulid {
 }
 
 /// An event to publish: a typed payload with its type, partition key and scope.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use fractal::NewEvent;
+/// use fractal::proto::Header;
+///
+/// let payload = Header { name: "colour".into(), value: "blue".into() };
+/// // Internal: only the subsystem's own services see it.
+/// let changed = NewEvent::new("setting.changed", "colour", &payload);
+/// // External: a contract that bridges may relay to other hubs; when it happened, if not
+/// // now, and tags that travel with it.
+/// let published = NewEvent::external("setting.published", "colour", &payload)
+///     .at(SystemTime::now() - Duration::from_secs(60))
+///     .tag("tenant", "north");
+/// # let _ = (changed, published);
+/// ```
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub(crate) id: Ulid,

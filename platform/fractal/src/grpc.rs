@@ -45,7 +45,22 @@ impl Validate for GrpcConfig {
     }
 }
 
-/// The services one gRPC server offers, with what reflection describes.
+/// The services one gRPC server offers, with what reflection describes. Health
+/// (`grpc.health.v1`) and reflection (v1 and v1alpha) come with it.
+///
+/// ```no_run
+/// # use fractal::grpc::GrpcServer;
+/// # async fn example<S>(service: fractal::service::Service, api: S) -> Result<(), fractal::service::ServiceError>
+/// # where S: tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>, Error = std::convert::Infallible,
+/// #     Response: axum::response::IntoResponse, Future: Send + 'static> + tonic::server::NamedService + Clone + Send + Sync + 'static {
+/// # const DESCRIPTORS: &[u8] = &[];
+/// // `api` is a tonic server (`CheckoutServer::new(CheckoutApi { … })`); DESCRIPTORS its
+/// // encoded `FileDescriptorSet`, for reflection.
+/// let grpc = GrpcServer::new().service(api).descriptors(DESCRIPTORS);
+/// let consumer = service.consumer();
+/// service.serve(grpc).run(consumer).await
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct GrpcServer {
     routes: Routes,
@@ -100,17 +115,28 @@ impl GrpcServer {
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
         }
-        let mut reflection = tonic_reflection::server::Builder::configure();
-        for encoded in &self.descriptors {
-            reflection = reflection.register_encoded_file_descriptor_set(encoded);
-        }
-        let reflection = reflection
-            .build_v1()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        // Both versions of reflection: grpcurl and newer clients ask v1, older ones (Python's
+        // grpcio-reflection among them) only v1alpha. Each lists every service served here.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                );
+            for encoded in &self.descriptors {
+                builder = builder.register_encoded_file_descriptor_set(encoded);
+            }
+            builder
+        };
+        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let reflection_v1 = reflection().build_v1().map_err(invalid)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(invalid)?;
         let routes = self
             .routes
             .add_service(health_service)
-            .add_service(reflection);
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
 
         let listener = tokio::net::TcpListener::bind(&config.listen).await?;
         let addr = listener.local_addr()?;
@@ -165,7 +191,6 @@ fn call_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
 /// unreadable entry is the server's fault (`INTERNAL`).
 impl From<crate::view::ViewError> for tonic::Status {
     fn from(error: crate::view::ViewError) -> Self {
-        tracing::warn!(error = %error, "View unavailable.");
         if error.is_corrupt() {
             tonic::Status::internal(error.to_string())
         } else {
@@ -177,7 +202,6 @@ impl From<crate::view::ViewError> for tonic::Status {
 /// An event that cannot be stored leaves the command undone; the caller may try again.
 impl From<crate::publish::PublishError> for tonic::Status {
     fn from(error: crate::publish::PublishError) -> Self {
-        tracing::warn!(error = %error, "Publish failed.");
         tonic::Status::unavailable(error.to_string())
     }
 }

@@ -515,9 +515,12 @@ impl RideOut {
 /// the request was wrong: a timeout, no server listening for the request (a stream whose
 /// cluster is electing a leader), a lost connection.
 pub(crate) fn unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
-    const SIGNS: [&str; 7] = [
+    const SIGNS: [&str; 8] = [
         // A publish of the same id is being stored: its outcome decides.
         "is in process",
+        // A replicated stream or bucket cannot be placed while a node is restarting or has
+        // not yet joined the cluster.
+        "peer offline",
         "timed out",
         "no responders",
         "no stream found",
@@ -975,6 +978,43 @@ impl Hub {
     /// How many replicas the hub's streams have, and its views are to have.
     pub fn replicas(&self) -> usize {
         self.config.events.replicas
+    }
+}
+
+/// Whether a pull stream's `error` says its pull request was lost: the server it waited on is
+/// gone (a node of a clustered hub died, and the consumer has a new leader) and no heartbeat
+/// comes. The stream would wait out the request's 30 s expiry before asking again; a new
+/// [`pull`] asks the consumer's current leader at once.
+pub fn pull_lost(error: &async_nats::jetstream::consumer::pull::MessagesError) -> bool {
+    error.kind() == async_nats::jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat
+}
+
+/// Starts pulling from `consumer` in batches of `batch`, retrying every second until the hub
+/// answers; `None` once `shutdown` is cancelled. The hub sends a heartbeat every 2 s while it
+/// has nothing to deliver, so a lost pull request shows within a few seconds ([`pull_lost`]).
+pub async fn pull(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    batch: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<async_nats::jetstream::consumer::pull::Stream> {
+    loop {
+        let started = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        match started {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot pull from the hub; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 

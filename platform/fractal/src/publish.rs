@@ -151,7 +151,22 @@ impl Publisher {
         &self.hub
     }
 
-    /// Publishes one event and waits until the hub has stored it. A hub that cannot answer
+    /// Publishes one event and waits until the hub has stored it.
+    ///
+    /// ```no_run
+    /// # async fn example(hub: fractal::Hub) -> Result<(), fractal::publish::PublishError> {
+    /// use fractal::{NewEvent, Publisher};
+    /// # let order = fractal::proto::Header::default();
+    ///
+    /// let publisher = Publisher::new(&hub, "ordering/checkout");
+    /// let published = publisher
+    ///     .publish(NewEvent::external("order.placed", "order-1", &order))
+    ///     .await?;
+    /// println!("stored as {} (a copy: {})", published.sequence, published.duplicate);
+    /// # Ok(())
+    /// # }
+    /// ```
+    /// A hub that cannot answer
     /// for a moment (a node gone, a cluster electing a leader) is waited for, up to
     /// 15 s; the event's id keeps a publish that did land from being stored twice.
     ///

@@ -70,7 +70,7 @@ impl Validate for ServiceConfig {
 
 /// A running service process: connected to its hub (streams provisioned), its admin endpoint
 /// up, until `shutdown` is cancelled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Service {
     /// Its configuration.
     pub config: ServiceConfig,
@@ -82,6 +82,8 @@ pub struct Service {
     pub admin: SocketAddr,
     /// Set once [`Service::run`] serves; `/readyz` says "starting" until then.
     started: Arc<AtomicBool>,
+    /// The gRPC server [`Service::run`] serves, if any.
+    grpc: Option<GrpcServer>,
 }
 
 impl Service {
@@ -105,7 +107,9 @@ impl Service {
                 }
             }
         });
-        let admin = admin::serve(&config.admin, readiness, shutdown.clone()).await?;
+        let admin = admin::serve(&config.admin, readiness, shutdown.clone())
+            .await
+            .map_err(ServiceError::Listen)?;
         tracing::info!(service = %config.source(), hub = %hub.name(), admin = %admin, "Service started.");
         Ok(Some(Service {
             config,
@@ -113,6 +117,7 @@ impl Service {
             shutdown,
             admin,
             started,
+            grpc: None,
         }))
     }
 
@@ -130,28 +135,39 @@ impl Service {
         )
     }
 
-    /// Runs the service's consumer and gRPC server (either may be absent) until shutdown;
-    /// if one of them fails, stops the other and returns the error.
-    pub async fn run(
-        self,
-        consumer: Option<Consumer>,
-        grpc: Option<GrpcServer>,
-    ) -> Result<(), ServiceError> {
+    /// Serves `grpc` too when the service runs: commands and queries, on the configuration's
+    /// `[grpc] listen`.
+    pub fn serve(mut self, grpc: GrpcServer) -> Self {
+        self.grpc = Some(grpc);
+        self
+    }
+
+    /// Runs the service's consumer, and its gRPC server if it [serves](Service::serve) one,
+    /// until shutdown; if one of them fails, stops the other and returns the error.
+    pub async fn run(self, consumer: impl Into<Consumer>) -> Result<(), ServiceError> {
+        let consumer = consumer.into();
         let stop = self.shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
-        if let Some(grpc) = grpc {
+        if let Some(grpc) = self.grpc {
             let Some(config) = &self.config.grpc else {
-                return Err(format!(
+                return Err(ServiceError::Config(format!(
                     "service `{}` answers commands and queries over gRPC; its configuration needs [grpc] listen",
                     self.config.source()
-                )
-                .into());
+                )));
             };
-            let (addr, server) = grpc.serve(config, stop.clone()).await?;
+            let (addr, server) = grpc
+                .serve(config, stop.clone())
+                .await
+                .map_err(ServiceError::Listen)?;
             tracing::info!(service = %self.config.source(), grpc = %addr, "Serving gRPC.");
-            tasks.spawn(async move { server.await?.map_err(|e| -> ServiceError { Box::new(e) }) });
+            tasks.spawn(async move {
+                match server.await {
+                    Ok(served) => served.map_err(ServiceError::Grpc),
+                    Err(e) => Err(ServiceError::Panicked(e.to_string())),
+                }
+            });
         }
-        if let Some(consumer) = consumer {
+        {
             let stop = stop.clone();
             tasks.spawn(async move { consumer.run(stop).await.map_err(ServiceError::from) });
         }
@@ -161,7 +177,9 @@ impl Service {
         while let Some(done) = tasks.join_next().await {
             // Whichever ends first, for whatever reason, the other must not go on alone.
             stop.cancel();
-            let outcome = done.map_err(ServiceError::from).and_then(|r| r);
+            let outcome = done
+                .map_err(|e| ServiceError::Panicked(e.to_string()))
+                .and_then(|r| r);
             if let Err(e) = outcome
                 && result.is_ok()
             {
@@ -203,8 +221,45 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// What a service's body returns when it stops for a reason other than shutdown.
-pub type ServiceError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a service stopped for a reason other than shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Its configuration cannot work (a gRPC server without `[grpc] listen`, a `service` the
+    /// program does not have).
+    #[error("{0}")]
+    Config(String),
+    /// Telemetry could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The hub refused or failed at start-up.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+    /// A view could not be opened.
+    #[error(transparent)]
+    View(#[from] crate::view::ViewError),
+    /// The admin endpoint or the gRPC server cannot listen.
+    #[error("cannot listen: {0}")]
+    Listen(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[source] tonic::transport::Error),
+    /// The consumer stopped.
+    #[error(transparent)]
+    Consume(#[from] crate::consume::ConsumeError),
+    /// A task of the service panicked.
+    #[error("a task of the service panicked: {0}")]
+    Panicked(String),
+    /// What the service's own code failed with.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ServiceError {
+    /// Wraps an error of the service's own code.
+    pub fn other(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ServiceError::Other(error.into())
+    }
+}
 
 /// The prefix of the environment variables that override program `program`'s configuration:
 /// its name in capitals, `-` as `_`, and a trailing `_` (`ORDERING_`, `FOOD_DEMO_`). The one
@@ -225,7 +280,8 @@ pub type Body =
 /// ```no_run
 /// # use fractal::service::{Service, ServiceError, Subsystem};
 /// async fn checkout(service: Service) -> Result<(), ServiceError> {
-///     service.run(None, None).await
+///     let consumer = service.consumer();
+///     service.run(consumer).await
 /// }
 ///
 /// const ORDERING: Subsystem = Subsystem {
@@ -265,7 +321,10 @@ impl Subsystem {
         let name = service.config.service.clone();
         match self.services.iter().find(|(known, _)| *known == name) {
             Some((_, body)) => body(service).await,
-            None => Err(format!("`{name}` is not a service of {}", self.program).into()),
+            None => Err(ServiceError::Config(format!(
+                "`{name}` is not a service of {}",
+                self.program
+            ))),
         }
     }
 }

@@ -80,13 +80,14 @@ impl Drop for TelemetryGuard {
 /// Installs the global `tracing` subscriber for a program named `service_name`
 /// (`<subsystem>-<service>`; `OTEL_SERVICE_NAME` wins if set). Must be called inside a Tokio
 /// runtime when traces are exported.
-pub fn init(
-    service_name: &str,
-    log: &LogConfig,
-) -> Result<TelemetryGuard, Box<dyn std::error::Error + Send + Sync>> {
+pub fn init(service_name: &str, log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::builder().parse(env)?,
-        _ => EnvFilter::builder().parse(&log.level)?,
+        Ok(env) if !env.is_empty() => EnvFilter::builder()
+            .parse(&env)
+            .map_err(|e| TelemetryError::Filter(format!("RUST_LOG `{env}`: {e}")))?,
+        _ => EnvFilter::builder()
+            .parse(&log.level)
+            .map_err(|e| TelemetryError::Filter(format!("log.level `{}`: {e}", log.level)))?,
     };
     // Colour only on a terminal (not in log files such as `fractal up`'s), and never with
     // NO_COLOR set.
@@ -124,8 +125,23 @@ pub fn init(
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
-        .try_init()?;
+        .try_init()
+        .map_err(|e| TelemetryError::Installed(e.to_string()))?;
     Ok(TelemetryGuard { provider })
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter (`RUST_LOG` or `log.level`) does not parse.
+    #[error("the log filter {0}")]
+    Filter(String),
+    /// The OTLP endpoint the environment names is not one spans can be exported to.
+    #[error("{0}")]
+    Endpoint(String),
+    /// A global subscriber was already installed.
+    #[error("cannot install the tracing subscriber: {0}")]
+    Installed(String),
 }
 
 /// Where spans go, from the standard variables: the variable that named it, the endpoint with
@@ -163,9 +179,7 @@ fn otlp_endpoint(
 
 /// A tracer provider that exports spans over OTLP gRPC to the endpoint the standard
 /// environment variables name; over TLS (with the Mozilla roots compiled in) for `https://`.
-pub fn otlp_provider(
-    service_name: &str,
-) -> Result<SdkTracerProvider, Box<dyn std::error::Error + Send + Sync>> {
+pub fn otlp_provider(service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
     let insecure = std::env::var("OTEL_EXPORTER_OTLP_INSECURE")
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_TRACES_INSECURE"))
         .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
@@ -173,8 +187,9 @@ pub fn otlp_provider(
         std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok(),
         std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
         insecure,
-    )?;
-    let exporter = span_exporter(found)?;
+    )
+    .map_err(TelemetryError::Endpoint)?;
+    let exporter = span_exporter(found).map_err(TelemetryError::Endpoint)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();

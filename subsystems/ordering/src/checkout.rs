@@ -31,18 +31,11 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let orders = View::<Order>::open(&service.hub, "orders").await?;
     let consumer = service
         .consumer()
-        .on(CATALOG_UPDATED, {
-            let catalog = catalog.clone();
-            move |event| apply_catalog(catalog.clone(), event)
-        })
-        .on(ORDER_SUBMITTED, {
-            let orders = orders.clone();
-            move |event| apply_order(orders.clone(), event)
-        })
-        .on(ORDER_PROGRESSED, {
-            let orders = orders.clone();
-            move |event| apply_order(orders.clone(), event)
-        });
+        .with_state(catalog.clone())
+        .on(CATALOG_UPDATED, apply_catalog)
+        .with_state(orders.clone())
+        .on(ORDER_SUBMITTED, apply_order)
+        .on(ORDER_PROGRESSED, apply_order);
     let api = CheckoutApi {
         catalog,
         orders,
@@ -51,7 +44,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let grpc = GrpcServer::new()
         .service(CheckoutServer::new(api))
         .descriptors(crate::DESCRIPTORS);
-    service.run(Some(consumer), Some(grpc)).await
+    service.serve(grpc).run(consumer).await
 }
 
 /// Keeps the newest menu of each restaurant.

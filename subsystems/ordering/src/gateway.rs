@@ -28,7 +28,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     ] {
         consumer = consumer.translate(progress, &publisher, order_progressed);
     }
-    service.run(Some(consumer), None).await
+    service.run(consumer).await
 }
 
 /// Ingress: a restaurant's menu becomes its catalog entry.

@@ -19,7 +19,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         .translate(MENU_SAVED, &publisher, menu_changed)
         .translate(TICKET_ACCEPTED, &publisher, order_accepted)
         .translate(TICKET_READY, &publisher, order_ready);
-    service.run(Some(consumer), None).await
+    service.run(consumer).await
 }
 
 /// Ingress: an order placed with any restaurant becomes a ticket in its kitchen.

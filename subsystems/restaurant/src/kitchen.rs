@@ -30,11 +30,12 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         .await?
         .indexed_by(by_restaurant.clone())
         .indexed_by(open_by_restaurant.clone());
-    let mut consumer = service.consumer();
-    for event_type in [TICKET_RECEIVED, TICKET_ACCEPTED, TICKET_READY] {
-        let view = view.clone();
-        consumer = consumer.on(event_type, move |event| apply(view.clone(), event));
-    }
+    let consumer = service
+        .consumer()
+        .with_state(view.clone())
+        .on(TICKET_RECEIVED, apply)
+        .on(TICKET_ACCEPTED, apply)
+        .on(TICKET_READY, apply);
     let api = KitchenApi {
         view,
         by_restaurant,
@@ -45,7 +46,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let grpc = GrpcServer::new()
         .service(KitchenServer::new(api))
         .descriptors(crate::DESCRIPTORS);
-    service.run(Some(consumer), Some(grpc)).await
+    service.serve(grpc).run(consumer).await
 }
 
 async fn apply(view: View<Ticket>, event: Event) -> Result<(), HandlerError> {

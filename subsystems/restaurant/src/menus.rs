@@ -19,10 +19,10 @@ const MAX_PRICE_CENTS: i64 = 100_000_000;
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let view = View::<MenuSaved>::open(&service.hub, "menus").await?;
-    let consumer = service.consumer().on(MENU_SAVED, {
-        let view = view.clone();
-        move |event| apply(view.clone(), event)
-    });
+    let consumer = service
+        .consumer()
+        .with_state(view.clone())
+        .on(MENU_SAVED, apply);
     let api = MenusApi {
         view,
         publisher: service.publisher(),
@@ -30,7 +30,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let grpc = GrpcServer::new()
         .service(MenusServer::new(api))
         .descriptors(crate::DESCRIPTORS);
-    service.run(Some(consumer), Some(grpc)).await
+    service.serve(grpc).run(consumer).await
 }
 
 /// Keeps the newest menu of each restaurant, by the time it was saved.

@@ -286,16 +286,15 @@ async fn the_tickets_view_ignores_repeats_and_arrival_order() {
     assert_eq!(views[0], views[1]);
 }
 
-/// Operators' tools find the service through the standard health and reflection services.
+/// Operators' tools find the service through the standard health and reflection services,
+/// both reflection versions (older clients, Python's grpcio-reflection among them, ask only
+/// v1alpha), each listing the API, health and reflection itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kitchen_answers_health_checks_and_describes_itself() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::{v1, v1alpha};
 
     let server = NatsServer::start();
     let kitchen = start(&server, "kitchen").await;
@@ -310,22 +309,61 @@ async fn the_kitchen_answers_health_checks_and_describes_itself() {
         .into_inner();
     assert_eq!(health.status(), ServingStatus::Serving);
 
-    let request = ServerReflectionRequest {
+    let request = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
-    let mut responses = ServerReflectionClient::new(channel)
+    let response = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
         .server_reflection_info(tokio_stream::iter([request]))
         .await
-        .expect("reflection")
-        .into_inner();
-    let response = responses.message().await.expect("a response").expect("one");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        .expect("reflection v1")
+        .into_inner()
+        .message()
+        .await
+        .expect("a response")
+        .expect("one");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
         panic!("not a service list: {response:?}");
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"food.restaurant.v1.Kitchen".to_owned()),
-        "{names:?}"
-    );
+    let v1_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let response = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner()
+        .message()
+        .await
+        .expect("a response")
+        .expect("one");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("not a service list: {response:?}");
+    };
+    let v1alpha_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+
+    for names in [&v1_names, &v1alpha_names] {
+        for expected in [
+            "food.restaurant.v1.Kitchen",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} not in {names:?}"
+            );
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use fractal::local::RunningSystem;
+use fractal_cli::running::RunningSystem;
 use futures::StreamExt as _;
 
 use crate::demo::DemoError;
@@ -385,11 +385,7 @@ async fn caught_up(hub: &fractal::Hub) -> bool {
 /// Whether every node answers healthy on its monitoring endpoint.
 async fn all_healthy(monitors: &[String]) -> bool {
     for monitor in monitors {
-        let addr = monitor.trim_start_matches("http://");
-        let healthy = fractal::admin::probe(addr, "/healthz")
-            .await
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
-        if !healthy {
+        if !fractal_cli::running::answers_ok(monitor, "/healthz").await {
             return false;
         }
     }

@@ -17,7 +17,7 @@ use food_ordering::v1::{
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
 use food_restaurant::v1::{Dish, SaveMenuRequest, TicketRequest};
-use fractal::local::RunningSystem;
+use fractal_cli::running::RunningSystem;
 use tonic::Code;
 use tonic::transport::Channel;
 

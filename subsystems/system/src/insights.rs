@@ -51,52 +51,61 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         "Orders placed counted.",
         metrics.orders_placed.clone(),
     );
+    let counts = Counts {
+        menu_views: menu_views.clone(),
+        orders: orders.clone(),
+        metrics,
+    };
     let consumer = service
         .consumer()
-        .on(MENU_VIEWED, {
-            let (view, metrics) = (menu_views.clone(), metrics.clone());
-            move |event| {
-                let (view, metrics) = (view.clone(), metrics.clone());
-                async move {
-                    let viewed: MenuViewed = event.payload()?;
-                    food_contracts::check_id("restaurant_id", &viewed.restaurant_id)
-                        .map_err(HandlerError::permanent)?;
-                    if count(&view, &viewed.restaurant_id, &event).await? {
-                        metrics
-                            .menu_views
-                            .get_or_create(&RestaurantLabel {
-                                restaurant_id: viewed.restaurant_id,
-                            })
-                            .inc();
-                    }
-                    Ok(())
-                }
-            }
-        })
-        .on(ORDER_PLACED, {
-            let (view, metrics) = (orders.clone(), metrics.clone());
-            move |event| {
-                let (view, metrics) = (view.clone(), metrics.clone());
-                async move {
-                    let order: Order = event.payload()?;
-                    let Some(placed_at) = order.placed_at.as_ref() else {
-                        return Err(HandlerError::permanent(format!(
-                            "order `{}` was placed at no time",
-                            order.order_id
-                        )));
-                    };
-                    let placed = food_contracts::time(Some(placed_at));
-                    if count(&view, &minute_key(placed), &event).await? {
-                        metrics.orders_placed.inc();
-                    }
-                    Ok(())
-                }
-            }
-        });
+        .with_state(counts)
+        .on(MENU_VIEWED, menu_viewed)
+        .on(ORDER_PLACED, order_placed);
     let grpc = GrpcServer::new()
         .service(InsightsServer::new(InsightsApi { menu_views, orders }))
         .descriptors(crate::DESCRIPTORS);
-    service.run(Some(consumer), Some(grpc)).await
+    service.serve(grpc).run(consumer).await
+}
+
+/// What the handlers count into.
+#[derive(Clone)]
+struct Counts {
+    menu_views: View<Count>,
+    orders: View<Count>,
+    metrics: Metrics,
+}
+
+/// Counts a menu view for its restaurant.
+async fn menu_viewed(counts: Counts, event: Event) -> Result<(), HandlerError> {
+    let viewed: MenuViewed = event.payload()?;
+    food_contracts::check_id("restaurant_id", &viewed.restaurant_id)
+        .map_err(HandlerError::permanent)?;
+    if count(&counts.menu_views, &viewed.restaurant_id, &event).await? {
+        counts
+            .metrics
+            .menu_views
+            .get_or_create(&RestaurantLabel {
+                restaurant_id: viewed.restaurant_id,
+            })
+            .inc();
+    }
+    Ok(())
+}
+
+/// Counts an order placed in the minute it was placed.
+async fn order_placed(counts: Counts, event: Event) -> Result<(), HandlerError> {
+    let order: Order = event.payload()?;
+    let Some(placed_at) = order.placed_at.as_ref() else {
+        return Err(HandlerError::permanent(format!(
+            "order `{}` was placed at no time",
+            order.order_id
+        )));
+    };
+    let placed = food_contracts::time(Some(placed_at));
+    if count(&counts.orders, &minute_key(placed), &event).await? {
+        counts.metrics.orders_placed.inc();
+    }
+    Ok(())
 }
 
 /// Counts `event` under `key` unless it was counted already; returns whether it was.

@@ -24,7 +24,7 @@ use food_ordering::v1::{GetMenuRequest, GetOrderRequest};
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
 use food_restaurant::v1::{ListTicketsRequest, TicketRequest, TicketStatus};
-use fractal::local::RunningSystem;
+use fractal_cli::running::RunningSystem;
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 

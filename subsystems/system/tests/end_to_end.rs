@@ -12,8 +12,8 @@ use food_ordering::v1::OrderStatusResponse;
 use food_system::demo::Actors;
 use food_system::v1::insights_client::InsightsClient;
 use food_system::v1::{MenuViewsRequest, OrdersPerMinuteRequest};
-use fractal::local::{RunningProcess, RunningSystem};
 use fractal_bridge::BridgeConfig;
+use fractal_cli::running::{RunningProcess, RunningSystem};
 use fractal_testkit::{
     NatsServer, OtlpReceiver, Process, eventually, free_port, http_get, metric, workspace_binary,
 };

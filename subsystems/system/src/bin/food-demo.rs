@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use food_system::demo::{Actors, Progress, quantile, timeline};
-use fractal::local::RunningSystem;
+use fractal_cli::running::RunningSystem;
 
 /// Drives orders end to end through a running food-delivery system.
 #[derive(Debug, Parser)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use food_system::load::LoadOptions;
-use fractal::local::RunningSystem;
+use fractal_cli::running::RunningSystem;
 
 /// Brings an open-loop load of orders to a running food-delivery system.
 #[derive(Debug, Parser)]

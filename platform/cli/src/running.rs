@@ -21,7 +21,7 @@ pub struct RunningSystem {
     pub nodes: BTreeMap<String, Vec<String>>,
     /// The TLS settings of the operator's tools, when the hubs require TLS.
     #[serde(default)]
-    pub tls: Option<crate::hub::TlsConfig>,
+    pub tls: Option<fractal::hub::TlsConfig>,
     /// The nkey seed file of the operator's tools, when the hubs require credentials.
     #[serde(default)]
     pub credential: Option<std::path::PathBuf>,
@@ -57,7 +57,7 @@ pub struct RunningProcess {
 
 /// A running system's description could not be read, or lacks what was asked of it.
 #[derive(Debug, thiserror::Error)]
-pub enum LocalError {
+pub enum RunningError {
     /// The file cannot be read.
     #[error("cannot read `{path}`: {source}")]
     Read {
@@ -81,12 +81,12 @@ pub enum LocalError {
 
 impl RunningSystem {
     /// Reads the description at `path`.
-    pub fn load(path: &Path) -> Result<RunningSystem, LocalError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LocalError::Read {
+    pub fn load(path: &Path) -> Result<RunningSystem, RunningError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunningError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|source| LocalError::Parse {
+        serde_json::from_str(&text).map_err(|source| RunningError::Parse {
             path: path.display().to_string(),
             source,
         })
@@ -94,17 +94,17 @@ impl RunningSystem {
 
     /// How the operator's tools connect to `hub`: every node, with TLS and the operator's
     /// credential if the run uses them.
-    pub fn hub_config(&self, hub: &str) -> Option<crate::HubConfig> {
+    pub fn hub_config(&self, hub: &str) -> Option<fractal::HubConfig> {
         let urls = self
             .nodes
             .get(hub)
             .cloned()
             .or_else(|| self.hubs.get(hub).map(|url| vec![url.clone()]))?;
-        let mut config = crate::HubConfig::local(hub, "");
+        let mut config = fractal::HubConfig::local(hub, "");
         config.urls = urls;
         config.tls = self.tls.clone();
         if let Some(seed_file) = &self.credential {
-            config.auth = crate::hub::AuthConfig::Nkey {
+            config.auth = fractal::hub::AuthConfig::Nkey {
                 seed: None,
                 seed_file: Some(seed_file.clone()),
             };
@@ -113,10 +113,29 @@ impl RunningSystem {
     }
 
     /// The gRPC endpoint of `service` (`restaurant/kitchen`).
-    pub fn grpc(&self, service: &str) -> Result<&str, LocalError> {
+    pub fn grpc(&self, service: &str) -> Result<&str, RunningError> {
         self.services
             .get(service)
             .and_then(|s| s.grpc.as_deref())
-            .ok_or_else(|| LocalError::NoService(service.to_owned()))
+            .ok_or_else(|| RunningError::NoService(service.to_owned()))
     }
+}
+
+/// Whether `GET http://<addr><path>` answers 200 within two seconds: how the tools see that a
+/// hub node is healthy (`/healthz` on its monitoring port) or a process ready (`/readyz` on its
+/// admin port).
+pub async fn answers_ok(addr: &str, path: &str) -> bool {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap_or_default()
+    });
+    let addr = addr.trim_start_matches("http://");
+    client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
 }

@@ -186,10 +186,32 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use prost::Message as _;
 
     use super::*;
-    use crate::proto::{Envelope, Header};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Header {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(string, tag = "2")]
+        value: String,
+    }
+
+    /// The shape of the platform's envelope: a string, a message, a map and bytes.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Envelope {
+        #[prost(string, tag = "1")]
+        id: String,
+        #[prost(message, optional, tag = "3")]
+        time: Option<prost_types::Timestamp>,
+        #[prost(map = "string, string", tag = "6")]
+        tags: HashMap<String, String>,
+        #[prost(bytes = "vec", tag = "8")]
+        payload: Vec<u8>,
+    }
 
     #[test]
     fn reads_what_prost_writes() {
@@ -212,8 +234,7 @@ mod tests {
             id: "x".into(),
             time: Some(std::time::SystemTime::UNIX_EPOCH.into()),
             tags: [("k".to_owned(), "v".to_owned())].into(),
-            payload: vec![1, 2, 3].into(),
-            ..Default::default()
+            payload: vec![1, 2, 3],
         };
         let mut bytes = envelope.encode_to_vec();
         // Field 9, fixed64; field 10, fixed32; field 11, varint; field 12, a group holding a varint.
