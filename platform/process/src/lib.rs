@@ -294,10 +294,21 @@ mod tests {
         let log = dir.join("sleep.log");
         let sh = Path::new("/bin/sh");
 
+        let printed = |what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(what)
+            {
+                assert!(Instant::now() < deadline, "the child never printed {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
         let mut polite = Spawn::new(sh, &log)
             .args(["-c", "echo started; exec sleep 30"])
             .start()
             .unwrap();
+        printed("started");
         assert!(polite.is_running());
         let status = polite.terminate(Duration::from_secs(5));
         // `sleep` dies of the SIGTERM: an exit status, not a kill.
@@ -305,16 +316,17 @@ mod tests {
         assert!(!polite.is_running());
 
         let mut stubborn = Spawn::new(sh, &log)
-            .args(["-c", "trap '' TERM; while true; do sleep 0.05; done"])
+            .args([
+                "-c",
+                "trap '' TERM; echo ignoring; while true; do sleep 0.05; done",
+            ])
             .own_group()
             .start()
             .unwrap();
         let pid = stubborn.id();
-        std::thread::sleep(Duration::from_millis(100));
+        printed("ignoring");
         assert_eq!(stubborn.terminate(Duration::from_millis(300)), None);
         assert!(!alive(pid));
-
-        assert!(std::fs::read_to_string(&log).unwrap().contains("started"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,9 +12,14 @@
 //! claim is undone (another handler took the order) reads the queue again, so a free driver and
 //! a waiting order always meet. A claim is confirmed once its assignment is recorded; an
 //! unconfirmed claim left by a handler that failed midway is recognised as stale and does not
-//! keep the driver busy.
+//! keep the driver busy. A claim is judged from the queue and then the assignments, the
+//! reverse of the order in which a match writes them, so a match made while it is judged never
+//! looks stale, and a confirmed claim stays confirmed however often its pair is matched again.
+//!
+//! The rules it decides by (who may be claimed, in what order drivers and orders are offered,
+//! when a claim is stale, what becomes of a claim met again) are in [`matching`], on plain data;
+//! this module reads and writes the views around them.
 
-use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,9 +32,11 @@ use tracing::Instrument as _;
 use crate::events::{
     DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_REQUESTED, DRIVER_STATUS_CHANGED,
 };
-use crate::v1::{
-    Assignment, Delivery, DeliveryStatus, DispatchDriver, DriverStatus, DriverStatusChanged,
-};
+use crate::v1::{Assignment, Delivery, DispatchDriver, DriverStatusChanged};
+
+mod matching;
+
+use matching::{Match, Next, Pairing, Settle};
 
 pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     let drivers = View::open(&service.hub, "dispatch_drivers").await?;
@@ -104,16 +111,6 @@ struct Dispatch {
     publisher: Publisher,
 }
 
-/// What came of trying to give an order to a driver.
-#[derive(Debug, PartialEq, Eq)]
-enum Match {
-    Assigned,
-    /// The driver is not free (any more).
-    DriverTaken,
-    /// The order is not waiting (any more).
-    OrderTaken,
-}
-
 impl Dispatch {
     /// A ready order: queue it, then look for a free driver.
     async fn requested(&self, event: Event) -> Result<(), HandlerError> {
@@ -149,35 +146,25 @@ impl Dispatch {
         food_contracts::check_id("driver_id", &changed.driver_id)
             .map_err(HandlerError::permanent)?;
         let time = food_contracts::time(changed.changed_at.as_ref());
-        let available = changed.status() == DriverStatus::Available;
-        let next = |order_id: String, confirmed: bool| DispatchDriver {
-            driver_id: changed.driver_id.clone(),
-            name: changed.name.clone(),
-            available,
-            order_id,
-            status_changed_at: changed.changed_at,
-            confirmed,
-        };
         let stored = self
             .drivers
-            .update(&changed.driver_id, |current| match current {
-                Some(current) if current.time >= time => None,
-                Some(current) => {
-                    let (order_id, confirmed) =
-                        (current.value.order_id.clone(), current.value.confirmed);
-                    Some(current.with(next(order_id, confirmed), time))
-                }
-                None => Some(Record::new(next(String::new(), false), time)),
+            .update(&changed.driver_id, |current| {
+                matching::status_changed(current, &changed, time)
             })
             .await?;
-        match stored {
-            Some(driver) if !driver.value.order_id.is_empty() => {
-                self.settle_claim(&driver.value).await
-            }
-            Some(driver) if driver.value.available => {
-                self.find_order_for(&driver.value.driver_id).await
-            }
-            _ => Ok(()),
+        self.next_for(stored.map(|driver| driver.value)).await
+    }
+
+    /// What follows an event about a driver, once recorded: a claim they hold is settled, a
+    /// free driver on shift takes the oldest waiting order.
+    async fn next_for(&self, driver: Option<DispatchDriver>) -> Result<(), HandlerError> {
+        let Some(driver) = driver else {
+            return Ok(());
+        };
+        match matching::next_for(&driver) {
+            Next::SettleClaim => self.settle_claim(&driver).await,
+            Next::FindOrder => self.find_order_for(&driver.driver_id).await,
+            Next::Rest => Ok(()),
         }
     }
 
@@ -186,19 +173,17 @@ impl Dispatch {
     /// the driver go.
     async fn settle_claim(&self, driver: &DispatchDriver) -> Result<(), HandlerError> {
         let (driver_id, order_id) = (&driver.driver_id, &driver.order_id);
-        if let Some(assignment) = self.assignments.get(order_id).await?
-            && assigned_to(&assignment, driver_id)
-        {
-            return self.complete(order_id, assignment).await;
+        match matching::settle(driver, self.assignments.get(order_id).await?) {
+            Settle::Complete(assignment) => self.complete(order_id, *assignment).await,
+            Settle::Retry => {
+                if self.try_assign(order_id, driver_id).await? != Match::Assigned {
+                    self.release_claim(driver_id, order_id).await?;
+                    self.find_order_for(driver_id).await?;
+                }
+                Ok(())
+            }
+            Settle::Release => Ok(self.release_claim(driver_id, order_id).await?),
         }
-        if driver.available && self.try_assign(order_id, driver_id).await? == Match::Assigned {
-            return Ok(());
-        }
-        self.release_claim(driver_id, order_id).await?;
-        if driver.available {
-            self.find_order_for(driver_id).await?;
-        }
-        Ok(())
     }
 
     /// A delivery is done: its driver is free again. A driver found already matched with
@@ -209,10 +194,8 @@ impl Dispatch {
         let delivery: Delivery = event.payload()?;
         food_contracts::check_id("driver_id", &delivery.driver_id)
             .map_err(HandlerError::permanent)?;
-        match self.free(&delivery.driver_id, &delivery.order_id).await? {
-            Some(driver) if !driver.order_id.is_empty() => self.settle_claim(&driver).await,
-            _ => self.find_order_for(&delivery.driver_id).await,
-        }
+        let driver = self.free(&delivery.driver_id, &delivery.order_id).await?;
+        self.next_for(driver).await
     }
 
     /// Drivers on shift and free: not on a delivery, or on `order_id` (a retry), or holding a
@@ -221,49 +204,33 @@ impl Dispatch {
     /// drivers first.
     async fn free_drivers(&self, order_id: &str) -> Result<Vec<String>, ViewError> {
         self.roster.sync().await?;
-        let (mut free, unconfirmed) = self.roster.read(|drivers| {
-            let mut free = Vec::new();
-            let mut unconfirmed = Vec::new();
-            for (id, driver) in drivers {
-                let driver = &driver.value;
-                if !driver.available {
-                    continue;
-                }
-                if driver.order_id.is_empty() || driver.order_id == order_id {
-                    free.push(id.clone());
-                } else if !driver.confirmed {
-                    unconfirmed.push(driver.clone());
-                }
-            }
-            (free, unconfirmed)
-        });
-        for driver in unconfirmed {
+        let candidates = self
+            .roster
+            .read(|drivers| matching::candidates(drivers, order_id));
+        let mut free = candidates.free;
+        for driver in candidates.unconfirmed {
             if self.stale(&driver).await? {
                 free.push(driver.driver_id);
             }
         }
-        if !free.is_empty() {
-            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(order_id);
-            let start = (hash % free.len() as u64) as usize;
-            free.rotate_left(start);
-        }
-        Ok(free)
+        Ok(matching::offer_order(free, order_id))
     }
 
     /// Whether the driver's claim was left by a handler that failed between claiming the
-    /// driver and recording the assignment: its order went to another driver, or is neither
-    /// waiting nor assigned.
+    /// driver and recording the assignment (see [`matching::stale`]). Reads the queue, then the
+    /// assignments, from the views themselves.
     async fn stale(&self, driver: &DispatchDriver) -> Result<bool, ViewError> {
-        if driver.order_id.is_empty() {
+        let order_id = &driver.order_id;
+        if order_id.is_empty() {
             return Ok(false);
         }
-        Ok(match self.assignments.get(&driver.order_id).await? {
-            Some(assignment) => assignment
-                .value
-                .delivery
-                .is_some_and(|d| d.driver_id != driver.driver_id),
-            None => self.waiting.get(&driver.order_id).await?.is_none(),
-        })
+        let waiting = self.waiting.get(order_id).await?.is_some();
+        let assignment = self.assignments.get(order_id).await?;
+        Ok(matching::stale(
+            driver,
+            waiting,
+            assignment.as_ref().map(|a| &a.value),
+        ))
     }
 
     /// Offers the waiting orders, oldest first, to a driver until one is taken. Reads the
@@ -272,15 +239,9 @@ impl Dispatch {
     async fn find_order_for(&self, driver_id: &str) -> Result<(), HandlerError> {
         for _ in 0..MAX_PASSES {
             self.queue.sync().await?;
-            let mut waiting: Vec<(SystemTime, String)> = self.queue.read(|queue| {
-                queue
-                    .iter()
-                    .map(|(order_id, request)| (request.time, order_id.clone()))
-                    .collect()
-            });
-            waiting.sort();
+            let waiting = self.queue.read(|queue| matching::oldest_first(queue));
             let mut lost = false;
-            for (_, order_id) in waiting {
+            for order_id in waiting {
                 if self.queue.get(&order_id).is_none() {
                     // Taken by another handler since this pass began.
                     lost = true;
@@ -305,51 +266,25 @@ impl Dispatch {
     /// order that no later event brings together. Reads the drivers (one entry each) and, only
     /// when one is free, the queue.
     async fn sweep(&self) -> Result<usize, HandlerError> {
-        let mut free: Vec<String> = self
-            .drivers
-            .list()
-            .await?
-            .into_iter()
-            .filter(|(_, d)| d.value.available && d.value.order_id.is_empty())
-            .map(|(id, _)| id)
-            .collect();
+        let drivers = self.drivers.list().await?;
+        let free = matching::unclaimed(drivers.iter().map(|(id, d)| (id, d)));
         if free.is_empty() {
             return Ok(0);
         }
-        let mut waiting: Vec<(SystemTime, String)> = self
-            .waiting
-            .list()
-            .await?
-            .into_iter()
-            .map(|(order_id, request)| (request.time, order_id))
-            .collect();
-        waiting.sort();
-        let mut matched = 0;
-        let mut orders = waiting.into_iter().map(|(_, order_id)| order_id);
-        let mut order = orders.next();
-        while let (Some(order_id), Some(driver_id)) = (&order, free.last()) {
-            match self.try_assign(order_id, driver_id).await? {
-                Match::Assigned => {
-                    matched += 1;
-                    free.pop();
-                    order = orders.next();
-                }
-                Match::DriverTaken => {
-                    free.pop();
-                }
-                Match::OrderTaken => order = orders.next(),
-            }
+        let waiting = self.waiting.list().await?;
+        let orders = matching::oldest_first(waiting.iter().map(|(id, r)| (id, r)));
+        let mut pairing = Pairing::new(free, orders);
+        while let Some((order_id, driver_id)) = pairing.next() {
+            pairing.offered(self.try_assign(&order_id, &driver_id).await?);
         }
-        Ok(matched)
+        Ok(pairing.matched())
     }
 
     /// Claims the driver, then the order; announces the match if both were free.
     async fn try_assign(&self, order_id: &str, driver_id: &str) -> Result<Match, HandlerError> {
         let stale = match self.roster.get(driver_id) {
             Some(d)
-                if !d.value.confirmed
-                    && d.value.order_id != order_id
-                    && self.stale(&d.value).await? =>
+                if matching::may_be_stale(&d.value, order_id) && self.stale(&d.value).await? =>
             {
                 Some(d.value.order_id)
             }
@@ -358,20 +293,12 @@ impl Dispatch {
         let mut claimed = None;
         self.drivers
             .update(driver_id, |current| {
-                claimed = None;
+                claimed = current
+                    .as_ref()
+                    .and_then(|c| matching::claim(&c.value, order_id, stale.as_deref()));
                 let current = current?;
-                let claim = &current.value.order_id;
-                // A claim judged stale must still be unconfirmed: its order may have become
-                // this driver's assignment since it was judged.
-                let stale = !current.value.confirmed && stale.as_ref() == Some(claim);
-                let free = claim.is_empty() || claim == order_id || stale;
-                if !current.value.available || !free {
-                    return None;
-                }
-                let mut driver = current.value.clone();
-                driver.order_id = order_id.to_owned();
-                driver.confirmed = false;
-                claimed = Some(driver.clone());
+                // Claimed for this order already: nothing to write.
+                let driver = claimed.clone().filter(|d| *d != current.value)?;
                 Some(current.with(driver, SystemTime::UNIX_EPOCH))
             })
             .await?;
@@ -387,26 +314,17 @@ impl Dispatch {
             self.release_claim(driver_id, order_id).await?;
             return Ok(Match::OrderTaken);
         };
-        let now = SystemTime::now();
-        let mut delivery = request.value;
-        delivery.set_status(DeliveryStatus::Assigned);
-        delivery.driver_id = driver.driver_id;
-        delivery.driver_name = driver.name;
-        delivery.assigned_at = Some(now.into());
-        let assignment = Record {
-            value: Assignment {
-                delivery: Some(delivery),
-                event_id: ulid::Ulid::new().to_string(),
-            },
-            time: now,
-            // The order's trace, not the driver's: one order is one trace.
-            trace: request.trace,
-        };
+        let assignment = matching::assignment(
+            request,
+            driver,
+            SystemTime::now(),
+            ulid::Ulid::new().to_string(),
+        );
         if !self.assignments.create(order_id, &assignment).await? {
             // Matched already: by another handler, or by one cut short after recording it.
             // Complete that match (so its order leaves the queue), then see whose it is.
             if let Some(existing) = self.assignments.get(order_id).await? {
-                let ours = assigned_to(&existing, driver_id);
+                let ours = matching::assigned_to(&existing.value, driver_id);
                 self.complete(order_id, existing).await?;
                 if ours {
                     return Ok(Match::Assigned);
@@ -426,7 +344,7 @@ impl Dispatch {
     /// assigned them that very order).
     async fn release_claim(&self, driver_id: &str, order_id: &str) -> Result<(), ViewError> {
         let assigned = self.assignments.get(order_id).await?;
-        if assigned.is_some_and(|a| assigned_to(&a, driver_id)) {
+        if assigned.is_some_and(|a| matching::assigned_to(&a.value, driver_id)) {
             return Ok(());
         }
         self.free(driver_id, order_id).await?;
@@ -454,12 +372,8 @@ impl Dispatch {
         self.drivers
             .update(driver_id, |current| {
                 let current = current?;
-                if current.value.order_id != order_id || current.value.confirmed {
-                    return None;
-                }
-                let mut driver = current.value.clone();
-                driver.confirmed = true;
-                Some(current.with(driver, SystemTime::UNIX_EPOCH))
+                let confirmed = matching::confirm(&current.value, order_id)?;
+                Some(current.with(confirmed, SystemTime::UNIX_EPOCH))
             })
             .await?;
         Ok(())
@@ -476,13 +390,8 @@ impl Dispatch {
             .drivers
             .update(driver_id, |current| {
                 let current = current?;
-                if current.value.order_id != order_id {
-                    return None;
-                }
-                let mut driver = current.value.clone();
-                driver.order_id.clear();
-                driver.confirmed = false;
-                Some(current.with(driver, SystemTime::UNIX_EPOCH))
+                let freed = matching::free(&current.value, order_id)?;
+                Some(current.with(freed, SystemTime::UNIX_EPOCH))
             })
             .await?;
         Ok(stored.map(|record| record.value))
@@ -517,13 +426,4 @@ impl Dispatch {
         tracing::info!(order_id, driver_id = %delivery.driver_id, "Driver assigned.");
         Ok(())
     }
-}
-
-/// Whether `assignment` gives its order to `driver_id`.
-fn assigned_to(assignment: &Record<Assignment>, driver_id: &str) -> bool {
-    assignment
-        .value
-        .delivery
-        .as_ref()
-        .is_some_and(|d| d.driver_id == driver_id)
 }
