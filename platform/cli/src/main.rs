@@ -3,6 +3,7 @@
 
 mod access;
 mod events;
+mod evolution;
 mod faults;
 mod graph;
 mod hubs;
@@ -115,6 +116,11 @@ enum Command {
     Views {
         #[command(subcommand)]
         action: ViewsAction,
+    },
+    /// The external contracts: how they changed, and whether readers still read them.
+    Contracts {
+        #[command(subcommand)]
+        action: ContractsAction,
     },
     /// Publish a simulated event, its payload given as JSON.
     Publish {
@@ -334,6 +340,31 @@ enum ViewsAction {
         /// The view (its indexes are rebuilt with it).
         view: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContractsAction {
+    /// Compare the contracts the topology's routes carry (and what they reach) with another
+    /// version: report each change as breaking or compatible, with file, message and field.
+    /// Exits 1 if any change breaks readers of old or new events.
+    Check {
+        /// The version to compare with: a git revision of the repository (its `proto` folder
+        /// is compiled) or a descriptor set file (`FileDescriptorSet`).
+        #[arg(long, value_name = "REVISION|FILE")]
+        against: String,
+        /// The folder of `.proto` files to check. Default: `proto` beside the topology.
+        #[arg(long, value_name = "DIR")]
+        proto: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -597,6 +628,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             (None, None) => bail!("name a hub and --to or --route, or `list` or `cancel`"),
         },
+        Command::Contracts {
+            action:
+                ContractsAction::Check {
+                    against,
+                    proto,
+                    format,
+                },
+        } => {
+            let topology = load(&topology_path)?;
+            return contracts_check(&topology, &against, proto, format);
+        }
         Command::Views {
             action: ViewsAction::Rebuild { service, view },
         } => {
@@ -880,6 +922,52 @@ fn contract_of(topology: &Topology, event_type: &str) -> anyhow::Result<String> 
             contracts.into_iter().collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// `fractal contracts check`: the routes' contracts in `proto` against `against`.
+fn contracts_check(
+    topology: &Topology,
+    against: &str,
+    proto: Option<PathBuf>,
+    format: ReportFormat,
+) -> anyhow::Result<ExitCode> {
+    let repository = std::fs::canonicalize(topology.path.parent().unwrap_or(Path::new(".")))?;
+    let proto = match proto {
+        Some(dir) => {
+            std::fs::canonicalize(&dir).with_context(|| format!("no folder {}", dir.display()))?
+        }
+        None => repository.join("proto"),
+    };
+    let current = evolution::compile(&proto)?;
+    let baseline = evolution::baseline(against, &repository, &proto)?;
+    let carried: Vec<String> = topology
+        .bridges
+        .iter()
+        .flat_map(|b| b.config.routes.iter().map(|r| r.contract.clone()))
+        .collect();
+    let changes = evolution::compare(&baseline, &current, &carried);
+    let breaking = changes.iter().filter(|c| c.breaking).count();
+    match format {
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::json!({ "against": against, "breaking": breaking, "changes": changes })
+        ),
+        ReportFormat::Text => {
+            for change in &changes {
+                println!("{change}");
+            }
+            println!(
+                "{} change{} to the contracts since `{against}`, {breaking} breaking.",
+                changes.len(),
+                if changes.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(if breaking > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs the topology's demo program with `args`, against the running system or one started

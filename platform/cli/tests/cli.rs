@@ -1984,3 +1984,111 @@ async fn a_hub_running_elsewhere_is_provisioned_and_its_authorization_printed() 
         text(&unknown)
     );
 }
+
+/// `fractal contracts check` against a descriptor set: the same contracts pass; a version in
+/// which a carried field has another type and another was dropped is reported as breaking,
+/// with file, message and field, as text and as JSON; a file that is not a descriptor set is
+/// named in the error.
+#[test]
+fn contracts_check_reports_breaking_changes_against_a_descriptor_set() {
+    use prost::Message as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let proto = root().join("proto");
+    let compile = |root: &Path| {
+        let mut files = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "proto") {
+                    files.push(path);
+                }
+            }
+        }
+        protox::compile(&files, [root]).unwrap().encode_to_vec()
+    };
+
+    let same = dir.path().join("same.binpb");
+    std::fs::write(&same, compile(&proto)).unwrap();
+    let same = same.display().to_string();
+    let output = fractal(&[
+        "contracts",
+        "check",
+        "--topology",
+        &shipped(),
+        "--against",
+        &same,
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("0 changes"), "{}", text(&output));
+
+    // The baseline is an older version: `total_cents` was a string and `tip_cents` existed.
+    let older = dir.path().join("older");
+    std::fs::create_dir_all(older.join("food/contracts/v1")).unwrap();
+    for name in ["order.proto", "menu.proto"] {
+        let text = std::fs::read_to_string(proto.join("food/contracts/v1").join(name)).unwrap();
+        let text = text
+            .replace("int64 total_cents = 8;", "string total_cents = 8;")
+            .replace(
+                "  Driver driver = 18;\n",
+                "  Driver driver = 18;\n  int64 tip_cents = 19;\n",
+            );
+        std::fs::write(older.join("food/contracts/v1").join(name), text).unwrap();
+    }
+    let old = dir.path().join("old.binpb");
+    std::fs::write(&old, compile(&older)).unwrap();
+    let old = old.display().to_string();
+    let shipped = shipped();
+    let output = fractal(&[
+        "contracts",
+        "check",
+        "--topology",
+        &shipped,
+        "--against",
+        &old,
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report = text(&output);
+    assert!(
+        report.contains("breaking: food/contracts/v1/order.proto: food.contracts.v1.Order `total_cents`: field 8 changed type from string to int64"),
+        "{report}"
+    );
+    assert!(
+        report.contains("food.contracts.v1.Order `tip_cents`: field 19 removed without reserving its number and name"),
+        "{report}"
+    );
+    let output = fractal(&[
+        "contracts",
+        "check",
+        "--topology",
+        &shipped,
+        "--against",
+        &old,
+        "--format",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["breaking"], 2, "{json}");
+    assert_eq!(json["changes"][0]["field"], "total_cents", "{json}");
+
+    let garbage = dir.path().join("garbage.binpb");
+    std::fs::write(&garbage, b"not a descriptor set").unwrap();
+    let garbage = garbage.display().to_string();
+    let output = fractal(&[
+        "contracts",
+        "check",
+        "--topology",
+        &shipped,
+        "--against",
+        &garbage,
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!("{garbage} is not a descriptor set")),
+        "{}",
+        text(&output)
+    );
+}

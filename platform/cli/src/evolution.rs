@@ -1,0 +1,905 @@
+//! `fractal contracts check`: how the external contracts changed between two versions of the
+//! descriptors, and whether readers of old or new events still read them.
+//!
+//! The contracts checked are the messages the topology's bridge routes carry, and every
+//! message and enum they reach through their fields. Each change is breaking or compatible:
+//!
+//! - breaking: a message or enum removed, a field removed without reserving its number and
+//!   name, a number or a name reused, a type changed to one the wire does not carry the same
+//!   way, a field moved between singular, repeated and map or into or out of a oneof, an enum
+//!   value removed without reserving it, renumbered or renamed;
+//! - compatible: a field or enum value added, a type changed to one read the same on the wire
+//!   (`int32` and `int64`, `string` and `bytes`, …), a field renamed with its number kept is
+//!   breaking (JSON and the catalogue read it by name).
+//!
+//! A new major version of a contract is a new package (`food.contracts.v2`) beside the old
+//! one: its messages are additions, and routes move to it one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use prost::Message as _;
+use prost_reflect::{
+    Cardinality, DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor,
+};
+use serde::Serialize;
+
+/// One change to a contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Change {
+    /// Whether readers of old or new events break.
+    pub(crate) breaking: bool,
+    /// The `.proto` file (of the new version; of the old one for what was removed).
+    pub(crate) file: String,
+    /// The message or enum.
+    pub(crate) message: String,
+    /// The field or enum value, if the change is to one.
+    pub(crate) field: Option<String>,
+    /// What changed.
+    pub(crate) change: String,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.breaking {
+            "breaking"
+        } else {
+            "compatible"
+        };
+        write!(f, "{verdict}: {}: {}", self.file, self.message)?;
+        if let Some(field) = &self.field {
+            write!(f, " `{field}`")?;
+        }
+        write!(f, ": {}", self.change)
+    }
+}
+
+/// Every change between `old` and `new` to the messages named in `carried` (the routes'
+/// contracts) and to what they reach. A carried message missing from `old` is new.
+pub(crate) fn compare(
+    old: &DescriptorPool,
+    new: &DescriptorPool,
+    carried: &[String],
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut messages = BTreeMap::new();
+    let mut enums = BTreeMap::new();
+    for name in carried.iter().collect::<BTreeSet<_>>() {
+        match old.get_message_by_name(name) {
+            Some(message) => reach(&message, &mut messages, &mut enums),
+            None if new.get_message_by_name(name).is_some() => changes.push(Change {
+                breaking: false,
+                file: new
+                    .get_message_by_name(name)
+                    .map(|m| m.parent_file().name().to_owned())
+                    .unwrap_or_default(),
+                message: name.clone(),
+                field: None,
+                change: "new contract".into(),
+            }),
+            None => {}
+        }
+    }
+    for (name, before) in &messages {
+        match new.get_message_by_name(name) {
+            Some(after) => compare_messages(before, &after, &mut changes),
+            None => changes.push(Change {
+                breaking: true,
+                file: before.parent_file().name().to_owned(),
+                message: name.clone(),
+                field: None,
+                change: "message removed or renamed while a route still carries it or a \
+                         contract still uses it"
+                    .into(),
+            }),
+        }
+    }
+    for (name, before) in &enums {
+        match new.get_enum_by_name(name) {
+            Some(after) => compare_enums(before, &after, &mut changes),
+            None => changes.push(Change {
+                breaking: true,
+                file: before.parent_file().name().to_owned(),
+                message: name.clone(),
+                field: None,
+                change: "enum removed or renamed while a contract still uses it".into(),
+            }),
+        }
+    }
+    changes
+}
+
+/// Collects `message` and every message and enum its fields reach, by full name. The
+/// well-known types (`google.protobuf.*`) do not change and are left out.
+fn reach(
+    message: &MessageDescriptor,
+    messages: &mut BTreeMap<String, MessageDescriptor>,
+    enums: &mut BTreeMap<String, EnumDescriptor>,
+) {
+    if message.full_name().starts_with("google.protobuf.")
+        || messages.contains_key(message.full_name())
+    {
+        return;
+    }
+    messages.insert(message.full_name().to_owned(), message.clone());
+    for field in message.fields() {
+        match field.kind() {
+            Kind::Message(nested) if nested.is_map_entry() => {
+                for entry in nested.fields() {
+                    match entry.kind() {
+                        Kind::Message(value) => reach(&value, messages, enums),
+                        Kind::Enum(value) => {
+                            enums.insert(value.full_name().to_owned(), value);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Kind::Message(nested) => reach(&nested, messages, enums),
+            Kind::Enum(value) => {
+                enums.insert(value.full_name().to_owned(), value);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn compare_messages(
+    before: &MessageDescriptor,
+    after: &MessageDescriptor,
+    changes: &mut Vec<Change>,
+) {
+    let file = after.parent_file().name().to_owned();
+    let mut change = |breaking: bool, field: &str, what: String| {
+        changes.push(Change {
+            breaking,
+            file: file.clone(),
+            message: after.full_name().to_owned(),
+            field: Some(field.to_owned()),
+            change: what,
+        })
+    };
+    let reserved = after.descriptor_proto();
+    let number_reserved = |number: u32| {
+        reserved.reserved_range.iter().any(|r| {
+            let (start, end) = (r.start.unwrap_or(0), r.end.unwrap_or(0));
+            // Message ranges are half-open.
+            (start..end).contains(&(number as i32))
+        })
+    };
+    let name_reserved = |name: &str| reserved.reserved_name.iter().any(|n| n == name);
+
+    for old in before.fields() {
+        let by_number = after.get_field(old.number());
+        let by_name = after.get_field_by_name(old.name());
+        match (&by_number, &by_name) {
+            (None, None) => {
+                let (number, name) = (number_reserved(old.number()), name_reserved(old.name()));
+                if number && name {
+                    change(
+                        false,
+                        old.name(),
+                        format!(
+                            "field {} removed, its number and name reserved",
+                            old.number()
+                        ),
+                    );
+                } else {
+                    let missing = match (number, name) {
+                        (false, false) => "its number and name",
+                        (false, true) => "its number",
+                        _ => "its name",
+                    };
+                    change(
+                        true,
+                        old.name(),
+                        format!("field {} removed without reserving {missing}", old.number()),
+                    );
+                }
+            }
+            (Some(new), _) if new.name() != old.name() => change(
+                true,
+                old.name(),
+                format!(
+                    "field {} renamed to `{}` (or its number reused)",
+                    old.number(),
+                    new.name()
+                ),
+            ),
+            (None, Some(new)) => change(
+                true,
+                old.name(),
+                format!(
+                    "name reused: field {} now has the number {}",
+                    old.number(),
+                    new.number()
+                ),
+            ),
+            (Some(new), _) => compare_fields(&old, new, &mut change),
+        }
+    }
+    for new in after.fields() {
+        if before.get_field(new.number()).is_none()
+            && before.get_field_by_name(new.name()).is_none()
+        {
+            if number_reserved_in(before, new.number())
+                || before
+                    .descriptor_proto()
+                    .reserved_name
+                    .iter()
+                    .any(|n| n == new.name())
+            {
+                change(
+                    true,
+                    new.name(),
+                    format!("field {} added on a reserved number or name", new.number()),
+                );
+            } else {
+                change(false, new.name(), format!("field {} added", new.number()));
+            }
+        }
+    }
+}
+
+fn number_reserved_in(message: &MessageDescriptor, number: u32) -> bool {
+    message
+        .descriptor_proto()
+        .reserved_range
+        .iter()
+        .any(|r| (r.start.unwrap_or(0)..r.end.unwrap_or(0)).contains(&(number as i32)))
+}
+
+/// The shape of a field: singular, repeated or map, and its real oneof.
+fn shape(field: &FieldDescriptor) -> String {
+    let cardinality = if field.is_map() {
+        "map"
+    } else if field.is_list() {
+        "repeated"
+    } else if field.cardinality() == Cardinality::Required {
+        "required"
+    } else {
+        "singular"
+    };
+    match field.containing_oneof().filter(|o| !o.is_synthetic()) {
+        Some(oneof) => format!("{cardinality} in oneof `{}`", oneof.name()),
+        None => cardinality.to_owned(),
+    }
+}
+
+fn compare_fields(
+    old: &FieldDescriptor,
+    new: &FieldDescriptor,
+    change: &mut impl FnMut(bool, &str, String),
+) {
+    let (before, after) = (shape(old), shape(new));
+    if before != after {
+        change(
+            true,
+            old.name(),
+            format!("field {} changed from {before} to {after}", old.number()),
+        );
+        return;
+    }
+    let (from, to) = (type_name(&old.kind()), type_name(&new.kind()));
+    if from == to {
+        return;
+    }
+    match (wire_class(&old.kind()), wire_class(&new.kind())) {
+        (Some(a), Some(b)) if a == b => change(
+            false,
+            old.name(),
+            format!(
+                "field {} changed type from {from} to {to}, read the same on the wire",
+                old.number()
+            ),
+        ),
+        _ => change(
+            true,
+            old.name(),
+            format!(
+                "field {} changed type from {from} to {to}, which the wire does not carry the same way",
+                old.number()
+            ),
+        ),
+    }
+}
+
+fn type_name(kind: &Kind) -> String {
+    match kind {
+        Kind::Message(m) => m.full_name().to_owned(),
+        Kind::Enum(e) => e.full_name().to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Types a reader decodes from the same wire representation (protobuf's "compatible" types).
+/// Messages and enums of another name are their own class: a reader would misread them.
+fn wire_class(kind: &Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Int32 | Kind::Int64 | Kind::Uint32 | Kind::Uint64 | Kind::Bool => "varint",
+        Kind::Sint32 | Kind::Sint64 => "zigzag",
+        Kind::Fixed32 | Kind::Sfixed32 => "fixed32",
+        Kind::Fixed64 | Kind::Sfixed64 => "fixed64",
+        Kind::String | Kind::Bytes => "bytes",
+        _ => return None,
+    })
+}
+
+fn compare_enums(before: &EnumDescriptor, after: &EnumDescriptor, changes: &mut Vec<Change>) {
+    let file = after.parent_file().name().to_owned();
+    let proto = after.enum_descriptor_proto();
+    let number_reserved = |number: i32| {
+        proto.reserved_range.iter().any(|r| {
+            // Enum ranges are closed.
+            (r.start.unwrap_or(0)..=r.end.unwrap_or(0)).contains(&number)
+        })
+    };
+    let name_reserved = |name: &str| proto.reserved_name.iter().any(|n| n == name);
+    let mut change = |breaking: bool, value: &str, what: String| {
+        changes.push(Change {
+            breaking,
+            file: file.clone(),
+            message: after.full_name().to_owned(),
+            field: Some(value.to_owned()),
+            change: what,
+        })
+    };
+    for old in before.values() {
+        let by_number = after.get_value(old.number());
+        let by_name = after.get_value_by_name(old.name());
+        match (by_number, by_name) {
+            (Some(new), _) if new.name() == old.name() => {}
+            (Some(new), _) => change(
+                true,
+                old.name(),
+                format!("value {} renamed to `{}`", old.number(), new.name()),
+            ),
+            (None, Some(new)) => change(
+                true,
+                old.name(),
+                format!("value renumbered from {} to {}", old.number(), new.number()),
+            ),
+            (None, None) if number_reserved(old.number()) && name_reserved(old.name()) => change(
+                false,
+                old.name(),
+                format!(
+                    "value {} removed, its number and name reserved",
+                    old.number()
+                ),
+            ),
+            (None, None) => change(
+                true,
+                old.name(),
+                format!(
+                    "value {} removed without reserving its number and name",
+                    old.number()
+                ),
+            ),
+        }
+    }
+    for new in after.values() {
+        if before.get_value(new.number()).is_none()
+            && before.get_value_by_name(new.name()).is_none()
+        {
+            change(false, new.name(), format!("value {} added", new.number()));
+        }
+    }
+}
+
+/// Compiles every `.proto` file under `root`, with `root` as the include path (and the
+/// well-known types built in).
+pub(crate) fn compile(root: &Path) -> anyhow::Result<DescriptorPool> {
+    fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                protos(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "proto") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    protos(root, &mut files).with_context(|| format!("cannot read {}", root.display()))?;
+    files.sort();
+    let set = protox::compile(&files, [root]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    DescriptorPool::from_file_descriptor_set(set).with_context(|| {
+        format!(
+            "the descriptors compiled from {} are inconsistent",
+            root.display()
+        )
+    })
+}
+
+/// The descriptors to compare against: a descriptor set file (`FileDescriptorSet`, as
+/// `protoc --descriptor_set_out` or `buf build -o` write it), or a git revision of the
+/// repository, whose `proto` folder is compiled.
+pub(crate) fn baseline(
+    against: &str,
+    repository: &Path,
+    proto: &Path,
+) -> anyhow::Result<DescriptorPool> {
+    let file = Path::new(against);
+    if file.is_file() {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let set = prost_types::FileDescriptorSet::decode(bytes.as_slice()).with_context(|| {
+            format!(
+                "{} is not a descriptor set (FileDescriptorSet)",
+                file.display()
+            )
+        })?;
+        return DescriptorPool::from_file_descriptor_set(set).with_context(|| {
+            format!(
+                "{}: the descriptor set is incomplete (a dependency missing?)",
+                file.display()
+            )
+        });
+    }
+    let relative = proto.strip_prefix(repository).with_context(|| {
+        format!(
+            "{} is not inside the repository {}",
+            proto.display(),
+            repository.display()
+        )
+    })?;
+    let dir = tempfile::tempdir()?;
+    let archive = std::process::Command::new("git")
+        .current_dir(repository)
+        .args(["archive", "--format=tar", against, "--"])
+        .arg(relative)
+        .output()
+        .context("cannot run git")?;
+    if !archive.status.success() {
+        bail!(
+            "`{against}` is neither a descriptor set file nor a git revision with {}: {}",
+            relative.display(),
+            String::from_utf8_lossy(&archive.stderr).trim()
+        );
+    }
+    let mut tar = std::process::Command::new("tar")
+        .current_dir(dir.path())
+        .args(["-xf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run tar")?;
+    if let Some(mut stdin) = tar.stdin.take() {
+        std::io::Write::write_all(&mut stdin, &archive.stdout)?;
+    }
+    if !tar.wait()?.success() {
+        bail!("cannot unpack {} at `{against}`", relative.display());
+    }
+    compile(&dir.path().join(relative))
+        .with_context(|| format!("{} at `{against}`", relative.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+
+    /// The real contracts with `edit` applied to `file` (under `food/contracts/v1`), compiled.
+    fn mutated(file: &str, edit: impl Fn(String) -> String) -> DescriptorPool {
+        let dir = tempfile::tempdir().unwrap();
+        let contracts = dir.path().join("food/contracts/v1");
+        std::fs::create_dir_all(&contracts).unwrap();
+        for name in ["order.proto", "menu.proto"] {
+            let text =
+                std::fs::read_to_string(Path::new(ROOT).join("food/contracts/v1").join(name))
+                    .unwrap();
+            let text = if name == file {
+                edit(text.clone())
+            } else {
+                text
+            };
+            std::fs::write(contracts.join(name), text).unwrap();
+        }
+        compile(dir.path()).unwrap_or_else(|e| panic!("the mutation does not compile: {e:#}"))
+    }
+
+    fn replace(from: &'static str, to: &'static str) -> impl Fn(String) -> String {
+        move |text: String| {
+            assert!(text.contains(from), "`{from}` is not in the contract");
+            text.replacen(from, to, 1)
+        }
+    }
+
+    fn carried() -> Vec<String> {
+        [
+            "food.contracts.v1.Order",
+            "food.contracts.v1.Menu",
+            "food.contracts.v1.MenuViewed",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn the_real_contracts_compare_equal_to_themselves() {
+        let pool = compile(Path::new(ROOT)).unwrap();
+        assert_eq!(compare(&pool, &pool, &carried()), []);
+    }
+
+    /// Each mutation of a real contract, whether it breaks readers, and a word the report
+    /// must contain.
+    #[test]
+    fn mutations_of_real_contracts_are_classified() {
+        type Edit = Box<dyn Fn(String) -> String>;
+        let cases: Vec<(&str, &str, Edit, bool, &str)> = vec![
+            (
+                "field added",
+                "order.proto",
+                Box::new(replace(
+                    "  Driver driver = 18;\n",
+                    "  Driver driver = 18;\n  string note = 19;\n",
+                )),
+                false,
+                "field 19 added",
+            ),
+            (
+                "repeated field added",
+                "menu.proto",
+                Box::new(replace(
+                    "  int64 price_cents = 4;\n",
+                    "  int64 price_cents = 4;\n  repeated string tags = 5;\n",
+                )),
+                false,
+                "added",
+            ),
+            (
+                "nested message added to",
+                "order.proto",
+                Box::new(replace(
+                    "  string postal_code = 3;\n",
+                    "  string postal_code = 3;\n  string country = 4;\n",
+                )),
+                false,
+                "field 4 added",
+            ),
+            (
+                "enum value added",
+                "order.proto",
+                Box::new(replace(
+                    "  ORDER_STATUS_DELIVERED = 6;\n",
+                    "  ORDER_STATUS_DELIVERED = 6;\n  ORDER_STATUS_CANCELLED = 7;\n",
+                )),
+                false,
+                "value 7 added",
+            ),
+            (
+                "field removed, reserved",
+                "order.proto",
+                Box::new(replace(
+                    "  string currency = 9;\n",
+                    "  reserved 9;\n  reserved \"currency\";\n",
+                )),
+                false,
+                "reserved",
+            ),
+            (
+                "field removed",
+                "order.proto",
+                Box::new(replace("  string currency = 9;\n", "")),
+                true,
+                "without reserving its number and name",
+            ),
+            (
+                "field removed, number reserved only",
+                "order.proto",
+                Box::new(replace("  string currency = 9;\n", "  reserved 9;\n")),
+                true,
+                "without reserving its name",
+            ),
+            (
+                "field removed, name reserved only",
+                "order.proto",
+                Box::new(replace(
+                    "  string currency = 9;\n",
+                    "  reserved \"currency\";\n",
+                )),
+                true,
+                "without reserving its number",
+            ),
+            (
+                "field renumbered",
+                "order.proto",
+                Box::new(replace(
+                    "string customer_id = 2;",
+                    "string customer_id = 20;",
+                )),
+                true,
+                "now has the number 20",
+            ),
+            (
+                "field renamed",
+                "order.proto",
+                Box::new(replace(
+                    "string restaurant_name = 4;",
+                    "string restaurant_title = 4;",
+                )),
+                true,
+                "renamed",
+            ),
+            (
+                "number reused",
+                "menu.proto",
+                Box::new(replace(
+                    "  string description = 3;\n",
+                    "  reserved \"description\";\n  int64 calories = 3;\n",
+                )),
+                true,
+                "renamed to `calories`",
+            ),
+            (
+                "string to int64",
+                "order.proto",
+                Box::new(replace("string order_id = 1;", "int64 order_id = 1;")),
+                true,
+                "does not carry the same way",
+            ),
+            (
+                "int64 to string",
+                "order.proto",
+                Box::new(replace("int64 total_cents = 8;", "string total_cents = 8;")),
+                true,
+                "does not carry the same way",
+            ),
+            (
+                "int64 to int32",
+                "order.proto",
+                Box::new(replace(
+                    "int64 subtotal_cents = 6;",
+                    "int32 subtotal_cents = 6;",
+                )),
+                false,
+                "read the same on the wire",
+            ),
+            (
+                "uint32 to uint64",
+                "order.proto",
+                Box::new(replace("uint32 quantity = 3;", "uint64 quantity = 3;")),
+                false,
+                "read the same on the wire",
+            ),
+            (
+                "int64 to sint64",
+                "order.proto",
+                Box::new(replace(
+                    "int64 delivery_fee_cents = 7;",
+                    "sint64 delivery_fee_cents = 7;",
+                )),
+                true,
+                "does not carry the same way",
+            ),
+            (
+                "int64 to fixed64",
+                "menu.proto",
+                Box::new(replace(
+                    "int64 price_cents = 4;",
+                    "fixed64 price_cents = 4;",
+                )),
+                true,
+                "does not carry the same way",
+            ),
+            (
+                "string to bytes",
+                "menu.proto",
+                Box::new(replace("string name = 2;", "bytes name = 2;")),
+                false,
+                "read the same on the wire",
+            ),
+            (
+                "message to another message",
+                "order.proto",
+                Box::new(replace(
+                    "Address delivery_address = 10;",
+                    "Driver delivery_address = 10;",
+                )),
+                true,
+                "does not carry the same way",
+            ),
+            (
+                "enum to int32",
+                "order.proto",
+                Box::new(replace("OrderStatus status = 11;", "int32 status = 11;")),
+                true,
+                "does not carry the same way",
+            ),
+            (
+                "singular to repeated",
+                "order.proto",
+                Box::new(replace(
+                    "string restaurant_id = 3;",
+                    "repeated string restaurant_id = 3;",
+                )),
+                true,
+                "from singular to repeated",
+            ),
+            (
+                "repeated to singular",
+                "menu.proto",
+                Box::new(replace(
+                    "repeated MenuItem items = 3;",
+                    "MenuItem items = 3;",
+                )),
+                true,
+                "from repeated to singular",
+            ),
+            (
+                "repeated to map",
+                "order.proto",
+                Box::new(replace(
+                    "repeated OrderLine lines = 5;",
+                    "map<string, OrderLine> lines = 5;",
+                )),
+                true,
+                "to map",
+            ),
+            (
+                "moved into a oneof",
+                "order.proto",
+                Box::new(replace(
+                    "  Driver driver = 18;\n",
+                    "  oneof courier {\n    Driver driver = 18;\n  }\n",
+                )),
+                true,
+                "oneof `courier`",
+            ),
+            (
+                "optional added to a field",
+                "order.proto",
+                Box::new(replace(
+                    "string currency = 9;",
+                    "optional string currency = 9;",
+                )),
+                false,
+                "",
+            ),
+            (
+                "enum value removed",
+                "order.proto",
+                Box::new(replace("  ORDER_STATUS_READY = 3;\n", "")),
+                true,
+                "value 3 removed without reserving",
+            ),
+            (
+                "enum value removed, reserved",
+                "order.proto",
+                Box::new(replace(
+                    "  ORDER_STATUS_READY = 3;\n",
+                    "  reserved 3;\n  reserved \"ORDER_STATUS_READY\";\n",
+                )),
+                false,
+                "reserved",
+            ),
+            (
+                "enum value renumbered",
+                "order.proto",
+                Box::new(replace(
+                    "ORDER_STATUS_PICKED_UP = 5;",
+                    "ORDER_STATUS_PICKED_UP = 8;",
+                )),
+                true,
+                "renumbered from 5 to 8",
+            ),
+            (
+                "enum value renamed",
+                "order.proto",
+                Box::new(replace(
+                    "ORDER_STATUS_PLACED = 1;",
+                    "ORDER_STATUS_SUBMITTED = 1;",
+                )),
+                true,
+                "renamed",
+            ),
+            (
+                "message renamed",
+                "order.proto",
+                Box::new(|text: String| {
+                    replace("message Driver {", "message Courier {")(replace(
+                        "Driver driver = 18;",
+                        "Courier driver = 18;",
+                    )(text))
+                }),
+                true,
+                "message removed or renamed",
+            ),
+            (
+                "contract removed",
+                "menu.proto",
+                Box::new(replace("message MenuViewed {", "message MenuSeen {")),
+                true,
+                "while a route still carries it",
+            ),
+            (
+                "added on a reserved number",
+                "order.proto",
+                Box::new(replace(
+                    "  Driver driver = 18;\n",
+                    "  Driver driver = 18;\n  reserved 30;\n",
+                )),
+                false,
+                "",
+            ),
+            (
+                "comment changed",
+                "order.proto",
+                Box::new(replace(
+                    "// Set from driver_assigned on.",
+                    "// Set once a driver is assigned.",
+                )),
+                false,
+                "",
+            ),
+            (
+                "nothing changed",
+                "order.proto",
+                Box::new(|text: String| text),
+                false,
+                "",
+            ),
+        ];
+        assert!(cases.len() >= 25);
+        let old = compile(Path::new(ROOT)).unwrap();
+        for (name, file, edit, breaking, expected) in cases {
+            let new = mutated(file, edit);
+            let changes = compare(&old, &new, &carried());
+            let report: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            assert_eq!(
+                changes.iter().any(|c| c.breaking),
+                breaking,
+                "{name}: {report:#?}"
+            );
+            if expected.is_empty() {
+                assert_eq!(report, Vec::<String>::new(), "{name}");
+            } else {
+                assert!(
+                    report.iter().any(|line| line.contains(expected)),
+                    "{name}: no change mentions `{expected}`: {report:#?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_major_version_is_an_addition_and_routes_may_move_to_it() {
+        let old = compile(Path::new(ROOT)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for version in ["v1", "v2"] {
+            let contracts = dir.path().join("food/contracts").join(version);
+            std::fs::create_dir_all(&contracts).unwrap();
+            for name in ["order.proto", "menu.proto"] {
+                let text =
+                    std::fs::read_to_string(Path::new(ROOT).join("food/contracts/v1").join(name))
+                        .unwrap();
+                let text = text.replace(
+                    "package food.contracts.v1;",
+                    &format!("package food.contracts.{version};"),
+                );
+                // v2 changes what v1 could not: the order id becomes a number.
+                let text = if version == "v2" {
+                    text.replace("string order_id = 1;", "int64 order_id = 1;")
+                } else {
+                    text
+                };
+                std::fs::write(contracts.join(name), text).unwrap();
+            }
+        }
+        let new = compile(dir.path()).unwrap();
+        let mut routes = carried();
+        routes.push("food.contracts.v2.Order".into());
+        let changes = compare(&old, &new, &routes);
+        assert!(!changes.iter().any(|c| c.breaking), "{changes:#?}");
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.message == "food.contracts.v2.Order" && c.change == "new contract"),
+            "{changes:#?}"
+        );
+    }
+}
