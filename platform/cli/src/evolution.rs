@@ -475,6 +475,171 @@ pub(crate) fn baseline(
         .with_context(|| format!("{} at `{against}`", relative.display()))
 }
 
+/// What the candidate descriptors make of the stored events of one type and payload version.
+#[derive(Debug, Default, Clone, Serialize)]
+pub(crate) struct LakeFinding {
+    /// The event type.
+    pub(crate) event_type: String,
+    /// The payload's message as stored (`food.contracts.v1.Order`): its version.
+    pub(crate) payload_type: String,
+    /// Events read.
+    pub(crate) events: u64,
+    /// Events that decode, every field known.
+    pub(crate) read: u64,
+    /// Events whose payload message is not in the descriptors.
+    pub(crate) unknown_message: u64,
+    /// Events whose payload no longer decodes, with the first one's id and error.
+    pub(crate) undecodable: u64,
+    /// Events that decode but carry fields the descriptors no longer know (lost to readers),
+    /// with their numbers.
+    pub(crate) losing_fields: u64,
+    pub(crate) lost_fields: BTreeSet<String>,
+    /// The first event that does not read, and why.
+    pub(crate) example: Option<String>,
+}
+
+impl LakeFinding {
+    /// Whether every event read as it was written.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.read == self.events
+    }
+}
+
+impl std::fmt::Display for LakeFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.is_clean() { "reads" } else { "breaking" };
+        write!(
+            f,
+            "{verdict}: {} ({}): {} event{} read, {} decode",
+            self.event_type,
+            self.payload_type,
+            self.events,
+            if self.events == 1 { "" } else { "s" },
+            self.read,
+        )?;
+        if self.unknown_message > 0 {
+            write!(f, ", {} of a message no longer known", self.unknown_message)?;
+        }
+        if self.undecodable > 0 {
+            write!(f, ", {} no longer decode", self.undecodable)?;
+        }
+        if self.losing_fields > 0 {
+            let lost: Vec<&str> = self.lost_fields.iter().map(String::as_str).collect();
+            write!(
+                f,
+                ", {} lose fields {}",
+                self.losing_fields,
+                lost.join(", ")
+            )?;
+        }
+        if let Some(example) = &self.example {
+            write!(f, " (first: {example})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the first `sample` external events stored on `hub` (the oldest, which readers
+/// must still read) with `pool`, per event type and payload version.
+pub(crate) async fn check_lake(
+    hub: &fractal::Hub,
+    pool: &DescriptorPool,
+    sample: u64,
+) -> anyhow::Result<Vec<LakeFinding>> {
+    let external = fractal::wire::event_subject(fractal::Scope::External, ">");
+    let mut reading =
+        crate::lake::read(hub, &crate::lake::Range::default(), vec![external], None).await?;
+    let mut findings: BTreeMap<(String, String), LakeFinding> = BTreeMap::new();
+    let mut read = 0;
+    while read < sample {
+        let Some((message, sequence, _)) = reading.next().await? else {
+            break;
+        };
+        read += 1;
+        let Ok(event) = fractal::Event::decode(
+            &message.subject,
+            message.headers.as_ref(),
+            message.payload.clone(),
+        ) else {
+            // Not an event at all: the platform's own check faults these; no contract reads it.
+            continue;
+        };
+        let finding = findings
+            .entry((event.event_type.clone(), event.payload_type.clone()))
+            .or_insert_with(|| LakeFinding {
+                event_type: event.event_type.clone(),
+                payload_type: event.payload_type.clone(),
+                ..Default::default()
+            });
+        finding.events += 1;
+        let example = |why: String| format!("sequence {sequence}, id {}: {why}", event.id);
+        let Some(descriptor) = pool.get_message_by_name(&event.payload_type) else {
+            finding.unknown_message += 1;
+            finding
+                .example
+                .get_or_insert_with(|| example("the message is not in the descriptors".into()));
+            continue;
+        };
+        match prost_reflect::DynamicMessage::decode(descriptor, event.payload.clone()) {
+            Err(e) => {
+                finding.undecodable += 1;
+                finding
+                    .example
+                    .get_or_insert_with(|| example(e.to_string()));
+            }
+            Ok(decoded) => {
+                let mut lost = BTreeSet::new();
+                unknown_fields(&decoded, "", &mut lost);
+                if lost.is_empty() {
+                    finding.read += 1;
+                } else {
+                    finding.losing_fields += 1;
+                    let list: Vec<&str> = lost.iter().map(String::as_str).collect();
+                    finding.example.get_or_insert_with(|| {
+                        example(format!("fields {} unknown", list.join(", ")))
+                    });
+                    finding.lost_fields.extend(lost);
+                }
+            }
+        }
+    }
+    Ok(findings.into_values().collect())
+}
+
+/// The numbers of the fields of `message`, and of the messages in it, that its descriptor does
+/// not know (`8`, `lines.6`).
+fn unknown_fields(
+    message: &prost_reflect::DynamicMessage,
+    path: &str,
+    lost: &mut BTreeSet<String>,
+) {
+    use prost_reflect::Value;
+    for field in message.unknown_fields() {
+        lost.insert(format!("{path}{}", field.number()));
+    }
+    for (field, value) in message.fields() {
+        let path = format!("{path}{}.", field.name());
+        match value {
+            Value::Message(nested) => unknown_fields(nested, &path, lost),
+            Value::List(items) => {
+                for item in items {
+                    if let Value::Message(nested) = item {
+                        unknown_fields(nested, &path, lost);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for value in entries.values() {
+                    if let Value::Message(nested) = value {
+                        unknown_fields(nested, &path, lost);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -350,8 +350,15 @@ enum ContractsAction {
     Check {
         /// The version to compare with: a git revision of the repository (its `proto` folder
         /// is compiled) or a descriptor set file (`FileDescriptorSet`).
-        #[arg(long, value_name = "REVISION|FILE")]
-        against: String,
+        #[arg(long, value_name = "REVISION|FILE", required_unless_present = "hub")]
+        against: Option<String>,
+        /// Also decode the external events stored on this hub with the contracts checked,
+        /// reporting per type and payload version those that no longer decode or lose fields.
+        #[arg(long)]
+        hub: Option<String>,
+        /// How many stored events to decode, the oldest first.
+        #[arg(long, default_value_t = 10_000, value_name = "N")]
+        sample: u64,
         /// The folder of `.proto` files to check. Default: `proto` beside the topology.
         #[arg(long, value_name = "DIR")]
         proto: Option<PathBuf>,
@@ -632,12 +639,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action:
                 ContractsAction::Check {
                     against,
+                    hub: lake,
+                    sample,
                     proto,
                     format,
                 },
         } => {
             let topology = load(&topology_path)?;
-            return contracts_check(&topology, &against, proto, format);
+            let lake = match lake {
+                Some(name) => Some(hub(&topology_path, &state, &name).await?),
+                None => None,
+            };
+            let check = ContractsCheck {
+                against: against.as_deref(),
+                lake: lake.as_ref().map(|hub| (hub, sample)),
+                proto,
+                format,
+            };
+            return contracts_check(&topology, check).await;
         }
         Command::Views {
             action: ViewsAction::Rebuild { service, view },
@@ -924,44 +943,83 @@ fn contract_of(topology: &Topology, event_type: &str) -> anyhow::Result<String> 
     }
 }
 
-/// `fractal contracts check`: the routes' contracts in `proto` against `against`.
-fn contracts_check(
-    topology: &Topology,
-    against: &str,
+/// What `fractal contracts check` compares the contracts in `proto` with.
+struct ContractsCheck<'a> {
+    against: Option<&'a str>,
+    lake: Option<(&'a Hub, u64)>,
     proto: Option<PathBuf>,
     format: ReportFormat,
+}
+
+/// `fractal contracts check`: the routes' contracts in `proto` against another version and
+/// against the events a hub stores. Exits 1 if anything breaks.
+async fn contracts_check(
+    topology: &Topology,
+    check: ContractsCheck<'_>,
 ) -> anyhow::Result<ExitCode> {
     let repository = std::fs::canonicalize(topology.path.parent().unwrap_or(Path::new(".")))?;
-    let proto = match proto {
+    let proto = match check.proto {
         Some(dir) => {
             std::fs::canonicalize(&dir).with_context(|| format!("no folder {}", dir.display()))?
         }
         None => repository.join("proto"),
     };
     let current = evolution::compile(&proto)?;
-    let baseline = evolution::baseline(against, &repository, &proto)?;
-    let carried: Vec<String> = topology
-        .bridges
-        .iter()
-        .flat_map(|b| b.config.routes.iter().map(|r| r.contract.clone()))
-        .collect();
-    let changes = evolution::compare(&baseline, &current, &carried);
-    let breaking = changes.iter().filter(|c| c.breaking).count();
-    match format {
-        ReportFormat::Json => println!(
-            "{}",
-            serde_json::json!({ "against": against, "breaking": breaking, "changes": changes })
-        ),
-        ReportFormat::Text => {
-            for change in &changes {
-                println!("{change}");
+    let mut breaking = 0;
+    let mut report = serde_json::Map::new();
+    if let Some(against) = check.against {
+        let baseline = evolution::baseline(against, &repository, &proto)?;
+        let carried: Vec<String> = topology
+            .bridges
+            .iter()
+            .flat_map(|b| b.config.routes.iter().map(|r| r.contract.clone()))
+            .collect();
+        let changes = evolution::compare(&baseline, &current, &carried);
+        let broken = changes.iter().filter(|c| c.breaking).count();
+        breaking += broken;
+        match check.format {
+            ReportFormat::Json => {
+                report.insert("against".into(), against.into());
+                report.insert("changes".into(), serde_json::to_value(&changes)?);
             }
-            println!(
-                "{} change{} to the contracts since `{against}`, {breaking} breaking.",
-                changes.len(),
-                if changes.len() == 1 { "" } else { "s" }
-            );
+            ReportFormat::Text => {
+                for change in &changes {
+                    println!("{change}");
+                }
+                println!(
+                    "{} change{} to the contracts since `{against}`, {broken} breaking.",
+                    changes.len(),
+                    if changes.len() == 1 { "" } else { "s" }
+                );
+            }
         }
+    }
+    if let Some((hub, sample)) = check.lake {
+        let findings = evolution::check_lake(hub, &current, sample).await?;
+        let broken = findings.iter().filter(|f| !f.is_clean()).count();
+        breaking += broken;
+        match check.format {
+            ReportFormat::Json => {
+                report.insert("hub".into(), hub.name().into());
+                report.insert("lake".into(), serde_json::to_value(&findings)?);
+            }
+            ReportFormat::Text => {
+                for finding in &findings {
+                    println!("{finding}");
+                }
+                println!(
+                    "{} stored type{} and version{} on hub `{}`, {broken} no longer read as written.",
+                    findings.len(),
+                    if findings.len() == 1 { "" } else { "s" },
+                    if findings.len() == 1 { "" } else { "s" },
+                    hub.name()
+                );
+            }
+        }
+    }
+    if let ReportFormat::Json = check.format {
+        report.insert("breaking".into(), breaking.into());
+        println!("{}", serde_json::Value::Object(report));
     }
     Ok(if breaking > 0 {
         ExitCode::FAILURE

@@ -2092,3 +2092,114 @@ fn contracts_check_reports_breaking_changes_against_a_descriptor_set() {
         text(&output)
     );
 }
+
+/// Copies `proto/` into `dir`, with `edit` applied to the order contract.
+fn proto_with(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let copy = dir.join("proto");
+    let mut folders = vec![PathBuf::new()];
+    while let Some(folder) = folders.pop() {
+        std::fs::create_dir_all(copy.join(&folder)).unwrap();
+        for entry in std::fs::read_dir(root().join("proto").join(&folder)).unwrap() {
+            let entry = entry.unwrap();
+            let relative = folder.join(entry.file_name());
+            if entry.path().is_dir() {
+                folders.push(relative);
+            } else {
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                let text = if relative.ends_with("contracts/v1/order.proto") {
+                    edit(text)
+                } else {
+                    text
+                };
+                std::fs::write(copy.join(&relative), text).unwrap();
+            }
+        }
+    }
+    copy
+}
+
+/// `fractal contracts check --hub`: the stored events of each external type decode with the
+/// contracts as they are; with a field dropped they lose it, with a field's type changed they
+/// no longer decode, each reported per type and payload version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contracts_check_decodes_the_lake_with_the_candidate_contracts() {
+    use prost::Message as _;
+    use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = one_hub_topology(dir.path(), &server);
+    let state = dir.path().join("state").display().to_string();
+
+    let current = proto_with(&dir.path().join("current"), |text| text);
+    let files: Vec<PathBuf> = ["food/contracts/v1/order.proto"]
+        .iter()
+        .map(|f| current.join(f))
+        .collect();
+    let pool =
+        DescriptorPool::from_file_descriptor_set(protox::compile(&files, [&current]).unwrap())
+            .unwrap();
+    let order = pool.get_message_by_name("food.contracts.v1.Order").unwrap();
+    let publisher = fractal::Publisher::new(&hub, "test/ordering");
+    for i in 0..3 {
+        let mut message = DynamicMessage::new(order.clone());
+        message.set_field_by_name("order_id", Value::String(format!("o-{i}")));
+        message.set_field_by_name("total_cents", Value::I64(1234));
+        message.set_field_by_name("currency", Value::String("EUR".into()));
+        let event = NewEvent::from_parts(
+            fractal::Scope::External,
+            "order.placed",
+            format!("o-{i}"),
+            "food.contracts.v1.Order",
+            message.encode_to_vec().into(),
+        );
+        publisher.publish(event).await.unwrap();
+    }
+
+    let check = |proto: &Path| {
+        let proto = proto.display().to_string();
+        fractal(&[
+            "contracts",
+            "check",
+            "--hub",
+            "alpha",
+            "--proto",
+            &proto,
+            "--topology",
+            &topology,
+            "--state",
+            &state,
+        ])
+    };
+    let output = tokio::task::block_in_place(|| check(&current));
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output)
+            .contains("reads: order.placed (food.contracts.v1.Order): 3 events read, 3 decode"),
+        "{}",
+        text(&output)
+    );
+
+    let dropped = proto_with(&dir.path().join("dropped"), |text| {
+        text.replace("  string currency = 9;\n", "")
+    });
+    let output = tokio::task::block_in_place(|| check(&dropped));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("breaking: order.placed (food.contracts.v1.Order): 3 events read, 0 decode, 3 lose fields 9"),
+        "{}",
+        text(&output)
+    );
+
+    let retyped = proto_with(&dir.path().join("retyped"), |text| {
+        text.replace("int64 total_cents = 8;", "string total_cents = 8;")
+    });
+    let output = tokio::task::block_in_place(|| check(&retyped));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("3 no longer decode"),
+        "{}",
+        text(&output)
+    );
+}
