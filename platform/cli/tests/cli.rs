@@ -2098,20 +2098,20 @@ fn proto_with(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let copy = dir.join("proto");
     let mut folders = vec![PathBuf::new()];
     while let Some(folder) = folders.pop() {
-        std::fs::create_dir_all(copy.join(&folder)).unwrap();
-        for entry in std::fs::read_dir(root().join("proto").join(&folder)).unwrap() {
-            let entry = entry.unwrap();
+        std::fs::create_dir_all(copy.join(&folder)).expect("a folder");
+        for entry in std::fs::read_dir(root().join("proto").join(&folder)).expect("proto/ reads") {
+            let entry = entry.expect("an entry");
             let relative = folder.join(entry.file_name());
             if entry.path().is_dir() {
                 folders.push(relative);
             } else {
-                let text = std::fs::read_to_string(entry.path()).unwrap();
+                let text = std::fs::read_to_string(entry.path()).expect("a .proto file");
                 let text = if relative.ends_with("contracts/v1/order.proto") {
                     edit(text)
                 } else {
                     text
                 };
-                std::fs::write(copy.join(&relative), text).unwrap();
+                std::fs::write(copy.join(&relative), text).expect("the copy is written");
             }
         }
     }
