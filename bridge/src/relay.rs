@@ -389,7 +389,10 @@ impl Route {
         if let Some(id) = resubmitted_id {
             let mut kept = fractal::fault::header_list(&headers);
             kept.retain(|h| h.name != wire::RESUBMIT_FOR);
-            headers = fractal::fault::header_map(&kept);
+            // Taken from a message NATS carried, every header can be carried again.
+            if let Ok(map) = fractal::fault::header_map(&kept) {
+                headers = map;
+            }
             headers.insert(wire::MSG_ID, id.as_str());
         }
         if !span.is_disabled() {

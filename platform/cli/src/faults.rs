@@ -130,7 +130,8 @@ pub(crate) async fn resubmit(hub: &Hub, fault: &Fault) -> anyhow::Result<bool> {
     if fault.consumer.is_empty() {
         bail!("fault {} names no consumer to resubmit to", fault.id);
     }
-    let mut headers = fractal::fault::header_map(&original.headers);
+    let mut headers = fractal::fault::header_map(&original.headers)
+        .map_err(|e| anyhow::anyhow!("fault {} cannot be resubmitted: {e}", fault.id))?;
     headers.insert(wire::MSG_ID, wire::resubmit_id(&fault.id).as_str());
     headers.insert(wire::RESUBMIT_FOR, fault.consumer.as_str());
     let ack = hub

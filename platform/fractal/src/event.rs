@@ -408,8 +408,10 @@ impl<'a> EventView<'a> {
                     let timestamp = time.get_or_insert_with(prost_types::Timestamp::default);
                     read_timestamp(reader.delimited()?, timestamp)?;
                 }
-                // As in prost, a map entry is read as length-delimited whatever its wire type says.
+                // A map entry must be length-delimited: prost's `Envelope::decode` rejects any
+                // other wire type, and the reader accepts what prost accepts.
                 field::TAGS => {
+                    Reader::expect(number, wire_type, WireType::LengthDelimited, "map entry")?;
                     map_entry(reader.delimited()?)?;
                     self.tagged = true;
                 }
@@ -641,6 +643,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_tag_is_length_delimited_as_prost_reads_it() {
+        let new = NewEvent::new("a.b", "k", &OriginalMessage::default());
+        let subject = new.subject();
+        let (headers, body) = new.encode("s", "h");
+        // Field 6 (`tags`) as a varint, then as a group's end: prost rejects both.
+        for key in [0x30, 0x34] {
+            let mut bad = body.to_vec();
+            bad.extend([key, 0x00]);
+            assert!(Envelope::decode(bad.as_slice()).is_err());
+            assert!(matches!(
+                Event::decode(&subject, Some(&headers), bad.into()),
+                Err(DecodeError::Body(WireError::WrongType { field: 6, .. }))
+            ));
+        }
     }
 
     #[test]

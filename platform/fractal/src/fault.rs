@@ -136,11 +136,39 @@ pub fn header_list(headers: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-/// The headers of a faulted original, as a header map to publish it again.
-pub fn header_map(headers: &[Header]) -> HeaderMap {
+/// The headers of a faulted original, as a header map to publish it again; an error names
+/// the first header NATS cannot carry (a fault record written by hand, say).
+pub fn header_map(headers: &[Header]) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     for h in headers {
-        map.append(h.name.as_str(), h.value.as_str());
+        let name: async_nats::HeaderName = h
+            .name
+            .parse()
+            .map_err(|e| format!("header name {:?}: {e}", h.name))?;
+        let value: async_nats::HeaderValue = h
+            .value
+            .parse()
+            .map_err(|e| format!("header `{}` value {:?}: {e}", h.name, h.value))?;
+        map.append(name, value);
     }
-    map
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_nats_cannot_carry_are_errors_not_panics() {
+        let header = |name: &str, value: &str| Header {
+            name: name.into(),
+            value: value.into(),
+        };
+        let map = header_map(&[header("Fractal-Type", "a.b"), header("X", "1")]);
+        assert!(map.is_ok_and(|m| m.get("X").is_some_and(|v| v.as_str() == "1")));
+        let bad_name = header_map(&[header("Bad: name", "v")]);
+        assert!(bad_name.is_err_and(|e| e.contains("Bad: name")));
+        let bad_value = header_map(&[header("X", "line\nbreak")]);
+        assert!(bad_value.is_err_and(|e| e.contains("header `X`")));
+    }
 }

@@ -249,6 +249,15 @@ impl Publisher {
                 format!("event type {e}"),
             ));
         }
+        if event.key.contains(['\r', '\n']) {
+            // Headers carry the key; a line break cannot be carried.
+            return Err(PublishError::new(
+                PublishErrorKind::InvalidEvent,
+                id,
+                &subject,
+                format!("key {:?} contains a line break", event.key),
+            ));
+        }
         let published = self.counter(&event.event_type);
         let span = tracing::info_span!(
             "publish",

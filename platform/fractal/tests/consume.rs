@@ -175,7 +175,7 @@ async fn an_always_failing_handler_makes_exactly_one_fault() {
     let original = fault.original.expect("original kept");
     assert_eq!(original.subject, "events.internal.doomed.thing");
     assert_eq!(original.stream_sequence, published[0].sequence);
-    let headers = fractal::fault::header_map(&original.headers);
+    let headers = fractal::fault::header_map(&original.headers).expect("headers NATS carried");
     let event = Event::decode(
         &original.subject,
         Some(&headers),

@@ -73,6 +73,16 @@ async fn an_invalid_event_type_is_refused_before_sending() {
         fractal::publish::PublishErrorKind::InvalidEvent
     );
     assert!(error.to_string().contains("Bad Type"), "{error}");
+    // A key is carried in a header, where a line break cannot go: refused, not a panic.
+    let error = publisher
+        .publish(NewEvent::new("a.b", "line\nbreak", &Header::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.kind(),
+        fractal::publish::PublishErrorKind::InvalidEvent
+    );
+    assert!(error.to_string().contains("line break"), "{error}");
 }
 
 /// One definition of a hub's streams: a client that says otherwise than what the hub's owner

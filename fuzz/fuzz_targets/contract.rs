@@ -1,0 +1,38 @@
+//! Walks arbitrary payload bytes against a contract, as the bridge checks every event it
+//! relays. The first input byte picks the contract among every message the bridge embeds
+//! (sorted by name); the rest is the payload.
+//!
+//! Besides never panicking, the walk must give the verdict of a full decode with
+//! prost-reflect: it accepts exactly what decodes.
+
+#![no_main]
+
+use std::sync::LazyLock;
+
+use fractal_bridge::contracts;
+use libfuzzer_sys::fuzz_target;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+
+/// Every message the bridge embeds, sorted by name.
+static CONTRACTS: LazyLock<Vec<MessageDescriptor>> = LazyLock::new(|| {
+    let envelope = contracts::find("fractal.platform.v1.Envelope")
+        .expect("the bridge embeds the platform's messages");
+    let mut all: Vec<_> = envelope.parent_pool().all_messages().collect();
+    all.sort_by(|a, b| a.full_name().cmp(b.full_name()));
+    all
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
+    let contract = &CONTRACTS[usize::from(pick) % CONTRACTS.len()];
+    let walked = contracts::check(contract, payload);
+    let decoded = DynamicMessage::decode(contract.clone(), payload);
+    assert_eq!(
+        walked.is_ok(),
+        decoded.is_ok(),
+        "{}: walk {walked:?}, decode {decoded:?}",
+        contract.full_name()
+    );
+});
