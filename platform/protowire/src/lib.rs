@@ -64,16 +64,19 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// Reads `bytes` from the start.
+    #[inline]
     pub fn new(bytes: &'a [u8]) -> Self {
         Reader { bytes, at: 0 }
     }
 
     /// Whether every byte has been read.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.at >= self.bytes.len()
     }
 
     /// The next field's number and wire type.
+    #[inline]
     pub fn key(&mut self) -> Result<(u32, WireType), WireError> {
         let start = self.at;
         let key = self.varint()?;
@@ -97,6 +100,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint.
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
         let start = self.at;
         let mut value = 0u64;
@@ -119,6 +123,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes.
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self
             .at
@@ -131,17 +136,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited value.
+    #[inline]
     pub fn delimited(&mut self) -> Result<&'a [u8], WireError> {
         let len = self.varint()?;
         self.take(usize::try_from(len).map_err(|_| WireError::Truncated(self.bytes.len()))?)
     }
 
     /// A length-delimited value that must be UTF-8, as field `field`.
+    #[inline]
     pub fn string(&mut self, field: u32) -> Result<&'a str, WireError> {
         std::str::from_utf8(self.delimited()?).map_err(|_| WireError::Utf8(field))
     }
 
     /// Skips the value of field `field`, whatever it holds.
+    #[inline]
     pub fn skip(&mut self, field: u32, wire_type: WireType, depth: u32) -> Result<(), WireError> {
         match wire_type {
             WireType::Varint => self.varint().map(drop),
@@ -166,6 +174,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Expects field `field` to have `wire_type`, as its declared type `expected` allows.
+    #[inline]
     pub fn expect(
         field: u32,
         actual: WireType,
