@@ -78,12 +78,18 @@ fn walk(message: &MessageDescriptor, bytes: &[u8], depth: u32) -> Result<(), Mis
         let kind = field.kind();
         let declared = wire_type_of(&kind);
         let checked = match (&kind, wire_type) {
-            // As in prost-reflect, a map entry is read as length-delimited whatever its wire
-            // type says.
-            (Kind::Message(entry), _) if field.is_map() => reader
+            // A map entry is length-delimited: prost-generated readers (every consumer)
+            // reject any other wire type, although prost-reflect reads one as if it were.
+            (Kind::Message(entry), WireType::LengthDelimited) if field.is_map() => reader
                 .delimited()
                 .map_err(Misfit::from)
                 .and_then(|bytes| walk(entry, bytes, depth + 1)),
+            (Kind::Message(_), actual) if field.is_map() => Err(WireError::WrongType {
+                field: number,
+                actual,
+                expected: MAP_ENTRY,
+            }
+            .into()),
             (Kind::Message(inner), WireType::LengthDelimited) => reader
                 .delimited()
                 .map_err(Misfit::from)
@@ -149,6 +155,9 @@ fn wire_type_of(kind: &Kind) -> WireType {
     }
 }
 
+/// What a map field's wrong wire type is reported as expecting.
+pub const MAP_ENTRY: &str = "map entry";
+
 fn kind_name(kind: &Kind) -> &'static str {
     match kind {
         Kind::Double => "double",
@@ -198,10 +207,13 @@ mod tests {
         assert!(check(&header, &good).is_ok());
         // Field 1 with wire type 7 does not exist in protobuf.
         assert!(check(&header, &[0x0f, 0x01, 0x02]).is_err());
-        // A map field read as length-delimited whatever its wire type, as prost does.
+        // A map field (`tags`, 6) as a varint: prost-reflect reads it as length-delimited, but
+        // prost-generated readers, every consumer among them, reject it, and so does the walk.
         let envelope = find("fractal.platform.v1.Envelope").expect("known");
-        assert_eq!(check(&envelope, &[0x30, 0x00]), Ok(()));
-        assert!(DynamicMessage::decode(envelope, [0x30, 0x00].as_slice()).is_ok());
+        assert!(DynamicMessage::decode(envelope.clone(), [0x30, 0x00].as_slice()).is_ok());
+        assert!(fractal::proto::Envelope::decode([0x30, 0x00].as_slice()).is_err());
+        let error = check(&envelope, &[0x30, 0x00]).expect_err("a varint is not a map entry");
+        assert!(error.contains(MAP_ENTRY), "{error}");
         // Field 1 (`name`, a string) as a varint: the error names the field.
         let error = check(&header, &[0x08, 0x01]).expect_err("a varint is not a string");
         assert!(
@@ -286,9 +298,12 @@ mod tests {
                 }
                 let full = DynamicMessage::decode(contract.clone(), bytes.as_slice());
                 let walked = check(&contract, &bytes);
-                assert_eq!(
-                    walked.is_ok(),
-                    full.is_ok(),
+                // The walk is as strict as prost-reflect, and stricter on a map entry's wire
+                // type, where it follows prost-generated readers.
+                let stricter =
+                    full.is_ok() && walked.as_ref().is_err_and(|e| e.contains(MAP_ENTRY));
+                assert!(
+                    walked.is_ok() == full.is_ok() || stricter,
                     "{}: {bytes:02x?}: walk {walked:?}, decode {full:?}",
                     contract.full_name()
                 );

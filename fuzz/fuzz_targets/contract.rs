@@ -3,7 +3,9 @@
 //! (sorted by name); the rest is the payload.
 //!
 //! Besides never panicking, the walk must give the verdict of a full decode with
-//! prost-reflect: it accepts exactly what decodes.
+//! prost-reflect: it accepts exactly what decodes, except a map entry of another wire type than
+//! length-delimited, which prost-reflect reads and prost-generated readers (and the walk)
+//! reject.
 
 #![no_main]
 
@@ -29,9 +31,12 @@ fuzz_target!(|data: &[u8]| {
     let contract = &CONTRACTS[usize::from(pick) % CONTRACTS.len()];
     let walked = contracts::check(contract, payload);
     let decoded = DynamicMessage::decode(contract.clone(), payload);
-    assert_eq!(
-        walked.is_ok(),
-        decoded.is_ok(),
+    let stricter = decoded.is_ok()
+        && walked
+            .as_ref()
+            .is_err_and(|e| e.contains(contracts::MAP_ENTRY));
+    assert!(
+        walked.is_ok() == decoded.is_ok() || stricter,
         "{}: walk {walked:?}, decode {decoded:?}",
         contract.full_name()
     );
