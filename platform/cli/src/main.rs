@@ -2,6 +2,7 @@
 //! and publish events, inspect and resubmit faults, and see whether it is healthy.
 
 mod access;
+mod catalogue;
 mod events;
 mod evolution;
 mod faults;
@@ -344,6 +345,22 @@ enum ViewsAction {
 
 #[derive(Debug, Subcommand)]
 enum ContractsAction {
+    /// Each external event type (one a bridge route carries): its message, who produces and
+    /// consumes it, how many routes carry it.
+    List,
+    /// One external event type in full: its message's fields and comments, producers,
+    /// consumers, the routes carrying it, the versions of its message and, with `--hub`, the
+    /// latest such event stored there.
+    Show {
+        /// The event type (`order.placed`).
+        event_type: String,
+        /// The folder of `.proto` files. Default: `proto` beside the topology.
+        #[arg(long, value_name = "DIR")]
+        proto: Option<PathBuf>,
+        /// Also show the latest event of the type stored on this hub.
+        #[arg(long)]
+        hub: Option<String>,
+    },
     /// Compare the contracts the topology's routes carry (and what they reach) with another
     /// version: report each change as breaking or compatible, with file, message and field.
     /// Exits 1 if any change breaks readers of old or new events.
@@ -635,6 +652,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             (None, None) => bail!("name a hub and --to or --route, or `list` or `cancel`"),
         },
+        Command::Contracts {
+            action: ContractsAction::List,
+        } => {
+            let topology = load(&topology_path)?;
+            print!("{}", catalogue::list(&catalogue::entries(&topology)));
+        }
+        Command::Contracts {
+            action:
+                ContractsAction::Show {
+                    event_type,
+                    proto,
+                    hub: stored,
+                },
+        } => {
+            let topology = load(&topology_path)?;
+            let entries = catalogue::entries(&topology);
+            let Some(entry) = entries.iter().find(|e| e.event_type == event_type) else {
+                let known: Vec<&str> = entries.iter().map(|e| e.event_type.as_str()).collect();
+                bail!(
+                    "no route carries `{event_type}`; the external types are {}",
+                    known.join(", ")
+                );
+            };
+            let proto = proto_folder(&topology, proto)?;
+            print!("{}", catalogue::show(entry, &evolution::compile(&proto)?));
+            if let Some(name) = stored {
+                let hub = hub(&topology_path, &state, &name).await?;
+                let subject = fractal::wire::event_subject(Scope::External, &event_type);
+                let stream = hub
+                    .jetstream()
+                    .get_stream_no_info(hub.events_stream())
+                    .await
+                    .context("cannot read the event stream")?;
+                match stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(message) => {
+                        let event = fractal::Event::decode(
+                            &message.subject,
+                            Some(&message.headers),
+                            message.payload,
+                        )?;
+                        println!("\n  latest on `{name}`: {}", events::line(&event));
+                    }
+                    Err(_) => println!("\n  latest on `{name}`: none stored"),
+                }
+            }
+        }
         Command::Contracts {
             action:
                 ContractsAction::Check {
@@ -943,6 +1006,19 @@ fn contract_of(topology: &Topology, event_type: &str) -> anyhow::Result<String> 
     }
 }
 
+/// The folder of `.proto` files: `proto` if given, else `proto` beside the topology.
+fn proto_folder(topology: &Topology, proto: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match proto {
+        Some(dir) => dir,
+        None => topology
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("proto"),
+    };
+    std::fs::canonicalize(&dir).with_context(|| format!("no folder {}", dir.display()))
+}
+
 /// What `fractal contracts check` compares the contracts in `proto` with.
 struct ContractsCheck<'a> {
     against: Option<&'a str>,
@@ -958,12 +1034,7 @@ async fn contracts_check(
     check: ContractsCheck<'_>,
 ) -> anyhow::Result<ExitCode> {
     let repository = std::fs::canonicalize(topology.path.parent().unwrap_or(Path::new(".")))?;
-    let proto = match check.proto {
-        Some(dir) => {
-            std::fs::canonicalize(&dir).with_context(|| format!("no folder {}", dir.display()))?
-        }
-        None => repository.join("proto"),
-    };
+    let proto = proto_folder(topology, check.proto)?;
     let current = evolution::compile(&proto)?;
     let mut breaking = 0;
     let mut report = serde_json::Map::new();

@@ -2203,3 +2203,116 @@ async fn contracts_check_decodes_the_lake_with_the_candidate_contracts() {
         text(&output)
     );
 }
+
+/// The catalogue: `fractal contracts list` shows each external type of the shipped system with
+/// its message, producers and consumers; `show` adds the message's fields and comments, the
+/// routes and versions and, with `--hub`, the latest such event stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_lists_and_shows_each_external_type() {
+    use prost::Message as _;
+    use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+
+    let shipped = shipped();
+    let list = fractal(&["contracts", "list", "--topology", &shipped]);
+    assert!(list.status.success(), "{}", text(&list));
+    let line = text(&list)
+        .lines()
+        .find(|l| l.trim_start().starts_with("order.placed "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    assert_eq!(
+        line,
+        "order.placed food.contracts.v1.Order ordering/gateway restaurant/gateway, system/insights 2",
+        "{}",
+        text(&list)
+    );
+    let show = fractal(&["contracts", "show", "menu.viewed", "--topology", &shipped]);
+    let shown = text(&show);
+    assert!(show.status.success(), "{shown}");
+    for expected in [
+        "produced by ordering/gateway",
+        "consumed by system/insights",
+        "carried by  ordering-to-system/menu-views",
+        "versions    food.contracts.v1.MenuViewed",
+        "// A customer looked at a restaurant's menu.",
+        "string restaurant_id = 1;",
+        "google.protobuf.Timestamp viewed_at = 3;",
+    ] {
+        assert!(shown.contains(expected), "`{expected}` not in:\n{shown}");
+    }
+    let unknown = fractal(&["contracts", "show", "order.eaten", "--topology", &shipped]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no route carries `order.eaten`"),
+        "{}",
+        text(&unknown)
+    );
+
+    // A one-hub system with a route for `order.placed`, and one order stored.
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("fractal.toml");
+    let (beta, admin) = (fractal_testkit::free_port(), fractal_testkit::free_port());
+    std::fs::write(
+        &topology,
+        format!(
+            "name = \"single\"\n[hubs.alpha]\nport = {}\n[hubs.beta]\nport = {beta}\n[[services]]\nprogram = \"ordering\"\nconfig = \"service.toml\"\npublishes = [\"order.placed\"]\n[[bridges]]\nconfig = \"bridge.toml\"\n",
+            server.port(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("service.toml"),
+        format!(
+            "subsystem = \"ordering\"\nservice = \"gateway\"\n[hub]\nname = \"alpha\"\nurls = [\"{}\"]\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bridge.toml"),
+        format!(
+            "name = \"a-to-b\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"nats://127.0.0.1:{beta}\"] }}\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Order\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let proto = root().join("proto");
+    let files = [proto.join("food/contracts/v1/order.proto")];
+    let pool = DescriptorPool::from_file_descriptor_set(protox::compile(&files, [&proto]).unwrap())
+        .unwrap();
+    let mut order =
+        DynamicMessage::new(pool.get_message_by_name("food.contracts.v1.Order").unwrap());
+    order.set_field_by_name("order_id", Value::String("o-7".into()));
+    let event = NewEvent::from_parts(
+        fractal::Scope::External,
+        "order.placed",
+        "o-7",
+        "food.contracts.v1.Order",
+        order.encode_to_vec().into(),
+    );
+    simulate(&hub, [event]).await;
+    let (topology, proto) = (topology.display().to_string(), proto.display().to_string());
+    let state = dir.path().join("state").display().to_string();
+    let show = tokio::task::block_in_place(|| {
+        fractal(&[
+            "contracts",
+            "show",
+            "order.placed",
+            "--hub",
+            "alpha",
+            "--proto",
+            &proto,
+            "--topology",
+            &topology,
+            "--state",
+            &state,
+        ])
+    });
+    let shown = text(&show);
+    assert!(show.status.success(), "{shown}");
+    assert!(shown.contains("carried by  a-to-b/orders"), "{shown}");
+    assert!(shown.contains("latest on `alpha`:"), "{shown}");
+    assert!(shown.contains("\"orderId\":\"o-7\""), "{shown}");
+}
