@@ -390,8 +390,11 @@ impl Route {
             let mut kept = fractal::fault::header_list(&headers);
             kept.retain(|h| h.name != wire::RESUBMIT_FOR);
             // Taken from a message NATS carried, every header can be carried again.
-            if let Ok(map) = fractal::fault::header_map(&kept) {
-                headers = map;
+            match fractal::fault::header_map(&kept) {
+                Ok(map) => headers = map,
+                Err(e) => {
+                    tracing::warn!(route = %self.config.name, error = %e, "A resubmitted event's headers cannot be rebuilt; relayed with them as they are.");
+                }
             }
             headers.insert(wire::MSG_ID, id.as_str());
         }

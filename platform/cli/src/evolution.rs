@@ -8,9 +8,10 @@
 //!   name, a number or a name reused, a type changed to one the wire does not carry the same
 //!   way, a field moved between singular, repeated and map or into or out of a oneof, an enum
 //!   value removed without reserving it, renumbered or renamed;
-//! - compatible: a field or enum value added, a type changed to one read the same on the wire
-//!   (`int32` and `int64`, `string` and `bytes`, …), a field renamed with its number kept is
-//!   breaking (JSON and the catalogue read it by name).
+//! - compatible: a field or enum value added, a removal with its number and name reserved, a
+//!   type changed to one read the same on the wire (`int32` and `int64`, `string` to `bytes`,
+//!   …). A field renamed with its number kept is breaking: JSON and the catalogue read it by
+//!   name.
 //!
 //! A new major version of a contract is a new package (`food.contracts.v2`) beside the old
 //! one: its messages are additions, and routes move to it one at a time.
@@ -261,8 +262,16 @@ fn shape(field: &FieldDescriptor) -> String {
     } else {
         "singular"
     };
+    // A oneof is known by its members, not its name, which neither the wire nor JSON carries.
     match field.containing_oneof().filter(|o| !o.is_synthetic()) {
-        Some(oneof) => format!("{cardinality} in oneof `{}`", oneof.name()),
+        Some(oneof) => {
+            let mut members: Vec<u32> = oneof.fields().map(|f| f.number()).collect();
+            members.sort_unstable();
+            format!(
+                "{cardinality} in oneof `{}` (fields {members:?})",
+                oneof.name()
+            )
+        }
         None => cardinality.to_owned(),
     }
 }
@@ -273,7 +282,9 @@ fn compare_fields(
     change: &mut impl FnMut(bool, &str, String),
 ) {
     let (before, after) = (shape(old), shape(new));
-    if before != after {
+    let members = |shape: &str| shape.split_once(" (fields").map(|(_, m)| m.to_owned());
+    let same_oneof = before.contains(" in oneof ") && members(&before) == members(&after);
+    if before != after && !same_oneof {
         change(
             true,
             old.name(),
@@ -281,16 +292,64 @@ fn compare_fields(
         );
         return;
     }
-    let (from, to) = (type_name(&old.kind()), type_name(&new.kind()));
+    if old.is_map()
+        && let (Kind::Message(old_entry), Kind::Message(new_entry)) = (old.kind(), new.kind())
+    {
+        for (part, before, after) in [
+            (
+                "key",
+                old_entry.map_entry_key_field(),
+                new_entry.map_entry_key_field(),
+            ),
+            (
+                "value",
+                old_entry.map_entry_value_field(),
+                new_entry.map_entry_value_field(),
+            ),
+        ] {
+            compare_types(
+                old,
+                &format!("its {part} "),
+                &before.kind(),
+                &after.kind(),
+                change,
+            );
+        }
+        return;
+    }
+    compare_types(old, "", &old.kind(), &new.kind(), change);
+}
+
+/// Reports the change of `field`'s type (or of `part` of it, a map's key or value).
+fn compare_types(
+    field: &FieldDescriptor,
+    part: &str,
+    before: &Kind,
+    after: &Kind,
+    change: &mut impl FnMut(bool, &str, String),
+) {
+    let old = field;
+    let (from, to) = (type_name(before), type_name(after));
     if from == to {
         return;
     }
-    match (wire_class(&old.kind()), wire_class(&new.kind())) {
+    if matches!((before, after), (Kind::Bytes, Kind::String)) {
+        change(
+            true,
+            old.name(),
+            format!(
+                "field {} changed {part}type from bytes to string, which readers reject unless every stored value is UTF-8",
+                old.number()
+            ),
+        );
+        return;
+    }
+    match (wire_class(before), wire_class(after)) {
         (Some(a), Some(b)) if a == b => change(
             false,
             old.name(),
             format!(
-                "field {} changed type from {from} to {to}, read the same on the wire",
+                "field {} changed {part}type from {from} to {to}, read the same on the wire",
                 old.number()
             ),
         ),
@@ -298,7 +357,7 @@ fn compare_fields(
             true,
             old.name(),
             format!(
-                "field {} changed type from {from} to {to}, which the wire does not carry the same way",
+                "field {} changed {part}type from {from} to {to}, which the wire does not carry the same way",
                 old.number()
             ),
         ),
@@ -368,21 +427,41 @@ fn compare_enums(before: &EnumDescriptor, after: &EnumDescriptor, changes: &mut 
                     old.number()
                 ),
             ),
-            (None, None) => change(
-                true,
-                old.name(),
-                format!(
-                    "value {} removed without reserving its number and name",
-                    old.number()
-                ),
-            ),
+            (None, None) => {
+                let missing = match (number_reserved(old.number()), name_reserved(old.name())) {
+                    (false, false) => "its number and name",
+                    (false, true) => "its number",
+                    _ => "its name",
+                };
+                change(
+                    true,
+                    old.name(),
+                    format!("value {} removed without reserving {missing}", old.number()),
+                )
+            }
         }
     }
+    let old_proto = before.enum_descriptor_proto();
+    let reserved_before = |number: i32, name: &str| {
+        old_proto
+            .reserved_range
+            .iter()
+            .any(|r| (r.start.unwrap_or(0)..=r.end.unwrap_or(0)).contains(&number))
+            || old_proto.reserved_name.iter().any(|n| n == name)
+    };
     for new in after.values() {
         if before.get_value(new.number()).is_none()
             && before.get_value_by_name(new.name()).is_none()
         {
-            change(false, new.name(), format!("value {} added", new.number()));
+            if reserved_before(new.number(), new.name()) {
+                change(
+                    true,
+                    new.name(),
+                    format!("value {} added on a reserved number or name", new.number()),
+                );
+            } else {
+                change(false, new.name(), format!("value {} added", new.number()));
+            }
         }
     }
 }
@@ -494,6 +573,8 @@ pub(crate) struct LakeFinding {
     /// with their numbers.
     pub(crate) losing_fields: u64,
     pub(crate) lost_fields: BTreeSet<String>,
+    /// Events that carry fields since removed with their numbers reserved: read as intended.
+    pub(crate) reserved_fields: BTreeSet<String>,
     /// The first event that does not read, and why.
     pub(crate) example: Option<String>,
 }
@@ -531,6 +612,10 @@ impl std::fmt::Display for LakeFinding {
                 self.losing_fields,
                 lost.join(", ")
             )?;
+        }
+        if !self.reserved_fields.is_empty() {
+            let dropped: Vec<&str> = self.reserved_fields.iter().map(String::as_str).collect();
+            write!(f, " (fields {} removed and reserved)", dropped.join(", "))?;
         }
         if let Some(example) = &self.example {
             write!(f, " (first: {example})")?;
@@ -589,7 +674,7 @@ pub(crate) async fn check_lake(
             }
             Ok(decoded) => {
                 let mut lost = BTreeSet::new();
-                unknown_fields(&decoded, "", &mut lost);
+                unknown_fields(&decoded, "", &mut lost, &mut finding.reserved_fields);
                 if lost.is_empty() {
                     finding.read += 1;
                 } else {
@@ -607,31 +692,39 @@ pub(crate) async fn check_lake(
 }
 
 /// The numbers of the fields of `message`, and of the messages in it, that its descriptor does
-/// not know (`8`, `lines.6`).
+/// not know (`8`, `lines.6`): in `lost`, or in `reserved` if the descriptor reserves the number
+/// (a field removed on purpose, which readers are meant to skip).
 fn unknown_fields(
     message: &prost_reflect::DynamicMessage,
     path: &str,
     lost: &mut BTreeSet<String>,
+    reserved: &mut BTreeSet<String>,
 ) {
     use prost_reflect::Value;
+    let descriptor = prost_reflect::ReflectMessage::descriptor(message);
     for field in message.unknown_fields() {
-        lost.insert(format!("{path}{}", field.number()));
+        let name = format!("{path}{}", field.number());
+        if number_reserved_in(&descriptor, field.number()) {
+            reserved.insert(name);
+        } else {
+            lost.insert(name);
+        }
     }
     for (field, value) in message.fields() {
         let path = format!("{path}{}.", field.name());
         match value {
-            Value::Message(nested) => unknown_fields(nested, &path, lost),
+            Value::Message(nested) => unknown_fields(nested, &path, lost, reserved),
             Value::List(items) => {
                 for item in items {
                     if let Value::Message(nested) = item {
-                        unknown_fields(nested, &path, lost);
+                        unknown_fields(nested, &path, lost, reserved);
                     }
                 }
             }
             Value::Map(entries) => {
                 for value in entries.values() {
                     if let Value::Message(nested) = value {
-                        unknown_fields(nested, &path, lost);
+                        unknown_fields(nested, &path, lost, reserved);
                     }
                 }
             }
@@ -1029,6 +1122,85 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// One file of package `t.v1` with `body`, compiled.
+    fn pool_of(body: &str) -> DescriptorPool {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("t")).unwrap();
+        std::fs::write(
+            dir.path().join("t/t.proto"),
+            format!("syntax = \"proto3\";\npackage t.v1;\n{body}"),
+        )
+        .unwrap();
+        compile(dir.path()).unwrap()
+    }
+
+    /// Rules the real contracts have no field to show: maps' key and value types, oneofs, a
+    /// bytes field becoming a string, enum values on reserved numbers.
+    #[test]
+    fn maps_oneofs_bytes_and_reserved_enum_values() {
+        let check = |before: &str, after: &str| {
+            let changes = compare(&pool_of(before), &pool_of(after), &["t.v1.M".to_owned()]);
+            let breaking = changes.iter().any(|c| c.breaking);
+            (
+                breaking,
+                changes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        };
+        let (breaking, report) = check(
+            "message M { map<string, int64> m = 1; }",
+            "message M { map<string, string> m = 1; }",
+        );
+        assert!(
+            breaking && report.contains("changed its value type from int64 to string"),
+            "{report}"
+        );
+        let (breaking, report) = check(
+            "message M { map<string, int64> m = 1; }",
+            "message M { map<string, int32> m = 1; }",
+        );
+        assert!(
+            !breaking && report.contains("read the same on the wire"),
+            "{report}"
+        );
+        let (breaking, report) = check(
+            "message M { oneof a { string x = 1; int64 y = 2; } }",
+            "message M { oneof b { string x = 1; int64 y = 2; } }",
+        );
+        assert!(!breaking, "a oneof renamed: {report}");
+        let (breaking, report) = check(
+            "message M { oneof a { string x = 1; int64 y = 2; } }",
+            "message M { oneof a { string x = 1; } int64 y = 2; }",
+        );
+        assert!(
+            breaking && report.contains("field 2 changed from singular in oneof `a`"),
+            "moved out of a oneof: {report}"
+        );
+        let (breaking, report) = check("message M { bytes b = 1; }", "message M { string b = 1; }");
+        assert!(breaking && report.contains("UTF-8"), "{report}");
+        let (breaking, _) = check("message M { string b = 1; }", "message M { bytes b = 1; }");
+        assert!(!breaking);
+        let (breaking, report) = check(
+            "enum E { E_0 = 0; reserved 2; } message M { E e = 1; }",
+            "enum E { E_0 = 0; E_2 = 2; } message M { E e = 1; }",
+        );
+        assert!(
+            breaking && report.contains("value 2 added on a reserved number"),
+            "{report}"
+        );
+        let (breaking, report) = check(
+            "enum E { E_0 = 0; E_1 = 1; } message M { E e = 1; }",
+            "enum E { E_0 = 0; reserved 1; } message M { E e = 1; }",
+        );
+        assert!(
+            breaking && report.contains("without reserving its name"),
+            "{report}"
+        );
     }
 
     #[test]

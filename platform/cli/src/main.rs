@@ -694,7 +694,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         )?;
                         println!("\n  latest on `{name}`: {}", events::line(&event));
                     }
-                    Err(_) => println!("\n  latest on `{name}`: none stored"),
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                    {
+                        println!("\n  latest on `{name}`: none stored")
+                    }
+                    Err(e) => bail!("cannot read the latest `{event_type}` on `{name}`: {e}"),
                 }
             }
         }

@@ -127,7 +127,9 @@ impl RunningSystem {
 pub async fn answers_ok(addr: &str, path: &str) -> bool {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(|| {
+        // Local endpoints: no proxy from the environment stands in between.
         reqwest::Client::builder()
+            .no_proxy()
             .timeout(std::time::Duration::from_secs(2))
             .build()
             .unwrap_or_default()

@@ -2192,6 +2192,21 @@ async fn contracts_check_decodes_the_lake_with_the_candidate_contracts() {
         text(&output)
     );
 
+    // Removed the right way, its number and name reserved: old events still read as intended.
+    let reserved = proto_with(&dir.path().join("reserved"), |text| {
+        text.replace(
+            "  string currency = 9;\n",
+            "  reserved 9;\n  reserved \"currency\";\n",
+        )
+    });
+    let output = tokio::task::block_in_place(|| check(&reserved));
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("3 events read, 3 decode (fields 9 removed and reserved)"),
+        "{}",
+        text(&output)
+    );
+
     let retyped = proto_with(&dir.path().join("retyped"), |text| {
         text.replace("int64 total_cents = 8;", "string total_cents = 8;")
     });

@@ -414,6 +414,11 @@ impl Consumer {
         self
     }
 
+    /// Whether any handler is registered.
+    pub fn has_handlers(&self) -> bool {
+        !self.handlers.is_empty()
+    }
+
     /// Registers the next handlers with `state`, which each is given (cloned) with its event.
     ///
     /// ```no_run

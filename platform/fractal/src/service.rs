@@ -143,9 +143,16 @@ impl Service {
     }
 
     /// Runs the service's consumer, and its gRPC server if it [serves](Service::serve) one,
-    /// until shutdown; if one of them fails, stops the other and returns the error.
+    /// until shutdown; if one of them fails, stops the other and returns the error. A consumer
+    /// without handlers is not run: a service may only answer over gRPC.
     pub async fn run(self, consumer: impl Into<Consumer>) -> Result<(), ServiceError> {
         let consumer = consumer.into();
+        if !consumer.has_handlers() && self.grpc.is_none() {
+            return Err(ServiceError::Config(format!(
+                "service `{}` has neither handlers nor a gRPC server: nothing to run",
+                self.config.source()
+            )));
+        }
         let stop = self.shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(grpc) = self.grpc {
@@ -167,7 +174,7 @@ impl Service {
                 }
             });
         }
-        {
+        if consumer.has_handlers() {
             let stop = stop.clone();
             tasks.spawn(async move { consumer.run(stop).await.map_err(ServiceError::from) });
         }
@@ -280,7 +287,7 @@ pub type Body =
 /// ```no_run
 /// # use fractal::service::{Service, ServiceError, Subsystem};
 /// async fn checkout(service: Service) -> Result<(), ServiceError> {
-///     let consumer = service.consumer();
+///     let consumer = service.consumer().on("order.placed", |_event| async { Ok(()) });
 ///     service.run(consumer).await
 /// }
 ///

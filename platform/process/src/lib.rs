@@ -27,18 +27,28 @@ pub enum FindError {
     Unusable(Vec<String>),
 }
 
-/// Finds `nats-server` (2.10 or newer): `NATS_SERVER_BIN`, then each folder of `PATH`, then
-/// the copy the repository's scripts install under `<repository>/.fractal/tools/bin`. A
-/// candidate that is too old is passed over, and named in the error if none will do.
+/// Finds `nats-server` (2.10 or newer): `NATS_SERVER_BIN` if set (and then only it), else
+/// each folder of `PATH`, then the copy the repository's scripts install under
+/// `<repository>/.fractal/tools/bin`. A candidate that is too old is passed over, and named in
+/// the error if none will do.
 pub fn find_nats_server(repository: &Path) -> Result<PathBuf, FindError> {
     let mut candidates = Vec::new();
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        candidates.push(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(FindError::Unusable(vec![format!(
+                "NATS_SERVER_BIN names {}, which is not a file",
+                path.display()
+            )]));
+        }
+        candidates.push(path);
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
+    if candidates.is_empty() {
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
+        }
+        candidates.push(repository.join(".fractal/tools/bin/nats-server"));
     }
-    candidates.push(repository.join(".fractal/tools/bin/nats-server"));
     let mut passed_over = Vec::new();
     for candidate in candidates.into_iter().filter(|c| c.is_file()) {
         let output = match Command::new(&candidate).arg("--version").output() {
@@ -72,7 +82,13 @@ pub fn find_nats_server(repository: &Path) -> Result<PathBuf, FindError> {
 /// The major and minor version in what `nats-server --version` prints
 /// (`nats-server: v2.10.22`).
 pub fn nats_server_version(text: &str) -> Option<(u32, u32)> {
-    let version = text.trim().rsplit_once('v')?.1;
+    // The first `v` followed by a digit: a suffix (`-dev`, `-preview`) may hold more.
+    let text = text.trim();
+    let at = text
+        .char_indices()
+        .find(|&(i, c)| c == 'v' && text[i + 1..].starts_with(|d: char| d.is_ascii_digit()))?
+        .0;
+    let version = &text[at + 1..];
     let mut parts = version.split(['.', '-']);
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
@@ -280,6 +296,14 @@ mod tests {
         assert_eq!(
             nats_server_version("nats-server: v2.11-beta.1"),
             Some((2, 11))
+        );
+        assert_eq!(
+            nats_server_version("nats-server: v2.12.0-dev"),
+            Some((2, 12))
+        );
+        assert_eq!(
+            nats_server_version("nats-server: v2.12.0-preview.1"),
+            Some((2, 12))
         );
         assert_eq!(nats_server_version("nats-server: v3"), None);
         assert_eq!(nats_server_version("something else"), None);
