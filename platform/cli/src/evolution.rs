@@ -469,6 +469,17 @@ fn compare_enums(before: &EnumDescriptor, after: &EnumDescriptor, changes: &mut 
 /// Compiles every `.proto` file under `root`, with `root` as the include path (and the
 /// well-known types built in).
 pub(crate) fn compile(root: &Path) -> anyhow::Result<DescriptorPool> {
+    let set = compile_set(root)?;
+    DescriptorPool::from_file_descriptor_set(set).with_context(|| {
+        format!(
+            "the descriptors compiled from {} are inconsistent",
+            root.display()
+        )
+    })
+}
+
+/// [`compile`], as the descriptor set it makes (imports and comments included).
+pub(crate) fn compile_set(root: &Path) -> anyhow::Result<prost_types::FileDescriptorSet> {
     fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -483,13 +494,7 @@ pub(crate) fn compile(root: &Path) -> anyhow::Result<DescriptorPool> {
     let mut files = Vec::new();
     protos(root, &mut files).with_context(|| format!("cannot read {}", root.display()))?;
     files.sort();
-    let set = protox::compile(&files, [root]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    DescriptorPool::from_file_descriptor_set(set).with_context(|| {
-        format!(
-            "the descriptors compiled from {} are inconsistent",
-            root.display()
-        )
-    })
+    protox::compile(&files, [root]).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The descriptors to compare against: a descriptor set file (`FileDescriptorSet`, as

@@ -345,6 +345,16 @@ enum ViewsAction {
 
 #[derive(Debug, Subcommand)]
 enum ContractsAction {
+    /// Compile the `.proto` files into one descriptor set (`FileDescriptorSet`, with imports
+    /// and comments): a baseline for `check --against`, or descriptors for other tools.
+    Build {
+        /// Where to write it.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The folder of `.proto` files. Default: `proto` beside the topology.
+        #[arg(long, value_name = "DIR")]
+        proto: Option<PathBuf>,
+    },
     /// Each external event type (one a bridge route carries): its message, who produces and
     /// consumes it, how many routes carry it.
     List,
@@ -652,6 +662,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             (None, None) => bail!("name a hub and --to or --route, or `list` or `cancel`"),
         },
+        Command::Contracts {
+            action: ContractsAction::Build { out, proto },
+        } => {
+            let topology = load(&topology_path)?;
+            let proto = proto_folder(&topology, proto)?;
+            let set = evolution::compile_set(&proto)?;
+            std::fs::write(&out, prost::Message::encode_to_vec(&set))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "{}: {} files compiled from {}.",
+                out.display(),
+                set.file.len(),
+                proto.display()
+            );
+        }
         Command::Contracts {
             action: ContractsAction::List,
         } => {

@@ -2014,6 +2014,26 @@ fn contracts_check_reports_breaking_changes_against_a_descriptor_set() {
     let same = dir.path().join("same.binpb");
     std::fs::write(&same, compile(&proto)).unwrap();
     let same = same.display().to_string();
+    // `contracts build` writes the same descriptors as a file the check takes.
+    let built = dir.path().join("built.binpb").display().to_string();
+    let build = fractal(&[
+        "contracts",
+        "build",
+        "--topology",
+        &shipped(),
+        "--out",
+        &built,
+    ]);
+    assert!(build.status.success(), "{}", text(&build));
+    let output = fractal(&[
+        "contracts",
+        "check",
+        "--topology",
+        &shipped(),
+        "--against",
+        &built,
+    ]);
+    assert!(text(&output).contains("0 changes"), "{}", text(&output));
     let output = fractal(&[
         "contracts",
         "check",
