@@ -2,88 +2,25 @@
 //! message (fields and their comments), who produces and consumes it, the bridge routes that
 //! carry it and the versions of its message, read from the topology and the `.proto` files.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use prost_types::FileDescriptorProto;
 
-use crate::topology::{Topology, matches};
+use crate::graph::{Flow, flows, join};
+use crate::topology::Topology;
 
-/// One external event type.
-#[derive(Debug, Default)]
-pub(crate) struct Entry {
-    pub(crate) event_type: String,
-    /// The messages routes say it carries.
-    pub(crate) contracts: BTreeSet<String>,
-    pub(crate) producers: BTreeSet<String>,
-    pub(crate) consumers: BTreeSet<String>,
-    /// `<bridge>/<route>`.
-    pub(crate) routes: BTreeSet<String>,
-}
-
-/// Every event type a bridge route carries, by name.
-pub(crate) fn entries(topology: &Topology) -> Vec<Entry> {
-    let named: BTreeSet<&String> = topology
-        .services
-        .iter()
-        .flat_map(|s| s.spec.publishes.iter().chain(&s.spec.consumes))
-        .collect();
-    let mut entries: std::collections::BTreeMap<String, Entry> = Default::default();
-    for bridge in &topology.bridges {
-        for route in &bridge.config.routes {
-            for pattern in &route.types {
-                let mut types: Vec<String> = named
-                    .iter()
-                    .filter(|t| matches(pattern, t))
-                    .map(|t| t.to_string())
-                    .collect();
-                if types.is_empty() {
-                    types.push(pattern.clone());
-                }
-                for event_type in types {
-                    let entry = entries.entry(event_type.clone()).or_insert_with(|| Entry {
-                        event_type,
-                        ..Default::default()
-                    });
-                    entry.contracts.insert(route.contract.clone());
-                    entry
-                        .routes
-                        .insert(format!("{}/{}", bridge.config.name, route.name));
-                }
-            }
-        }
-    }
-    for service in &topology.services {
-        for (list, producing) in [
-            (&service.spec.publishes, true),
-            (&service.spec.consumes, false),
-        ] {
-            for event_type in list {
-                if let Some(entry) = entries.get_mut(event_type) {
-                    let side = if producing {
-                        &mut entry.producers
-                    } else {
-                        &mut entry.consumers
-                    };
-                    side.insert(service.name());
-                }
-            }
-        }
-    }
-    entries.into_values().collect()
-}
-
-fn join(set: &BTreeSet<String>) -> String {
-    if set.is_empty() {
-        "-".into()
-    } else {
-        set.iter().cloned().collect::<Vec<_>>().join(", ")
-    }
+/// Every event type a bridge route carries, by name, with who produces, consumes and
+/// carries it.
+pub(crate) fn entries(topology: &Topology) -> BTreeMap<String, Flow> {
+    let mut flows = flows(topology);
+    flows.retain(|_, flow| !flow.contract.is_empty());
+    flows
 }
 
 /// The catalogue as a table: one line per external event type.
-pub(crate) fn list(entries: &[Entry]) -> String {
+pub(crate) fn list(entries: &BTreeMap<String, Flow>) -> String {
     let mut rows = vec![vec![
         "TYPE".to_owned(),
         "MESSAGE".to_owned(),
@@ -91,10 +28,10 @@ pub(crate) fn list(entries: &[Entry]) -> String {
         "CONSUMED BY".to_owned(),
         "ROUTES".to_owned(),
     ]];
-    for entry in entries {
+    for (event_type, entry) in entries {
         rows.push(vec![
-            entry.event_type.clone(),
-            join(&entry.contracts),
+            event_type.clone(),
+            join(&entry.contract),
             join(&entry.producers),
             join(&entry.consumers),
             entry.routes.len().to_string(),
@@ -105,12 +42,12 @@ pub(crate) fn list(entries: &[Entry]) -> String {
 
 /// One event type in full: its message's fields with their comments, who produces and
 /// consumes it, the routes carrying it and the versions of its message in `pool`.
-pub(crate) fn show(entry: &Entry, pool: &DescriptorPool) -> String {
-    let mut out = format!("{}\n", entry.event_type);
+pub(crate) fn show(event_type: &str, entry: &Flow, pool: &DescriptorPool) -> String {
+    let mut out = format!("{event_type}\n");
     let _ = writeln!(out, "  produced by {}", join(&entry.producers));
     let _ = writeln!(out, "  consumed by {}", join(&entry.consumers));
     let _ = writeln!(out, "  carried by  {}", join(&entry.routes));
-    for contract in &entry.contracts {
+    for contract in &entry.contract {
         let Some(message) = pool.get_message_by_name(contract) else {
             let _ = writeln!(out, "\n  message {contract}: not in the descriptors");
             continue;

@@ -67,19 +67,16 @@ pub(crate) fn compare(
     let mut messages = BTreeMap::new();
     let mut enums = BTreeMap::new();
     for name in carried.iter().collect::<BTreeSet<_>>() {
-        match old.get_message_by_name(name) {
-            Some(message) => reach(&message, &mut messages, &mut enums),
-            None if new.get_message_by_name(name).is_some() => changes.push(Change {
+        match (old.get_message_by_name(name), new.get_message_by_name(name)) {
+            (Some(message), _) => reach(&message, &mut messages, &mut enums),
+            (None, Some(added)) => changes.push(Change {
                 breaking: false,
-                file: new
-                    .get_message_by_name(name)
-                    .map(|m| m.parent_file().name().to_owned())
-                    .unwrap_or_default(),
+                file: added.parent_file().name().to_owned(),
                 message: name.clone(),
                 field: None,
                 change: "new contract".into(),
             }),
-            None => {}
+            (None, None) => {}
         }
     }
     for (name, before) in &messages {
@@ -161,44 +158,25 @@ fn compare_messages(
             change: what,
         })
     };
-    let reserved = after.descriptor_proto();
-    let number_reserved = |number: u32| {
-        reserved.reserved_range.iter().any(|r| {
-            let (start, end) = (r.start.unwrap_or(0), r.end.unwrap_or(0));
-            // Message ranges are half-open.
-            (start..end).contains(&(number as i32))
-        })
-    };
-    let name_reserved = |name: &str| reserved.reserved_name.iter().any(|n| n == name);
-
     for old in before.fields() {
         let by_number = after.get_field(old.number());
         let by_name = after.get_field_by_name(old.name());
         match (&by_number, &by_name) {
-            (None, None) => {
-                let (number, name) = (number_reserved(old.number()), name_reserved(old.name()));
-                if number && name {
-                    change(
-                        false,
-                        old.name(),
-                        format!(
-                            "field {} removed, its number and name reserved",
-                            old.number()
-                        ),
-                    );
-                } else {
-                    let missing = match (number, name) {
-                        (false, false) => "its number and name",
-                        (false, true) => "its number",
-                        _ => "its name",
-                    };
-                    change(
-                        true,
-                        old.name(),
-                        format!("field {} removed without reserving {missing}", old.number()),
-                    );
-                }
-            }
+            (None, None) => match unreserved(message_reserves(after, old.number(), old.name())) {
+                None => change(
+                    false,
+                    old.name(),
+                    format!(
+                        "field {} removed, its number and name reserved",
+                        old.number()
+                    ),
+                ),
+                Some(missing) => change(
+                    true,
+                    old.name(),
+                    format!("field {} removed without reserving {missing}", old.number()),
+                ),
+            },
             (Some(new), _) if new.name() != old.name() => change(
                 true,
                 old.name(),
@@ -224,13 +202,7 @@ fn compare_messages(
         if before.get_field(new.number()).is_none()
             && before.get_field_by_name(new.name()).is_none()
         {
-            if number_reserved_in(before, new.number())
-                || before
-                    .descriptor_proto()
-                    .reserved_name
-                    .iter()
-                    .any(|n| n == new.name())
-            {
+            if message_reserves(before, new.number(), new.name()) != (false, false) {
                 change(
                     true,
                     new.name(),
@@ -243,36 +215,90 @@ fn compare_messages(
     }
 }
 
-fn number_reserved_in(message: &MessageDescriptor, number: u32) -> bool {
-    message
-        .descriptor_proto()
-        .reserved_range
-        .iter()
-        .any(|r| (r.start.unwrap_or(0)..r.end.unwrap_or(0)).contains(&(number as i32)))
+/// Whether `message` reserves `number`, and `name` (its ranges exclude their end).
+fn message_reserves(message: &MessageDescriptor, number: u32, name: &str) -> (bool, bool) {
+    let proto = message.descriptor_proto();
+    let number = i32::try_from(number).unwrap_or(i32::MAX);
+    (
+        proto
+            .reserved_range
+            .iter()
+            .any(|r| (r.start.unwrap_or(0)..r.end.unwrap_or(0)).contains(&number)),
+        proto.reserved_name.iter().any(|n| n == name),
+    )
 }
 
-/// The shape of a field: singular, repeated or map, and its real oneof.
-fn shape(field: &FieldDescriptor) -> String {
-    let cardinality = if field.is_map() {
-        "map"
-    } else if field.is_list() {
-        "repeated"
-    } else if field.cardinality() == Cardinality::Required {
-        "required"
-    } else {
-        "singular"
-    };
-    // A oneof is known by its members, not its name, which neither the wire nor JSON carries.
-    match field.containing_oneof().filter(|o| !o.is_synthetic()) {
-        Some(oneof) => {
-            let mut members: Vec<u32> = oneof.fields().map(|f| f.number()).collect();
-            members.sort_unstable();
-            format!(
-                "{cardinality} in oneof `{}` (fields {members:?})",
-                oneof.name()
-            )
+/// Whether `e` reserves `number`, and `name` (its ranges include their end).
+fn enum_reserves(e: &EnumDescriptor, number: i32, name: &str) -> (bool, bool) {
+    let proto = e.enum_descriptor_proto();
+    (
+        proto
+            .reserved_range
+            .iter()
+            .any(|r| (r.start.unwrap_or(0)..=r.end.unwrap_or(0)).contains(&number)),
+        proto.reserved_name.iter().any(|n| n == name),
+    )
+}
+
+/// What a removal left unreserved, if anything, given whether its number and name are.
+fn unreserved(reserved: (bool, bool)) -> Option<&'static str> {
+    match reserved {
+        (true, true) => None,
+        (false, false) => Some("its number and name"),
+        (false, true) => Some("its number"),
+        (true, false) => Some("its name"),
+    }
+}
+
+/// The shape of a field: singular, repeated or map, and its real oneof. A oneof is known by
+/// its members, not its name, which neither the wire nor JSON carries.
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    cardinality: &'static str,
+    oneof: Option<Vec<u32>>,
+    oneof_name: String,
+}
+
+impl Shape {
+    fn of(field: &FieldDescriptor) -> Shape {
+        let cardinality = if field.is_map() {
+            "map"
+        } else if field.is_list() {
+            "repeated"
+        } else if field.cardinality() == Cardinality::Required {
+            "required"
+        } else {
+            "singular"
+        };
+        let oneof = field.containing_oneof().filter(|o| !o.is_synthetic());
+        Shape {
+            cardinality,
+            oneof: oneof.as_ref().map(|o| {
+                let mut members: Vec<u32> = o.fields().map(|f| f.number()).collect();
+                members.sort_unstable();
+                members
+            }),
+            oneof_name: oneof.map(|o| o.name().to_owned()).unwrap_or_default(),
         }
-        None => cardinality.to_owned(),
+    }
+
+    /// Whether a reader of one reads the other: the same cardinality, in no oneof or in one
+    /// with the same members.
+    fn reads_as(&self, other: &Shape) -> bool {
+        self.cardinality == other.cardinality && self.oneof == other.oneof
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.oneof {
+            Some(members) => write!(
+                f,
+                "{} in oneof `{}` (fields {members:?})",
+                self.cardinality, self.oneof_name
+            ),
+            None => f.write_str(self.cardinality),
+        }
     }
 }
 
@@ -281,10 +307,8 @@ fn compare_fields(
     new: &FieldDescriptor,
     change: &mut impl FnMut(bool, &str, String),
 ) {
-    let (before, after) = (shape(old), shape(new));
-    let members = |shape: &str| shape.split_once(" (fields").map(|(_, m)| m.to_owned());
-    let same_oneof = before.contains(" in oneof ") && members(&before) == members(&after);
-    if before != after && !same_oneof {
+    let (before, after) = (Shape::of(old), Shape::of(new));
+    if !before.reads_as(&after) {
         change(
             true,
             old.name(),
@@ -387,14 +411,6 @@ fn wire_class(kind: &Kind) -> Option<&'static str> {
 
 fn compare_enums(before: &EnumDescriptor, after: &EnumDescriptor, changes: &mut Vec<Change>) {
     let file = after.parent_file().name().to_owned();
-    let proto = after.enum_descriptor_proto();
-    let number_reserved = |number: i32| {
-        proto.reserved_range.iter().any(|r| {
-            // Enum ranges are closed.
-            (r.start.unwrap_or(0)..=r.end.unwrap_or(0)).contains(&number)
-        })
-    };
-    let name_reserved = |name: &str| proto.reserved_name.iter().any(|n| n == name);
     let mut change = |breaking: bool, value: &str, what: String| {
         changes.push(Change {
             breaking,
@@ -419,41 +435,28 @@ fn compare_enums(before: &EnumDescriptor, after: &EnumDescriptor, changes: &mut 
                 old.name(),
                 format!("value renumbered from {} to {}", old.number(), new.number()),
             ),
-            (None, None) if number_reserved(old.number()) && name_reserved(old.name()) => change(
-                false,
-                old.name(),
-                format!(
-                    "value {} removed, its number and name reserved",
-                    old.number()
+            (None, None) => match unreserved(enum_reserves(after, old.number(), old.name())) {
+                None => change(
+                    false,
+                    old.name(),
+                    format!(
+                        "value {} removed, its number and name reserved",
+                        old.number()
+                    ),
                 ),
-            ),
-            (None, None) => {
-                let missing = match (number_reserved(old.number()), name_reserved(old.name())) {
-                    (false, false) => "its number and name",
-                    (false, true) => "its number",
-                    _ => "its name",
-                };
-                change(
+                Some(missing) => change(
                     true,
                     old.name(),
                     format!("value {} removed without reserving {missing}", old.number()),
-                )
-            }
+                ),
+            },
         }
     }
-    let old_proto = before.enum_descriptor_proto();
-    let reserved_before = |number: i32, name: &str| {
-        old_proto
-            .reserved_range
-            .iter()
-            .any(|r| (r.start.unwrap_or(0)..=r.end.unwrap_or(0)).contains(&number))
-            || old_proto.reserved_name.iter().any(|n| n == name)
-    };
     for new in after.values() {
         if before.get_value(new.number()).is_none()
             && before.get_value_by_name(new.name()).is_none()
         {
-            if reserved_before(new.number(), new.name()) {
+            if enum_reserves(before, new.number(), new.name()) != (false, false) {
                 change(
                     true,
                     new.name(),
@@ -709,7 +712,7 @@ fn unknown_fields(
     let descriptor = prost_reflect::ReflectMessage::descriptor(message);
     for field in message.unknown_fields() {
         let name = format!("{path}{}", field.number());
-        if number_reserved_in(&descriptor, field.number()) {
+        if message_reserves(&descriptor, field.number(), "").0 {
             reserved.insert(name);
         } else {
             lost.insert(name);

@@ -6,16 +6,20 @@ use std::fmt::Write as _;
 
 use crate::topology::{Topology, matches};
 
-/// Who produces, carries and consumes one contract.
+/// Who produces, carries and consumes one event type.
 #[derive(Debug, Default)]
-struct Flow {
-    contract: BTreeSet<String>,
-    producers: BTreeSet<String>,
-    consumers: BTreeSet<String>,
-    bridges: BTreeSet<String>,
+pub(crate) struct Flow {
+    /// The messages the routes carrying it say it holds (none: an internal type).
+    pub(crate) contract: BTreeSet<String>,
+    pub(crate) producers: BTreeSet<String>,
+    pub(crate) consumers: BTreeSet<String>,
+    pub(crate) bridges: BTreeSet<String>,
+    /// `<bridge>/<route>`.
+    pub(crate) routes: BTreeSet<String>,
 }
 
-fn flows(topology: &Topology) -> BTreeMap<String, Flow> {
+/// Every event type the topology names, by type.
+pub(crate) fn flows(topology: &Topology) -> BTreeMap<String, Flow> {
     let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
     for service in &topology.services {
         for t in &service.spec.publishes {
@@ -50,6 +54,8 @@ fn flows(topology: &Topology) -> BTreeMap<String, Flow> {
                     let flow = flows.entry(t).or_default();
                     flow.contract.insert(route.contract.clone());
                     flow.bridges.insert(bridge.config.name.clone());
+                    flow.routes
+                        .insert(format!("{}/{}", bridge.config.name, route.name));
                 }
             }
         }
@@ -57,7 +63,7 @@ fn flows(topology: &Topology) -> BTreeMap<String, Flow> {
     flows
 }
 
-fn join(set: &BTreeSet<String>) -> String {
+pub(crate) fn join(set: &BTreeSet<String>) -> String {
     if set.is_empty() {
         "-".into()
     } else {

@@ -693,15 +693,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let topology = load(&topology_path)?;
             let entries = catalogue::entries(&topology);
-            let Some(entry) = entries.iter().find(|e| e.event_type == event_type) else {
-                let known: Vec<&str> = entries.iter().map(|e| e.event_type.as_str()).collect();
+            let Some(entry) = entries.get(&event_type) else {
+                let known: Vec<&str> = entries.keys().map(String::as_str).collect();
                 bail!(
                     "no route carries `{event_type}`; the external types are {}",
                     known.join(", ")
                 );
             };
             let proto = proto_folder(&topology, proto)?;
-            print!("{}", catalogue::show(entry, &evolution::compile(&proto)?));
+            print!(
+                "{}",
+                catalogue::show(&event_type, entry, &evolution::compile(&proto)?)
+            );
             if let Some(name) = stored {
                 let hub = hub(&topology_path, &state, &name).await?;
                 let subject = fractal::wire::event_subject(Scope::External, &event_type);

@@ -137,12 +137,6 @@ pub(crate) fn running(state: &Path) -> Option<RunningSystem> {
 
 pub(crate) use fractal_process::alive;
 
-/// Finds `nats-server` (2.10 or newer): `NATS_SERVER_BIN`, then `PATH`, then the copy the
-/// repository's scripts install under `.fractal/tools`.
-pub(crate) fn nats_server(repository: &Path) -> anyhow::Result<PathBuf> {
-    Ok(fractal_process::find_nats_server(repository)?)
-}
-
 /// A program of the workspace next to `fractal`.
 pub(crate) fn program(programs: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = programs.join(name);
@@ -257,7 +251,7 @@ impl Up {
             .parent()
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let nats = nats_server(&repository)?;
+        let nats = fractal_process::find_nats_server(&repository)?;
         let logs = options.state.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A test kit fails loudly.
 
-use fractal_process::{Process as Child, Spawn};
+use fractal_process::Spawn;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -76,7 +76,7 @@ fn sync_line(always: bool) -> &'static str {
 /// A real nats-server with JetStream, on free ports with a temporary store.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Option<Child>,
+    child: Option<fractal_process::Process>,
     port: u16,
     monitor_port: u16,
     dir: tempfile::TempDir,
@@ -156,7 +156,7 @@ impl NatsServer {
 
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(fractal_process::Process::id)
     }
 
     /// The client port.
@@ -208,7 +208,7 @@ impl Drop for NatsServer {
 
 /// Writes `config` to `<dir>/<name>.conf` and starts a server with it, its output in
 /// `<dir>/<name>.log`.
-fn spawn_server(dir: &Path, name: &str, config: &str) -> Result<Child, String> {
+fn spawn_server(dir: &Path, name: &str, config: &str) -> Result<fractal_process::Process, String> {
     let config_path = dir.join(format!("{name}.conf"));
     std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
     let log = dir.join(format!("{name}.log"));
@@ -219,7 +219,11 @@ fn spawn_server(dir: &Path, name: &str, config: &str) -> Result<Child, String> {
 }
 
 /// Waits up to 20 s until the server answers 200 at `health` on its monitoring port.
-fn wait_healthy(child: &mut Option<Child>, monitor_port: u16, health: &str) -> Result<(), String> {
+fn wait_healthy(
+    child: &mut Option<fractal_process::Process>,
+    monitor_port: u16,
+    health: &str,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(running) = child
@@ -277,7 +281,7 @@ pub struct NatsCluster {
 #[derive(Debug)]
 struct ClusterNode {
     name: String,
-    child: Option<Child>,
+    child: Option<fractal_process::Process>,
     port: u16,
     monitor_port: u16,
     cluster_port: u16,
@@ -663,7 +667,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Process {
     name: String,
-    child: Child,
+    child: fractal_process::Process,
     log: PathBuf,
 }
 
