@@ -140,6 +140,30 @@ pub fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
 }
 
+/// Where a bridge's container finds the contracts' ConfigMap.
+pub const CONTRACTS_MOUNT: &str = "/etc/fractal/contracts/";
+
+/// Writes the descriptor sets of the rendered contracts ConfigMaps into `dir` (as the kubelet
+/// would mount them at [`CONTRACTS_MOUNT`]); returns how many there were.
+pub fn mount_contracts(documents: &[Value], dir: &Path) -> usize {
+    use base64::Engine as _;
+    let mut mounted = 0;
+    for map in documents.iter().filter(|m| {
+        m["kind"] == "ConfigMap"
+            && m["metadata"]["labels"]["app.kubernetes.io/component"] == "contracts"
+    }) {
+        let encoded = map["binaryData"]["contracts.pb"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{} holds no contracts.pb", id(map)));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_else(|e| panic!("{}: contracts.pb is not base64: {e}", id(map)));
+        std::fs::write(dir.join("contracts.pb"), bytes).expect("the descriptor set is written");
+        mounted += 1;
+    }
+    mounted
+}
+
 /// What a rendered Deployment's container runs: its program (a name in `/usr/local/bin`),
 /// the config file its `--config` names, that file's text from the ConfigMap mounted there,
 /// and the container itself.

@@ -2,16 +2,17 @@
 //! select external events and name the contract each must satisfy.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use fractal::HubConfig;
 use fractal::admin::AdminConfig;
-use fractal::config::{Problems, Validate, join};
+use fractal::config::{ConfigError, Problems, Validate, join};
 use fractal::consume::Start;
 use fractal::telemetry::LogConfig;
 use fractal::wire;
 use serde::Deserialize;
 
-use crate::contracts;
+use crate::contracts::Contracts;
 
 /// One bridge: a link from a source hub to a target hub carrying one or more routes.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +26,12 @@ pub struct BridgeConfig {
     pub target: HubConfig,
     /// What is relayed.
     pub routes: Vec<RouteConfig>,
+    /// The contracts routes may name: a descriptor set file (`FileDescriptorSet`, as
+    /// `fractal contracts build` writes it) or a folder of `.proto` files compiled at start.
+    /// A relative path is from the config file's folder. Unset: the platform's own messages
+    /// only. The descriptors are read once, at start: a bridge restarts to take new ones.
+    #[serde(default)]
+    pub contracts: Option<PathBuf>,
     /// How events are relayed.
     #[serde(default)]
     pub relay: RelayConfig,
@@ -130,6 +137,33 @@ fn check_type_pattern(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl BridgeConfig {
+    /// Loads the contracts the bridge is given (`folder`: its config file's folder, which a
+    /// relative path starts from) and checks that each route's contract is among them.
+    pub fn load_contracts(&self, folder: &Path) -> Result<Contracts, ConfigError> {
+        let mut problems = Problems::default();
+        let contracts = match &self.contracts {
+            None => Contracts::builtin(),
+            Some(path) => match Contracts::load(&folder.join(path)) {
+                Ok(contracts) => contracts,
+                Err(e) => {
+                    problems.add("contracts", e.to_string());
+                    return Err(ConfigError { problems });
+                }
+            },
+        };
+        for (i, route) in self.routes.iter().enumerate() {
+            if contracts.find(&route.contract).is_none() {
+                problems.add(
+                    format!("routes[{i}].contract"),
+                    contracts.unknown(&route.contract),
+                );
+            }
+        }
+        problems.into_result().map(|()| contracts)
+    }
+}
+
 impl Validate for BridgeConfig {
     fn validate(&self, path: &str, problems: &mut Problems) {
         problems.check(join(path, "name"), wire::check_token(&self.name));
@@ -164,18 +198,6 @@ impl Validate for BridgeConfig {
                 problems.check(
                     format!("{}[{j}]", join(&at, "types")),
                     check_type_pattern(pattern),
-                );
-            }
-            if contracts::find(&route.contract).is_none() {
-                let similar = contracts::similar(&route.contract);
-                let hint = if similar.is_empty() {
-                    String::from("it is not among the contracts compiled from proto/")
-                } else {
-                    format!("did you mean {}?", similar.join(", "))
-                };
-                problems.add(
-                    join(&at, "contract"),
-                    format!("unknown contract `{}`: {hint}", route.contract),
                 );
             }
             if let Some(target_type) = &route.target_type {

@@ -1,31 +1,232 @@
-//! The contracts the bridge knows: every message compiled from `proto/` at build time.
+//! The contracts a bridge or a tool knows: the platform's own messages, built in, and the
+//! descriptors it is given at run time, as a descriptor set file or a folder of `.proto` files.
+//! Nothing of any system's contracts is compiled into the program.
 
-use std::sync::LazyLock;
+use std::path::{Path, PathBuf};
 
 use fractal_protowire::{MAX_DEPTH, Reader, WireError, WireType};
+use prost::Message as _;
 use prost_reflect::{DescriptorPool, Kind, MessageDescriptor};
+use prost_types::FileDescriptorSet;
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/contracts.bin")).as_ref())
-        .unwrap_or_else(|e| panic!("the embedded contracts are invalid: {e}"))
-});
-
-/// The message named `name` (`food.ordering.v1.OrderPlaced`), if it is a known contract.
-pub fn find(name: &str) -> Option<MessageDescriptor> {
-    POOL.get_message_by_name(name)
+/// The messages a program knows by name.
+#[derive(Debug, Clone)]
+pub struct Contracts {
+    pool: DescriptorPool,
+    source: Option<PathBuf>,
 }
 
-/// Message names close to `name`, to suggest when it is unknown.
-pub fn similar(name: &str) -> Vec<String> {
-    let wanted = name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase();
-    POOL.all_messages()
-        .map(|m| m.full_name().to_owned())
-        .filter(|full| {
-            let short = full.rsplit('.').next().unwrap_or(full).to_ascii_lowercase();
-            short.contains(&wanted) || wanted.contains(&short)
+/// Why contracts cannot be loaded, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractsError {
+    /// Neither a file nor a folder is there.
+    #[error("{}: no such descriptor set file or folder of .proto files", path.display())]
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The file or folder cannot be read.
+    #[error("{}: cannot read: {error}", path.display())]
+    Unreadable {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not a `FileDescriptorSet`.
+    #[error(
+        "{}: not a descriptor set (a FileDescriptorSet, as `fractal contracts build`, \
+         `protoc --descriptor_set_out` or `buf build -o` write): {error}",
+        path.display()
+    )]
+    NotADescriptorSet {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not decode.
+        error: prost::DecodeError,
+    },
+    /// The descriptors do not stand on their own: a dependency is missing or a name clashes.
+    #[error("{}: the descriptors are incomplete or inconsistent: {error}", path.display())]
+    Inconsistent {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is missing or clashes.
+        error: prost_reflect::DescriptorError,
+    },
+    /// A `.proto` file does not compile.
+    #[error("{}: {message}", path.display())]
+    Compile {
+        /// The folder.
+        path: PathBuf,
+        /// The compiler's message, with the file, line and column.
+        message: String,
+    },
+    /// The folder holds no `.proto` file.
+    #[error("{}: no .proto files in the folder", path.display())]
+    Empty {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+impl Contracts {
+    /// The platform's own messages (`fractal.platform.v1`) only.
+    pub fn builtin() -> Contracts {
+        let set = FileDescriptorSet::decode(fractal::proto::DESCRIPTOR_SET)
+            .unwrap_or_else(|e| panic!("the platform's descriptor set is invalid: {e}"));
+        let pool = DescriptorPool::from_file_descriptor_set(set)
+            .unwrap_or_else(|e| panic!("the platform's descriptor set is incomplete: {e}"));
+        Contracts { pool, source: None }
+    }
+
+    /// The contracts at `path`: a descriptor set file (`FileDescriptorSet`) or a folder whose
+    /// `.proto` files are compiled now, the folder being the include path. The platform's own
+    /// messages are added where the descriptors do not have them.
+    pub fn load(path: &Path) -> Result<Contracts, ContractsError> {
+        let set = if path.is_dir() {
+            compile_folder(path)?
+        } else if path.exists() {
+            let bytes = std::fs::read(path).map_err(|error| ContractsError::Unreadable {
+                path: path.to_owned(),
+                error,
+            })?;
+            FileDescriptorSet::decode(bytes.as_slice()).map_err(|error| {
+                ContractsError::NotADescriptorSet {
+                    path: path.to_owned(),
+                    error,
+                }
+            })?
+        } else {
+            return Err(ContractsError::Missing {
+                path: path.to_owned(),
+            });
+        };
+        let inconsistent = |error| ContractsError::Inconsistent {
+            path: path.to_owned(),
+            error,
+        };
+        let mut pool = DescriptorPool::from_file_descriptor_set(set).map_err(inconsistent)?;
+        let builtin = Contracts::builtin().pool;
+        let missing: Vec<_> = builtin
+            .files()
+            .filter(|f| pool.get_file_by_name(f.name()).is_none())
+            .map(|f| f.file_descriptor_proto().clone())
+            .collect();
+        pool.add_file_descriptor_protos(missing)
+            .map_err(inconsistent)?;
+        Ok(Contracts {
+            pool,
+            source: Some(path.to_owned()),
         })
-        .take(5)
-        .collect()
+    }
+
+    /// Where the contracts were loaded from; `None` for the built-in ones alone.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// All the descriptors.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// The message named `name` (`food.ordering.v1.OrderPlaced`), if it is a known contract.
+    pub fn find(&self, name: &str) -> Option<MessageDescriptor> {
+        self.pool.get_message_by_name(name)
+    }
+
+    /// Message names close to `name` (by their last part: one contains the other, or they
+    /// differ by at most two letters), the closest first, to suggest when it is unknown.
+    pub fn similar(&self, name: &str) -> Vec<String> {
+        let short = |full: &str| full.rsplit('.').next().unwrap_or(full).to_ascii_lowercase();
+        let wanted = short(name);
+        let mut close: Vec<(usize, usize, String)> = self
+            .pool
+            .all_messages()
+            .filter_map(|m| {
+                let candidate = short(m.full_name());
+                let distance = strsim::levenshtein(&candidate, &wanted);
+                let related = candidate.contains(&wanted) || wanted.contains(&candidate);
+                (related || distance <= 2).then(|| {
+                    let whole = strsim::levenshtein(m.full_name(), name);
+                    (distance, whole, m.full_name().to_owned())
+                })
+            })
+            .collect();
+        close.sort();
+        close.into_iter().take(5).map(|(_, _, name)| name).collect()
+    }
+
+    /// Why `name` is not a known contract, with the closest names.
+    pub fn unknown(&self, name: &str) -> String {
+        let similar = self.similar(name);
+        let from = match &self.source {
+            Some(path) => format!("the contracts loaded from {}", path.display()),
+            None => String::from("the platform's messages (no contracts are configured)"),
+        };
+        if similar.is_empty() {
+            format!("unknown contract `{name}`: it is not among {from}")
+        } else {
+            format!(
+                "unknown contract `{name}`: did you mean {}?",
+                similar.join(", ")
+            )
+        }
+    }
+}
+
+/// Compiles every `.proto` file under `folder`, with `folder` as the include path (and the
+/// well-known types built in), into one descriptor set with imports and comments.
+pub fn compile_folder(folder: &Path) -> Result<FileDescriptorSet, ContractsError> {
+    fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                protos(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "proto") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    protos(folder, &mut files).map_err(|error| ContractsError::Unreadable {
+        path: folder.to_owned(),
+        error,
+    })?;
+    if files.is_empty() {
+        return Err(ContractsError::Empty {
+            path: folder.to_owned(),
+        });
+    }
+    files.sort();
+    protox::compile(&files, [folder]).map_err(|e| ContractsError::Compile {
+        path: folder.to_owned(),
+        message: compile_error(&e),
+    })
+}
+
+/// protox's error with the file, line and column it is at.
+fn compile_error(error: &protox::Error) -> String {
+    use miette::Diagnostic as _;
+    let span = error.labels().and_then(|mut labels| labels.next());
+    let place = span.zip(error.source_code()).and_then(|(label, source)| {
+        let contents = source.read_span(label.inner(), 0, 0).ok()?;
+        let file = contents
+            .name()
+            .map(str::to_owned)
+            .or(error.file().map(str::to_owned))?;
+        Some(format!(
+            "{file}:{}:{}",
+            contents.line() + 1,
+            contents.column() + 1
+        ))
+    });
+    match (place, error.file()) {
+        (Some(place), _) => format!("{place}: {error}"),
+        (None, Some(file)) => format!("{file}: {error}"),
+        (None, None) => error.to_string(),
+    }
 }
 
 /// Checks that `payload` decodes as `contract`: every field the contract declares has the wire
@@ -189,17 +390,20 @@ mod tests {
 
     #[test]
     fn platform_messages_are_known() {
-        assert!(find("fractal.platform.v1.Envelope").is_some());
-        assert!(find("fractal.platform.v1.Nope").is_none());
+        let contracts = Contracts::builtin();
+        assert!(contracts.find("fractal.platform.v1.Envelope").is_some());
+        assert!(contracts.find("fractal.platform.v1.Nope").is_none());
         assert!(
-            similar("fractal.platform.v1.Envelop")
+            contracts
+                .similar("fractal.platform.v1.Envelop")
                 .contains(&"fractal.platform.v1.Envelope".to_string())
         );
     }
 
     #[test]
     fn payloads_are_checked() {
-        let header = find("fractal.platform.v1.Header").expect("known");
+        let contracts = Contracts::builtin();
+        let header = contracts.find("fractal.platform.v1.Header").expect("known");
         let good = prost::Message::encode_to_vec(&fractal::proto::Header {
             name: "a".into(),
             value: "b".into(),
@@ -209,7 +413,9 @@ mod tests {
         assert!(check(&header, &[0x0f, 0x01, 0x02]).is_err());
         // A map field (`tags`, 6) as a varint: prost-reflect reads it as length-delimited, but
         // prost-generated readers, every consumer among them, reject it, and so does the walk.
-        let envelope = find("fractal.platform.v1.Envelope").expect("known");
+        let envelope = contracts
+            .find("fractal.platform.v1.Envelope")
+            .expect("known");
         assert!(DynamicMessage::decode(envelope.clone(), [0x30, 0x00].as_slice()).is_ok());
         assert!(fractal::proto::Envelope::decode([0x30, 0x00].as_slice()).is_err());
         let error = check(&envelope, &[0x30, 0x00]).expect_err("a varint is not a map entry");
@@ -280,7 +486,13 @@ mod tests {
         use rand::{Rng as _, SeedableRng as _};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut corrupted = 0;
-        for contract in POOL.all_messages().filter(|m| !m.is_map_entry()) {
+        let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+        let contracts = Contracts::load(&proto).expect("the repository's contracts compile");
+        for contract in contracts
+            .pool()
+            .all_messages()
+            .filter(|m| !m.is_map_entry())
+        {
             let valid = message(&contract, &mut rng, 3).encode_to_vec();
             assert_eq!(check(&contract, &valid), Ok(()), "{}", contract.full_name());
             for _ in 0..200 {

@@ -14,9 +14,15 @@ use fractal::admin::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
+pub use contracts::Contracts;
 
-/// Runs the bridge until `shutdown` is cancelled. The configuration must have been validated.
-pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the bridge until `shutdown` is cancelled, checking events against `contracts`. The
+/// configuration must have been validated.
+pub async fn run(
+    config: BridgeConfig,
+    contracts: Contracts,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (Some(source), Some(target)) = (
         Hub::connect_with_retry(&config.source, &shutdown).await?,
         Hub::connect_with_retry(&config.target, &shutdown).await?,
@@ -28,8 +34,9 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(bridge = %config.name, source = %source.name(), target = %target.name(), admin = %addr, "Bridge started.");
     let mut routes = Vec::new();
     for route in config.routes {
-        let contract = contracts::find(&route.contract)
-            .ok_or_else(|| anyhow::anyhow!("unknown contract `{}`", route.contract))?;
+        let contract = contracts
+            .find(&route.contract)
+            .ok_or_else(|| anyhow::anyhow!(contracts.unknown(&route.contract)))?;
         let route = Arc::new(relay::Route::new(
             &config.name,
             route,

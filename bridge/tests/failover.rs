@@ -73,20 +73,21 @@ async fn run(kills: Kills) {
         .await
         .expect("the view");
     let handled = Arc::new(AtomicUsize::new(0));
-    let consumer = Consumer::new(&hub_a, "applier", ConsumerConfig::default()).on("item.added", {
-        let (applied, handled) = (applied.clone(), handled.clone());
-        move |event: Event| {
+    let consumer =
+        Consumer::new(&hub_a, "applier", ConsumerConfig::default()).on_any("item.added", {
             let (applied, handled) = (applied.clone(), handled.clone());
-            async move {
-                let payload: Header = event.payload()?;
-                applied
-                    .create(&event.id.to_string(), &Record::new(payload, event.time))
-                    .await?;
-                handled.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+            move |event: Event| {
+                let (applied, handled) = (applied.clone(), handled.clone());
+                async move {
+                    let payload: Header = event.payload()?;
+                    applied
+                        .create(&event.id.to_string(), &Record::new(payload, event.time))
+                        .await?;
+                    handled.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
             }
-        }
-    });
+        });
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(consumer.run(shutdown.clone()));
     let _bridge = Bridge::start("ab", ("a", &a), ("b", &b), &route("all", &["item.added"]));

@@ -340,37 +340,30 @@ async fn the_relay_continues_the_producers_trace() {
 async fn check_reports_every_problem_without_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.toml");
-    std::fs::write(
-        &path,
-        r#"
-name = "ab"
-colour = "red"
-
-[source]
-name = "a"
-urls = ["nats//nowhere"]
-
-[target]
-name = "b"
-
-[[routes]]
-name = "orders"
-types = ["order.placed"]
-contract = "fractal.platform.v1.Envelop"
-"#,
-    )
-    .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fractal-bridge"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("3 problems"), "{stderr}");
+    let check = |config: &str| {
+        std::fs::write(&path, config).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fractal-bridge"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let routes = "[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\n";
+    let stderr = check(&format!(
+        "name = \"ab\"\ncolour = \"red\"\n[source]\nname = \"a\"\nurls = [\"nats//nowhere\"]\n[target]\nname = \"b\"\n{routes}contract = \"fractal.platform.v1.Envelope\"\n"
+    ));
+    assert!(stderr.contains("2 problems"), "{stderr}");
     assert!(stderr.contains("colour: unknown key"), "{stderr}");
     assert!(stderr.contains("source.urls[0]"), "{stderr}");
+
+    // Once the file is sound, its contracts: each route's among them, with the closest names.
+    let valid = "name = \"ab\"\n[source]\nname = \"a\"\n[target]\nname = \"b\"\n";
+    let stderr = check(&format!(
+        "{valid}{routes}contract = \"fractal.platform.v1.Envelop\"\n"
+    ));
     assert!(
         stderr.contains("routes[0].contract: unknown contract `fractal.platform.v1.Envelop`"),
         "{stderr}"
@@ -379,6 +372,47 @@ contract = "fractal.platform.v1.Envelop"
         stderr.contains("did you mean fractal.platform.v1.Envelope"),
         "{stderr}"
     );
+
+    // Descriptors that cannot be loaded, each named with its file.
+    let proto = dir.path().join("proto");
+    std::fs::create_dir_all(&proto).unwrap();
+    std::fs::write(
+        proto.join("broken.proto"),
+        "syntax = \"proto3\";\npackage x.v1;\nmessage A {\n  Missing b = 1;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("garbage.pb"), b"\xff\xff\xff").unwrap();
+    let lonely = prost_types::FileDescriptorSet {
+        file: vec![prost_types::FileDescriptorProto {
+            name: Some("a.proto".into()),
+            package: Some("x.v1".into()),
+            dependency: vec!["b.proto".into()],
+            ..Default::default()
+        }],
+    };
+    std::fs::write(
+        dir.path().join("lonely.pb"),
+        prost::Message::encode_to_vec(&lonely),
+    )
+    .unwrap();
+    for (contracts, expected) in [
+        (
+            "missing.pb",
+            "missing.pb: no such descriptor set file or folder",
+        ),
+        ("garbage.pb", "garbage.pb: not a descriptor set"),
+        (
+            "lonely.pb",
+            "lonely.pb: the descriptors are incomplete or inconsistent",
+        ),
+        ("proto", "broken.proto:4:3: name 'Missing' is not defined"),
+    ] {
+        let stderr = check(&format!(
+            "contracts = \"{contracts}\"\n{valid}{routes}contract = \"fractal.platform.v1.Envelope\"\n"
+        ));
+        assert!(stderr.contains("contracts: "), "{stderr}");
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
 
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bridge.example.toml");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_fractal-bridge"))

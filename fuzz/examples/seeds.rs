@@ -152,10 +152,11 @@ fn envelopes() -> Vec<(String, Vec<u8>)> {
 /// A payload of each contract, every field set, prefixed with the byte that picks the contract
 /// in the `contract` target.
 fn contracts() -> Vec<(String, Vec<u8>)> {
-    let Some(envelope) = fractal_bridge::contracts::find("fractal.platform.v1.Envelope") else {
+    let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let Ok(loaded) = fractal_bridge::Contracts::load(&proto) else {
         return Vec::new();
     };
-    let mut all: Vec<_> = envelope.parent_pool().all_messages().collect();
+    let mut all: Vec<_> = loaded.pool().all_messages().collect();
     all.sort_by(|a, b| a.full_name().cmp(b.full_name()));
     all.iter()
         .enumerate()

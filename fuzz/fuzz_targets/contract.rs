@@ -1,6 +1,6 @@
 //! Walks arbitrary payload bytes against a contract, as the bridge checks every event it
-//! relays. The first input byte picks the contract among every message the bridge embeds
-//! (sorted by name); the rest is the payload.
+//! relays. The first input byte picks the contract among every message compiled from the
+//! repository's `proto/` (sorted by name); the rest is the payload.
 //!
 //! Besides never panicking, the walk must give the verdict of a full decode with
 //! prost-reflect: it accepts exactly what decodes, except a map entry of another wire type than
@@ -15,11 +15,11 @@ use fractal_bridge::contracts;
 use libfuzzer_sys::fuzz_target;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 
-/// Every message the bridge embeds, sorted by name.
+/// Every message of the repository's contracts, sorted by name.
 static CONTRACTS: LazyLock<Vec<MessageDescriptor>> = LazyLock::new(|| {
-    let envelope = contracts::find("fractal.platform.v1.Envelope")
-        .expect("the bridge embeds the platform's messages");
-    let mut all: Vec<_> = envelope.parent_pool().all_messages().collect();
+    let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let loaded = contracts::Contracts::load(&proto).expect("the repository's contracts compile");
+    let mut all: Vec<_> = loaded.pool().all_messages().collect();
     all.sort_by(|a, b| a.full_name().cmp(b.full_name()));
     all
 });

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fractal_charts::{Value, chart, find, helm, id, pod_spec, program, render, root, runs, tool};
+use fractal_charts::{
+    CONTRACTS_MOUNT, Value, chart, find, helm, id, mount_contracts, pod_spec, program, render,
+    root, runs, tool,
+};
 
 /// Every chart with each of its `ci/*-values.yaml` (and with its defaults alone).
 fn cases() -> Vec<(&'static str, Option<PathBuf>)> {
@@ -320,7 +323,15 @@ fn each_hub_configuration_is_one_nats_server_accepts_and_no_config_map_holds_a_s
 #[test]
 fn every_program_accepts_its_rendered_configuration_and_environment() {
     let dir = tempfile::tempdir().unwrap();
+    let mounted = format!("{}/", dir.path().display());
     for (case, _, documents) in all_rendered() {
+        // A ConfigMap the chart does not render holds what `fractal contracts build` writes.
+        std::fs::copy(
+            chart("food-delivery").join("files/contracts.pb"),
+            dir.path().join("contracts.pb"),
+        )
+        .unwrap();
+        mount_contracts(&documents, dir.path());
         for manifest in documents.iter().filter(|m| m["kind"] == "Deployment") {
             let runs = runs(&documents, manifest);
             let file = dir.path().join(&runs.file);
@@ -333,7 +344,7 @@ fn every_program_accepts_its_rendered_configuration_and_environment() {
                 .filter_map(|e| {
                     Some((
                         e["name"].as_str()?.to_owned(),
-                        e["value"].as_str()?.to_owned(),
+                        e["value"].as_str()?.replace(CONTRACTS_MOUNT, &mounted),
                     ))
                 })
                 .collect();
@@ -611,4 +622,62 @@ fn network_policies_admit_only_each_hubs_clients_and_monitoring_only_when_enable
     let json: Value = serde_json::from_str(dashboard["data"]["fractal.json"].as_str().unwrap())
         .expect("the dashboard is JSON");
     assert!(json["panels"].as_array().unwrap().len() >= 6);
+}
+
+#[test]
+fn the_bridges_check_events_against_the_charts_descriptor_set_of_proto() {
+    let file = chart("food-delivery").join("files/contracts.pb");
+    let output = Command::new(program("fractal"))
+        .args(["contracts", "build", "--check", "--out"])
+        .arg(&file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, documents) = rendered("food-delivery", &None);
+    let bridges: Vec<&Value> = documents
+        .iter()
+        .filter(|m| {
+            m["kind"] == "Deployment"
+                && m["metadata"]["labels"]["app.kubernetes.io/component"] == "bridge"
+        })
+        .collect();
+    assert_eq!(bridges.len(), 6);
+    for bridge in bridges {
+        let spec = pod_spec(bridge).unwrap();
+        let env = &spec["containers"][0]["env"];
+        let told = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "BRIDGE_CONTRACTS");
+        assert_eq!(
+            told.map(|e| &e["value"]),
+            Some(&Value::from(format!("{CONTRACTS_MOUNT}contracts.pb"))),
+            "{}",
+            id(bridge)
+        );
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "contracts")
+            .unwrap_or_else(|| panic!("{} mounts no contracts", id(bridge)));
+        let map = find(
+            &documents,
+            "ConfigMap",
+            volume["configMap"]["name"].as_str().unwrap(),
+        );
+        assert!(map["binaryData"]["contracts.pb"].is_string());
+        // A new descriptor set restarts the bridge, which reads it at start.
+        assert!(
+            bridge["spec"]["template"]["metadata"]["annotations"]["checksum/contracts"].is_string(),
+            "{}",
+            id(bridge)
+        );
+    }
 }

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fractal_charts::{Value, id, pod_spec, program, render, runs};
+use fractal_charts::{
+    CONTRACTS_MOUNT, Value, id, mount_contracts, pod_spec, program, render, runs,
+};
 use fractal_testkit::{
     OtlpReceiver, Process, ReceivedSpan, eventually, free_port, http_get, nats_server_binary,
 };
@@ -191,11 +193,14 @@ async fn the_rendered_system_delivers_every_order_in_one_trace_each_while_a_hub_
                 &format!("nats://127.0.0.1:{}", nodes[0].client),
             );
         }
-        value.replace(
-            "/etc/fractal/credentials/",
-            &format!("{}/credentials/", state.display()),
-        )
+        value
+            .replace(
+                "/etc/fractal/credentials/",
+                &format!("{}/credentials/", state.display()),
+            )
+            .replace(CONTRACTS_MOUNT, &format!("{}/", dir.path().display()))
     };
+    assert!(mount_contracts(&documents, dir.path()) > 0);
 
     // The provisioning Jobs, as their hooks run them.
     for job in documents.iter().filter(|m| m["kind"] == "Job") {

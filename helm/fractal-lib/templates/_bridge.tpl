@@ -18,6 +18,7 @@ values). The config is the bridge's `config`, or the chart file its `configFile`
 {{- $name := printf "bridge-%s" $bridge.name | include "fractal.dnsName" -}}
 {{- $cas := compact (list $bridge.source.caSecretName $bridge.target.caSecretName) -}}
 {{- $ctx := dict "root" $root "component" "bridge" "name" $name "subsystem" $level.subsystem "hub" $bridge.source.hub "clientOf" (list $bridge.source.hub $bridge.target.hub | uniq) -}}
+{{- $contracts := include "fractal.contractsConfigMap" (dict "root" $root "level" $level) -}}
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -48,6 +49,9 @@ spec:
         {{- include "fractal.labels" $ctx | nindent 8 }}
       annotations:
         checksum/config: {{ include "fractal.checksum" $config }}
+        {{- if $contracts }}
+        checksum/contracts: {{ include "fractal.checksum" (include "fractal.contractsData" $root) }}
+        {{- end }}
     spec:
       automountServiceAccountToken: false
       enableServiceLinks: false
@@ -66,6 +70,10 @@ spec:
             - name: BRIDGE_LOG__FORMAT
               value: json
             {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $bridge.source.hub "serviceName" $name) | nindent 12 }}
+            {{- if $contracts }}
+            - name: BRIDGE_CONTRACTS
+              value: /etc/fractal/contracts/contracts.pb
+            {{- end }}
           ports:
             - name: admin
               containerPort: {{ $bridge.admin.port }}
@@ -88,6 +96,11 @@ spec:
               mountPath: /etc/fractal/bridge.toml
               subPath: bridge.toml
               readOnly: true
+            {{- if $contracts }}
+            - name: contracts
+              mountPath: /etc/fractal/contracts
+              readOnly: true
+            {{- end }}
             {{- if or $bridge.source.credential $bridge.target.credential }}
             - name: credentials
               mountPath: /etc/fractal/credentials
@@ -100,6 +113,11 @@ spec:
         - name: config
           configMap:
             name: {{ $name }}
+        {{- if $contracts }}
+        - name: contracts
+          configMap:
+            name: {{ $contracts }}
+        {{- end }}
         {{- if or $bridge.source.credential $bridge.target.credential }}
         - name: credentials
           secret:
@@ -116,4 +134,53 @@ spec:
         {{- if $cas }}
         {{- include "fractal.caVolumes" $cas | nindent 8 }}
         {{- end }}
+{{- end -}}
+
+
+{{/*
+The ConfigMap holding the contracts' descriptor set for one level's bridges, when
+`contracts.file` names a chart file: the bridges mount it and a change to it restarts them (a
+bridge reads its descriptors once, at start, and its routes resume where they stopped).
+Context: dict with root and level.
+*/}}
+{{- define "fractal.contracts" -}}
+{{- $root := .root -}}
+{{- if and $root.Values.contracts $root.Values.contracts.file }}
+{{- $data := include "fractal.contractsData" $root }}
+{{- if not $data }}
+{{- fail (printf "contracts.file: no chart file files/%s" $root.Values.contracts.file) }}
+{{- end }}
+{{- $name := include "fractal.contractsConfigMap" . }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "fractal.labels" (dict "root" $root "component" "contracts" "name" $name "subsystem" .level.subsystem "hub" .level.hub.name "clientOf" list) | nindent 4 }}
+binaryData:
+  contracts.pb: {{ $data }}
+{{- end }}
+{{- end -}}
+
+{{/* The descriptor set of `contracts.file`, base64-encoded; empty if there is none. */}}
+{{- define "fractal.contractsData" -}}
+{{- if and .Values.contracts .Values.contracts.file -}}
+{{- .Files.Get (printf "files/%s" .Values.contracts.file) | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The name of the ConfigMap a level's bridges mount their contracts from; empty if none.
+Context: dict with root and level.
+*/}}
+{{- define "fractal.contractsConfigMap" -}}
+{{- $contracts := .root.Values.contracts -}}
+{{- if $contracts -}}
+{{- if $contracts.file -}}
+{{- printf "%s-contracts" .level.subsystem | include "fractal.dnsName" -}}
+{{- else if $contracts.configMap -}}
+{{- $contracts.configMap -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}

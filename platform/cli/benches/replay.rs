@@ -45,18 +45,19 @@ fn main() {
         }
 
         let (first, replayed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let consumer = Consumer::new(&hub, "ledger", ConsumerConfig::default()).on("item.added", {
-            let (first, replayed) = (first.clone(), replayed.clone());
-            move |event| {
-                let counter = if event.replay.is_some() {
-                    &replayed
-                } else {
-                    &first
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                async { Ok(()) }
-            }
-        });
+        let consumer =
+            Consumer::new(&hub, "ledger", ConsumerConfig::default()).on_any("item.added", {
+                let (first, replayed) = (first.clone(), replayed.clone());
+                move |event| {
+                    let counter = if event.replay.is_some() {
+                        &replayed
+                    } else {
+                        &first
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    async { Ok(()) }
+                }
+            });
         let token = CancellationToken::new();
         let started = Instant::now();
         let run = tokio::spawn(consumer.run(token.clone()));

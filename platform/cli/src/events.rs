@@ -1,6 +1,6 @@
 //! Events as people read and write them: a hub's events decoded to JSON (`fractal tail`), and
-//! simulated events from JSON (`fractal publish`). Payloads are converted with the contracts
-//! compiled from `proto/`.
+//! simulated events from JSON (`fractal publish`). Payloads are converted with the system's
+//! contracts, loaded at run time.
 
 use std::time::Duration;
 
@@ -9,14 +9,15 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use bytes::Bytes;
 use fractal::{Event, Hub, NewEvent, Publisher, Scope};
+use fractal_bridge::Contracts;
 use futures::StreamExt as _;
 use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use tokio_util::sync::CancellationToken;
 
 /// The payload of an event as JSON, or why it cannot be shown.
-pub(crate) fn payload_json(payload_type: &str, payload: &[u8]) -> String {
-    let Some(descriptor) = fractal_bridge::contracts::find(payload_type) else {
+pub(crate) fn payload_json(contracts: &Contracts, payload_type: &str, payload: &[u8]) -> String {
+    let Some(descriptor) = contracts.find(payload_type) else {
         return format!("\"<{} bytes of unknown {payload_type}>\"", payload.len());
     };
     match DynamicMessage::decode(descriptor, payload) {
@@ -28,7 +29,7 @@ pub(crate) fn payload_json(payload_type: &str, payload: &[u8]) -> String {
 }
 
 /// One event as a line: time, scope and type, id, key, origin, payload.
-pub(crate) fn line(event: &Event) -> String {
+pub(crate) fn line(contracts: &Contracts, event: &Event) -> String {
     let time: chrono_like::Rfc3339 = event.time.into();
     format!(
         "{time}  {}.{}  id={}  key={}  origin={}  {}",
@@ -37,7 +38,7 @@ pub(crate) fn line(event: &Event) -> String {
         event.id,
         event.key,
         event.origin,
-        payload_json(&event.payload_type, &event.payload)
+        payload_json(contracts, &event.payload_type, &event.payload)
     )
 }
 
@@ -45,6 +46,7 @@ pub(crate) fn line(event: &Event) -> String {
 /// only if given, until `count` were printed or `shutdown`.
 pub(crate) async fn tail(
     hub: &Hub,
+    contracts: &Contracts,
     event_type: Option<&str>,
     all: bool,
     count: Option<usize>,
@@ -96,7 +98,7 @@ pub(crate) async fn tail(
             message.headers.as_ref(),
             message.payload.clone(),
         ) {
-            Ok(event) => println!("{}", line(&event)),
+            Ok(event) => println!("{}", line(contracts, &event)),
             Err(e) => println!("{}  <malformed: {e}>", message.subject),
         }
         printed += 1;
@@ -104,16 +106,13 @@ pub(crate) async fn tail(
 }
 
 /// Encodes `json` as the protobuf message `contract`, naming what is wrong if it does not fit.
-pub(crate) fn encode_json(contract: &str, json: &str) -> anyhow::Result<Bytes> {
-    let Some(descriptor) = fractal_bridge::contracts::find(contract) else {
-        let similar = fractal_bridge::contracts::similar(contract);
-        if similar.is_empty() {
-            bail!("`{contract}` is not a contract compiled from proto/");
-        }
-        bail!(
-            "`{contract}` is not a contract compiled from proto/; did you mean {}?",
-            similar.join(", ")
-        );
+pub(crate) fn encode_json(
+    contracts: &Contracts,
+    contract: &str,
+    json: &str,
+) -> anyhow::Result<Bytes> {
+    let Some(descriptor) = contracts.find(contract) else {
+        bail!(contracts.unknown(contract));
     };
     let mut deserializer = serde_json::Deserializer::from_str(json);
     let message = DynamicMessage::deserialize(descriptor, &mut deserializer)
@@ -125,8 +124,8 @@ pub(crate) fn encode_json(contract: &str, json: &str) -> anyhow::Result<Bytes> {
 }
 
 /// The partition key of a payload: the first top-level string field ending in `_id`.
-pub(crate) fn key_of(contract: &str, payload: &[u8]) -> Option<String> {
-    let descriptor = fractal_bridge::contracts::find(contract)?;
+pub(crate) fn key_of(contracts: &Contracts, contract: &str, payload: &[u8]) -> Option<String> {
+    let descriptor = contracts.find(contract)?;
     let message = DynamicMessage::decode(descriptor.clone(), payload).ok()?;
     descriptor
         .fields()

@@ -17,10 +17,9 @@
 //! one: its messages are additions, and routes move to it one at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use prost::Message as _;
 use prost_reflect::{
     Cardinality, DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor,
 };
@@ -469,35 +468,9 @@ fn compare_enums(before: &EnumDescriptor, after: &EnumDescriptor, changes: &mut 
     }
 }
 
-/// Compiles every `.proto` file under `root`, with `root` as the include path (and the
-/// well-known types built in).
-pub(crate) fn compile(root: &Path) -> anyhow::Result<DescriptorPool> {
-    let set = compile_set(root)?;
-    DescriptorPool::from_file_descriptor_set(set).with_context(|| {
-        format!(
-            "the descriptors compiled from {} are inconsistent",
-            root.display()
-        )
-    })
-}
-
-/// [`compile`], as the descriptor set it makes (imports and comments included).
-pub(crate) fn compile_set(root: &Path) -> anyhow::Result<prost_types::FileDescriptorSet> {
-    fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                protos(&path, out)?;
-            } else if path.extension().is_some_and(|e| e == "proto") {
-                out.push(path);
-            }
-        }
-        Ok(())
-    }
-    let mut files = Vec::new();
-    protos(root, &mut files).with_context(|| format!("cannot read {}", root.display()))?;
-    files.sort();
-    protox::compile(&files, [root]).map_err(|e| anyhow::anyhow!("{e}"))
+/// The contracts at `path`: a descriptor set file or a folder of `.proto` files, compiled.
+pub(crate) fn compile(path: &Path) -> anyhow::Result<DescriptorPool> {
+    Ok(fractal_bridge::Contracts::load(path)?.pool().clone())
 }
 
 /// The descriptors to compare against: a descriptor set file (`FileDescriptorSet`, as
@@ -510,20 +483,7 @@ pub(crate) fn baseline(
 ) -> anyhow::Result<DescriptorPool> {
     let file = Path::new(against);
     if file.is_file() {
-        let bytes =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let set = prost_types::FileDescriptorSet::decode(bytes.as_slice()).with_context(|| {
-            format!(
-                "{} is not a descriptor set (FileDescriptorSet)",
-                file.display()
-            )
-        })?;
-        return DescriptorPool::from_file_descriptor_set(set).with_context(|| {
-            format!(
-                "{}: the descriptor set is incomplete (a dependency missing?)",
-                file.display()
-            )
-        });
+        return compile(file);
     }
     let relative = proto.strip_prefix(repository).with_context(|| {
         format!(
@@ -560,6 +520,98 @@ pub(crate) fn baseline(
     }
     compile(&dir.path().join(relative))
         .with_context(|| format!("{} at `{against}`", relative.display()))
+}
+
+/// The external event types a topology file publishes (its services' `publishes`) at git
+/// revision `against`; `None` if `against` is a descriptor set file rather than a revision.
+pub(crate) fn published_at(
+    against: &str,
+    repository: &Path,
+    topology: &Path,
+) -> anyhow::Result<Option<BTreeSet<String>>> {
+    if Path::new(against).is_file() {
+        return Ok(None);
+    }
+    let relative = topology.strip_prefix(repository).with_context(|| {
+        format!(
+            "{} is not inside the repository {}",
+            topology.display(),
+            repository.display()
+        )
+    })?;
+    let shown = std::process::Command::new("git")
+        .current_dir(repository)
+        .arg("show")
+        .arg(format!("{against}:{}", relative.display()))
+        .output()
+        .context("cannot run git")?;
+    if !shown.status.success() {
+        // The topology did not exist then: nothing was published.
+        return Ok(Some(BTreeSet::new()));
+    }
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let file: crate::topology::TopologyFile = fractal::config::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("{} at `{against}`: {e}", relative.display()))?;
+    Ok(Some(
+        file.services
+            .into_iter()
+            .flat_map(|s| s.publishes)
+            .collect(),
+    ))
+}
+
+/// Each external event type published before (`old`) and no longer in `topology`: breaking if
+/// a service still consumes it or a route still carries it (renamed or removed under its
+/// readers), compatible otherwise (retired; its events stay in the lake).
+pub(crate) fn compare_event_types(
+    old: &BTreeSet<String>,
+    topology: &crate::topology::Topology,
+) -> Vec<Change> {
+    let file = topology
+        .path
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    let now: BTreeSet<&str> = topology
+        .services
+        .iter()
+        .flat_map(|s| s.spec.publishes.iter().map(String::as_str))
+        .collect();
+    let mut changes = Vec::new();
+    for event_type in old.iter().filter(|t| !now.contains(t.as_str())) {
+        let mut readers: Vec<String> = topology
+            .services
+            .iter()
+            .filter(|s| s.spec.consumes.contains(event_type))
+            .map(|s| s.name())
+            .collect();
+        for bridge in &topology.bridges {
+            for route in &bridge.config.routes {
+                if route
+                    .types
+                    .iter()
+                    .any(|p| crate::topology::matches(p, event_type))
+                {
+                    readers.push(format!("route {}/{}", bridge.config.name, route.name));
+                }
+            }
+        }
+        changes.push(Change {
+            breaking: !readers.is_empty(),
+            file: file.clone(),
+            message: format!("event type {event_type}"),
+            field: None,
+            change: if readers.is_empty() {
+                "no longer published, and nothing reads it: retired (its events stay in the lake)"
+                    .into()
+            } else {
+                format!(
+                    "no longer published (renamed or removed) while {} still read it",
+                    readers.join(", ")
+                )
+            },
+        });
+    }
+    changes
 }
 
 /// What the candidate descriptors make of the stored events of one type and payload version.
@@ -1246,5 +1298,39 @@ mod tests {
                 .any(|c| c.message == "food.contracts.v2.Order" && c.change == "new contract"),
             "{changes:#?}"
         );
+    }
+
+    #[test]
+    fn an_event_type_no_longer_published_breaks_its_readers_and_retires_without_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fractal.toml");
+        let mut topology = crate::topology::Topology::load(&path).unwrap();
+        let before: BTreeSet<String> = topology
+            .services
+            .iter()
+            .flat_map(|s| s.spec.publishes.clone())
+            .chain(["order.cancelled".to_owned()])
+            .collect();
+        assert!(
+            compare_event_types(&before, &topology)
+                .iter()
+                .all(|c| !c.breaking && c.message == "event type order.cancelled")
+        );
+        // `order.ready` renamed by its producer while its consumers and routes stay.
+        for service in &mut topology.services {
+            service.spec.publishes.retain(|t| t != "order.ready");
+        }
+        let changes = compare_event_types(&before, &topology);
+        let ready = changes
+            .iter()
+            .find(|c| c.message == "event type order.ready")
+            .expect("reported");
+        assert!(ready.breaking, "{ready}");
+        for reader in [
+            "ordering/gateway",
+            "delivery/gateway",
+            "route restaurant-to-system/",
+        ] {
+            assert!(ready.change.contains(reader), "{reader} in {ready}");
+        }
     }
 }

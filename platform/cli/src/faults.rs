@@ -11,6 +11,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 
 use crate::events::payload_json;
+use fractal_bridge::Contracts;
 
 /// Every fault stored on `hub`, oldest first.
 pub(crate) async fn all(hub: &Hub) -> anyhow::Result<Vec<Fault>> {
@@ -87,7 +88,7 @@ pub(crate) fn list(faults: &[Fault]) -> String {
 }
 
 /// Everything about one fault, the original's payload as JSON.
-pub(crate) fn show(fault: &Fault) -> String {
+pub(crate) fn show(contracts: &Contracts, fault: &Fault) -> String {
     let mut out = format!(
         "fault       {}\nservice     {}\nconsumer    {}\nkind        {}\ndeliveries  {}\nreason      {}\n",
         fault.id,
@@ -109,7 +110,7 @@ pub(crate) fn show(fault: &Fault) -> String {
             Ok(envelope) => out.push_str(&format!(
                 "payload     {} {}\n",
                 envelope.payload_type,
-                payload_json(&envelope.payload_type, &envelope.payload)
+                payload_json(contracts, &envelope.payload_type, &envelope.payload)
             )),
             Err(e) => out.push_str(&format!(
                 "body        {} bytes, not an envelope: {e}\n",

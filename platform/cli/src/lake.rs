@@ -13,6 +13,7 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{chrono_like::Rfc3339, payload_json};
+use fractal_bridge::Contracts;
 
 /// One end of a range of the lake: a stream sequence, or a time the hub stored events at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +85,13 @@ impl Range {
 
 /// One exported event: the envelope's fields, the payload in protobuf's JSON mapping, and
 /// where the hub stored it.
-fn json_line(sequence: u64, stored: time::OffsetDateTime, event: &Event) -> serde_json::Value {
-    let payload = payload_json(&event.payload_type, &event.payload);
+fn json_line(
+    contracts: &Contracts,
+    sequence: u64,
+    stored: time::OffsetDateTime,
+    event: &Event,
+) -> serde_json::Value {
+    let payload = payload_json(contracts, &event.payload_type, &event.payload);
     let payload: serde_json::Value =
         serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
     serde_json::json!({
@@ -249,6 +255,7 @@ pub(crate) async fn read(
 /// its sequence, subject and what is wrong with it: an export loses nothing.
 pub(crate) async fn export(
     hub: &Hub,
+    contracts: &Contracts,
     range: &Range,
     out: &mut dyn Write,
     shutdown: CancellationToken,
@@ -269,7 +276,7 @@ pub(crate) async fn export(
             message.headers.as_ref(),
             message.payload.clone(),
         ) {
-            Ok(event) => json_line(sequence, stored, &event),
+            Ok(event) => json_line(contracts, sequence, stored, &event),
             Err(e) => serde_json::json!({
                 "sequence": sequence,
                 "subject": message.subject.as_str(),

@@ -2,7 +2,9 @@
 //! and publish events, inspect and resubmit faults, and see whether it is healthy.
 
 mod access;
+mod asyncapi;
 mod catalogue;
+mod described;
 mod events;
 mod evolution;
 mod faults;
@@ -151,7 +153,8 @@ enum Command {
         #[command(subcommand)]
         action: FaultAction,
     },
-    /// Validate the topology and every config it names, starting nothing.
+    /// Validate the topology and every config it names, starting nothing, and compare each
+    /// service's `publishes` and `consumes` with what its program declares (`--describe`).
     Check,
     /// A hub's servers as the topology defines them.
     Hub {
@@ -351,20 +354,31 @@ enum ContractsAction {
         /// Where to write it.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// The folder of `.proto` files. Default: `proto` beside the topology.
+        /// The folder of `.proto` files. Default: the topology's `contracts`.
         #[arg(long, value_name = "DIR")]
         proto: Option<PathBuf>,
+        /// Write nothing; exit 1 if the file is not what building would write (a descriptor
+        /// set kept in a repository, such as a chart's, is out of date).
+        #[arg(long)]
+        check: bool,
     },
     /// Each external event type (one a bridge route carries): its message, who produces and
-    /// consumes it, how many routes carry it.
-    List,
+    /// consumes it, how many routes carry it. With `--format asyncapi`, an AsyncAPI 3.0
+    /// document of the system: each hub a server, each type on a hub a channel, each
+    /// producer, consumer and route an operation, each message's JSON Schema.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CatalogueFormat::Text)]
+        format: CatalogueFormat,
+    },
     /// One external event type in full: its message's fields and comments, producers,
     /// consumers, the routes carrying it, the versions of its message and, with `--hub`, the
     /// latest such event stored there.
     Show {
         /// The event type (`order.placed`).
         event_type: String,
-        /// The folder of `.proto` files. Default: `proto` beside the topology.
+        /// The contracts: a folder of `.proto` files or a descriptor set. Default: the
+        /// topology's `contracts`.
         #[arg(long, value_name = "DIR")]
         proto: Option<PathBuf>,
         /// Also show the latest event of the type stored on this hub.
@@ -386,13 +400,20 @@ enum ContractsAction {
         /// How many stored events to decode, the oldest first.
         #[arg(long, default_value_t = 10_000, value_name = "N")]
         sample: u64,
-        /// The folder of `.proto` files to check. Default: `proto` beside the topology.
+        /// The contracts to check: a folder of `.proto` files or a descriptor set. Default:
+        /// the topology's `contracts`.
         #[arg(long, value_name = "DIR")]
         proto: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CatalogueFormat {
+    Text,
+    Asyncapi,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -531,6 +552,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => {
             let topology = load(&topology_path)?;
+            let problems = described::compare(&topology, &programs()?);
+            if !problems.is_empty() {
+                bail!(
+                    "{}: {}",
+                    topology_path.display(),
+                    fractal::config::ConfigError { problems }
+                );
+            }
             println!(
                 "{}: system `{}` with {} hubs, {} services and {} bridges is valid.",
                 topology_path.display(),
@@ -616,9 +645,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             all,
             count,
         } => {
+            let contracts = load(&topology_path)?.contracts;
             let hub = hub(&topology_path, &state, &name).await?;
             let shutdown = fractal::service::shutdown_on_signal();
-            events::tail(&hub, event_type.as_deref(), all, count, shutdown).await?;
+            let only = event_type.as_deref();
+            events::tail(&hub, &contracts, only, all, count, shutdown).await?;
         }
         Command::Replay { action, request } => match (action, request) {
             (Some(ReplayAction::List { hub: name }), _) => {
@@ -663,12 +694,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             (None, None) => bail!("name a hub and --to or --route, or `list` or `cancel`"),
         },
         Command::Contracts {
-            action: ContractsAction::Build { out, proto },
+            action: ContractsAction::Build { out, proto, check },
         } => {
-            let topology = load(&topology_path)?;
-            let proto = proto_folder(&topology, proto)?;
-            let set = evolution::compile_set(&proto)?;
-            std::fs::write(&out, prost::Message::encode_to_vec(&set))
+            // Given a folder, the topology is not read: it may name the file being built.
+            let proto = match proto {
+                Some(folder) => std::fs::canonicalize(&folder)
+                    .with_context(|| format!("no folder {}", folder.display()))?,
+                None => contracts_path(&load(&topology_path)?, None)?,
+            };
+            let set = fractal_bridge::contracts::compile_folder(&proto)?;
+            let bytes = prost::Message::encode_to_vec(&set);
+            if check {
+                if std::fs::read(&out).ok().as_ref() != Some(&bytes) {
+                    eprintln!(
+                        "{} is not the descriptor set of {}; write it with `fractal contracts build --out {}`",
+                        out.display(),
+                        proto.display(),
+                        out.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                println!("{}: up to date with {}.", out.display(), proto.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::fs::write(&out, bytes)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
                 "{}: {} files compiled from {}.",
@@ -678,10 +727,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Contracts {
-            action: ContractsAction::List,
+            action: ContractsAction::List { format },
         } => {
             let topology = load(&topology_path)?;
-            print!("{}", catalogue::list(&catalogue::entries(&topology)));
+            match format {
+                CatalogueFormat::Text => {
+                    print!("{}", catalogue::list(&catalogue::entries(&topology)))
+                }
+                CatalogueFormat::Asyncapi => {
+                    let document = asyncapi::document(&topology, topology.contracts.pool());
+                    println!("{document:#}");
+                }
+            }
         }
         Command::Contracts {
             action:
@@ -700,11 +757,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     known.join(", ")
                 );
             };
-            let proto = proto_folder(&topology, proto)?;
-            print!(
-                "{}",
-                catalogue::show(&event_type, entry, &evolution::compile(&proto)?)
-            );
+            let contracts = match proto {
+                Some(path) => fractal_bridge::Contracts::load(&path)?,
+                None => topology.contracts.clone(),
+            };
+            print!("{}", catalogue::show(&event_type, entry, contracts.pool()));
             if let Some(name) = stored {
                 let hub = hub(&topology_path, &state, &name).await?;
                 let subject = fractal::wire::event_subject(Scope::External, &event_type);
@@ -720,7 +777,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             Some(&message.headers),
                             message.payload,
                         )?;
-                        println!("\n  latest on `{name}`: {}", events::line(&event));
+                        let line = events::line(&contracts, &event);
+                        println!("\n  latest on `{name}`: {line}");
                     }
                     Err(e)
                         if e.kind()
@@ -781,7 +839,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            lake::export(&hub, &range, &mut out, shutdown).await?;
+            let contracts = load(&topology_path)?.contracts;
+            lake::export(&hub, &contracts, &range, &mut out, shutdown).await?;
         }
         Command::Publish {
             hub: name,
@@ -793,19 +852,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             fractal::wire::check_name(&event_type)
                 .map_err(|e| anyhow::anyhow!("--type: event type {e}"))?;
+            let topology = load(&topology_path)?;
             let contract = match contract {
                 Some(contract) => contract,
-                None => contract_of(&load(&topology_path)?, &event_type)?,
+                None => contract_of(&topology, &event_type)?,
             };
+            let contracts = &topology.contracts;
             let text = if json == Path::new("-") {
                 std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
             } else {
                 std::fs::read_to_string(&json)
                     .with_context(|| format!("cannot read {}", json.display()))?
             };
-            let payload = events::encode_json(&contract, &text)
+            let payload = events::encode_json(contracts, &contract, &text)
                 .with_context(|| format!("{}", json.display()))?;
-            let Some(key) = key.or_else(|| events::key_of(&contract, &payload)) else {
+            let Some(key) = key.or_else(|| events::key_of(contracts, &contract, &payload)) else {
                 bail!("the payload has no `…_id` field to key the event by; give one with --key");
             };
             let hub = hub(&topology_path, &state, &name).await?;
@@ -827,7 +888,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match action {
                 FaultAction::List => print!("{}", faults::list(&all)),
-                FaultAction::Show { id } => print!("{}", faults::show(find(&id)?)),
+                FaultAction::Show { id } => {
+                    let contracts = load(&topology_path)?.contracts;
+                    print!("{}", faults::show(&contracts, find(&id)?))
+                }
                 FaultAction::Resubmit { ids } => {
                     let chosen = ids
                         .iter()
@@ -1040,17 +1104,15 @@ fn contract_of(topology: &Topology, event_type: &str) -> anyhow::Result<String> 
     }
 }
 
-/// The folder of `.proto` files: `proto` if given, else `proto` beside the topology.
-fn proto_folder(topology: &Topology, proto: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let dir = match proto {
-        Some(dir) => dir,
-        None => topology
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("proto"),
+/// The contracts' folder or descriptor set: `given`, else the topology's `contracts`.
+fn contracts_path(topology: &Topology, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given.as_deref().or(topology.contracts.source()) {
+        Some(path) => path.to_owned(),
+        None => bail!(
+            "the topology names no contracts and has no `proto` folder beside it; set `contracts`"
+        ),
     };
-    std::fs::canonicalize(&dir).with_context(|| format!("no folder {}", dir.display()))
+    std::fs::canonicalize(&path).with_context(|| format!("no file or folder {}", path.display()))
 }
 
 /// What `fractal contracts check` compares the contracts in `proto` with.
@@ -1068,7 +1130,7 @@ async fn contracts_check(
     check: ContractsCheck<'_>,
 ) -> anyhow::Result<ExitCode> {
     let repository = std::fs::canonicalize(topology.path.parent().unwrap_or(Path::new(".")))?;
-    let proto = proto_folder(topology, check.proto)?;
+    let proto = contracts_path(topology, check.proto)?;
     let current = evolution::compile(&proto)?;
     let mut breaking = 0;
     let mut report = serde_json::Map::new();
@@ -1079,7 +1141,11 @@ async fn contracts_check(
             .iter()
             .flat_map(|b| b.config.routes.iter().map(|r| r.contract.clone()))
             .collect();
-        let changes = evolution::compare(&baseline, &current, &carried);
+        let mut changes = evolution::compare(&baseline, &current, &carried);
+        let topology_file = std::fs::canonicalize(&topology.path)?;
+        if let Some(published) = evolution::published_at(against, &repository, &topology_file)? {
+            changes.extend(evolution::compare_event_types(&published, topology));
+        }
         let broken = changes.iter().filter(|c| c.breaking).count();
         breaking += broken;
         match check.format {

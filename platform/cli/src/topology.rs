@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use fractal::config::{ConfigError, Problems, Validate, join};
 use fractal::service::ServiceConfig;
 use fractal::wire;
-use fractal_bridge::BridgeConfig;
+use fractal_bridge::{BridgeConfig, Contracts};
 use serde::Deserialize;
 
 /// The topology file as written.
@@ -27,6 +27,11 @@ pub(crate) struct TopologyFile {
     /// The program `fractal demo` runs against the running system.
     #[serde(default)]
     pub(crate) demo: Option<DemoSpec>,
+    /// The system's contracts, for tools that read and write payloads: a descriptor set file
+    /// or a folder of `.proto` files, relative to the topology file. Default: `proto` beside
+    /// it, if there is one.
+    #[serde(default)]
+    pub(crate) contracts: Option<PathBuf>,
 }
 
 /// A hub: its servers and the one definition of its streams.
@@ -291,6 +296,8 @@ pub(crate) struct Topology {
     pub(crate) bridges: Vec<Bridge>,
     /// The demo, if any.
     pub(crate) demo: Option<DemoSpec>,
+    /// The system's contracts.
+    pub(crate) contracts: Contracts,
 }
 
 /// Whether the event type `event_type` matches the route pattern `pattern` (`*` one token, a
@@ -372,13 +379,28 @@ impl Topology {
             match read(&config_path).and_then(|text| {
                 fractal::config::from_toml::<BridgeConfig>(&text).map_err(|e| e.problems)
             }) {
-                Ok(config) => bridges.push(Bridge {
-                    config_path,
-                    config,
-                }),
+                Ok(config) => {
+                    let folder = config_path.parent().unwrap_or(Path::new("."));
+                    if let Err(e) = config.load_contracts(folder) {
+                        nest(&mut problems, &at, &spec.config, e.problems);
+                    }
+                    bridges.push(Bridge {
+                        config_path,
+                        config,
+                    })
+                }
                 Err(found) => nest(&mut problems, &at, &spec.config, found),
             }
         }
+        let contracts_path = root.join(file.contracts.as_deref().unwrap_or(Path::new("proto")));
+        let contracts = if file.contracts.is_none() && !contracts_path.exists() {
+            Contracts::builtin()
+        } else {
+            Contracts::load(&contracts_path).unwrap_or_else(|e| {
+                problems.add("contracts", e.to_string());
+                Contracts::builtin()
+            })
+        };
         let topology = Topology {
             path: path.to_path_buf(),
             name: file.name,
@@ -386,6 +408,7 @@ impl Topology {
             services,
             bridges,
             demo: file.demo,
+            contracts,
         };
         topology.check(&file.services, &file.bridges, &mut problems);
         problems.into_result().map(|()| topology)

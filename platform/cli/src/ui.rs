@@ -102,6 +102,8 @@ struct Shared {
     /// Each hub's client URL and TLS settings, as last found.
     urls: RwLock<HashMap<String, (String, Option<fractal::hub::TlsConfig>)>>,
     hubs: Mutex<HashMap<String, Hub>>,
+    /// The system's contracts, to show payloads.
+    contracts: fractal_bridge::Contracts,
 }
 
 impl std::fmt::Debug for Shared {
@@ -126,6 +128,7 @@ pub(crate) async fn serve(
         status: RwLock::new(Err("reading the system for the first time…".into())),
         urls: RwLock::new(HashMap::new()),
         hubs: Mutex::new(HashMap::new()),
+        contracts: topology.contracts.clone(),
     });
     tokio::spawn(refresh(shared.clone(), observer, shutdown.clone()));
     let app = Router::new()
@@ -233,7 +236,7 @@ async fn events(
             message.headers.as_ref(),
             message.payload.clone(),
         ) {
-            Ok(event) => crate::events::line(&event),
+            Ok(event) => crate::events::line(&shared.contracts, &event),
             Err(e) => format!("{}  <malformed: {e}>", message.subject),
         },
     )

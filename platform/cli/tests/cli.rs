@@ -49,9 +49,12 @@ fn check_lists_every_problem_of_a_broken_topology() {
         "service.toml",
         "subsystem = \"alpha\"\nservice = \"svc\"\nhub = { name = \"gamma\", urls = [\"nats://127.0.0.1:5001\"] }\nadmin = { listen = \"127.0.0.1:5002\" }\n",
     );
+    let proto = root().join("proto").display().to_string();
     write(
         "bridge.toml",
-        "name = \"a-to-b\"\nsource = { name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }\ntarget = { name = \"beta\", urls = [\"nats://127.0.0.1:5001\"] }\nadmin = { listen = \"127.0.0.1:5003\" }\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Ordr\"\n",
+        &format!(
+            "name = \"a-to-b\"\ncontracts = \"{proto}\"\nsource = {{ name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }}\ntarget = {{ name = \"beta\", urls = [\"nats://127.0.0.1:5001\"] }}\nadmin = {{ listen = \"127.0.0.1:5003\" }}\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Ordr\"\n"
+        ),
     );
     write(
         "fractal.toml",
@@ -76,11 +79,17 @@ fn check_lists_every_problem_of_a_broken_topology() {
 
     write(
         "good-contract.toml",
-        "name = \"a-to-b\"\nsource = { name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }\ntarget = { name = \"beta\", urls = [\"nats://127.0.0.1:5009\"] }\nadmin = { listen = \"127.0.0.1:5004\" }\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Order\"\n",
+        &format!(
+            "name = \"a-to-b\"\ncontracts = \"{proto}\"\nsource = {{ name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }}\ntarget = {{ name = \"beta\", urls = [\"nats://127.0.0.1:5009\"] }}\nadmin = {{ listen = \"127.0.0.1:5004\" }}\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Order\"\n"
+        ),
+    );
+    write(
+        "no-contracts.toml",
+        "name = \"b-to-a\"\ncontracts = \"missing.pb\"\nsource = { name = \"beta\", urls = [\"nats://127.0.0.1:5001\"] }\ntarget = { name = \"alpha\", urls = [\"nats://127.0.0.1:5001\"] }\nadmin = { listen = \"127.0.0.1:5005\" }\n[[routes]]\nname = \"menus\"\ntypes = [\"menu.changed\"]\ncontract = \"food.contracts.v1.Menu\"\n",
     );
     write(
         "fractal.toml",
-        "name = \"broken\"\n[hubs.alpha]\nport = 5001\n[hubs.beta]\nport = 5001\n[[services]]\nprogram = \"alpha\"\nconfig = \"service.toml\"\n[[bridges]]\nconfig = \"bridge.toml\"\n[[bridges]]\nconfig = \"good-contract.toml\"\n",
+        "name = \"broken\"\n[hubs.alpha]\nport = 5001\n[hubs.beta]\nport = 5001\n[[services]]\nprogram = \"alpha\"\nconfig = \"service.toml\"\n[[bridges]]\nconfig = \"bridge.toml\"\n[[bridges]]\nconfig = \"good-contract.toml\"\n[[bridges]]\nconfig = \"no-contracts.toml\"\n",
     );
     let output = fractal(&["check", "--topology", &topology]);
     assert!(!output.status.success());
@@ -88,8 +97,11 @@ fn check_lists_every_problem_of_a_broken_topology() {
     for problem in [
         // an unknown hub
         "services[0] (service.toml): hub.name: hub `gamma` is not in the topology (hubs: alpha, beta)",
-        // an unknown contract
-        "bridges[0] (bridge.toml): routes[0].contract: unknown contract `food.contracts.v1.Ordr`",
+        // an unknown contract, with the closest names
+        "bridges[0] (bridge.toml): routes[0].contract: unknown contract `food.contracts.v1.Ordr`: did you mean food.contracts.v1.Order",
+        // contracts that are not there, named with the place they were looked for
+        "bridges[2] (no-contracts.toml): contracts: ",
+        "missing.pb: no such descriptor set file or folder of .proto files",
         // a port clash
         "hubs.beta.port: port 5001 is already used by hubs.alpha.port",
         // a URL that is not the hub's
@@ -147,7 +159,8 @@ fn one_hub_topology(dir: &Path, server: &NatsServer) -> String {
     std::fs::write(
         &path,
         format!(
-            "name = \"single\"\n[hubs.alpha]\nport = {}\n",
+            "name = \"single\"\ncontracts = \"{}\"\n[hubs.alpha]\nport = {}\n",
+            root().join("proto").display(),
             server.port()
         ),
     )
@@ -244,20 +257,21 @@ async fn a_resubmitted_fault_reaches_its_consumer_once_the_cause_is_fixed() {
     let (kitchen_handled, ledger_handled) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let shutdown = CancellationToken::new();
-    let kitchen = Consumer::new(&hub, "kitchen", ConsumerConfig::default()).on("order.placed", {
-        let (fixed, handled) = (fixed.clone(), kitchen_handled.clone());
-        move |_event| {
-            let (fixed, handled) = (fixed.clone(), handled.clone());
-            async move {
-                if !fixed.load(Ordering::SeqCst) {
-                    return Err(HandlerError::permanent("the menu cache is missing"));
+    let kitchen =
+        Consumer::new(&hub, "kitchen", ConsumerConfig::default()).on_any("order.placed", {
+            let (fixed, handled) = (fixed.clone(), kitchen_handled.clone());
+            move |_event| {
+                let (fixed, handled) = (fixed.clone(), handled.clone());
+                async move {
+                    if !fixed.load(Ordering::SeqCst) {
+                        return Err(HandlerError::permanent("the menu cache is missing"));
+                    }
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
                 }
-                handled.fetch_add(1, Ordering::SeqCst);
-                Ok(())
             }
-        }
-    });
-    let ledger = Consumer::new(&hub, "ledger", ConsumerConfig::default()).on("order.placed", {
+        });
+    let ledger = Consumer::new(&hub, "ledger", ConsumerConfig::default()).on_any("order.placed", {
         let handled = ledger_handled.clone();
         move |_event| {
             let handled = handled.clone();
@@ -557,7 +571,8 @@ async fn a_bridge_fault_resubmitted_after_its_route_is_fixed_arrives_as_the_orig
         std::fs::write(
             &path,
             format!(
-                "name = \"a-to-b\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:0\" }}\n[[routes]]\nname = \"menus\"\ntypes = [\"menu.changed\"]\ncontract = \"{contract}\"\n",
+                "name = \"a-to-b\"\ncontracts = \"{}\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:0\" }}\n[[routes]]\nname = \"menus\"\ntypes = [\"menu.changed\"]\ncontract = \"{contract}\"\n",
+                root().join("proto").display(),
                 alpha_server.url(),
                 beta_server.url()
             ),
@@ -604,6 +619,151 @@ async fn a_bridge_fault_resubmitted_after_its_route_is_fixed_arrives_as_the_orig
         "meant for everyone on the target"
     );
     assert_eq!(relayed[0].path, ["alpha", "beta"]);
+}
+
+/// A contract nobody compiled into any program: a team's new event, its route and its
+/// descriptors, all configuration.
+const PARCEL_PROTO: &str = "syntax = \"proto3\";\npackage acme.parcels.v1;\n\n// A parcel on its way.\nmessage Parcel {\n  string parcel_id = 1;\n  string destination = 2;\n  uint32 weight_grams = 3;\n}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brand_new_contract_and_route_are_added_by_configuration_alone() {
+    let (alpha_server, beta_server) = (NatsServer::start(), NatsServer::start());
+    let (alpha, beta) = (
+        alpha_server.hub("alpha").await,
+        beta_server.hub("beta").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("contracts/acme/parcels/v1");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("parcel.proto"), PARCEL_PROTO).unwrap();
+    let bridge = dir.path().join("bridge.toml");
+    std::fs::write(
+        &bridge,
+        format!(
+            "name = \"a-to-b\"\ncontracts = \"contracts.pb\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:{}\" }}\n[[routes]]\nname = \"parcels\"\ntypes = [\"parcel.shipped\"]\ncontract = \"acme.parcels.v1.Parcel\"\n",
+            alpha_server.url(),
+            beta_server.url(),
+            fractal_testkit::free_port()
+        ),
+    )
+    .unwrap();
+    let topology = dir.path().join("fractal.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "name = \"parcels\"\ncontracts = \"contracts.pb\"\n[hubs.alpha]\nport = {}\n[hubs.beta]\nport = {}\n[[services]]\nprogram = \"shipping\"\nconfig = \"dispatch.toml\"\npublishes = [\"parcel.shipped\"]\n[[bridges]]\nconfig = \"bridge.toml\"\n",
+            alpha_server.port(),
+            beta_server.port()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dispatch.toml"),
+        format!(
+            "subsystem = \"shipping\"\nservice = \"dispatch\"\nhub = {{ name = \"alpha\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:{}\" }}\n",
+            alpha_server.url(),
+            fractal_testkit::free_port()
+        ),
+    )
+    .unwrap();
+    let topology = topology.display().to_string();
+    let state = dir.path().join("state").display().to_string();
+    let args = ["--topology", topology.as_str(), "--state", state.as_str()];
+
+    // The descriptor set, built from the team's .proto files.
+    let out = dir.path().join("contracts.pb").display().to_string();
+    let proto = dir.path().join("contracts").display().to_string();
+    let build = fractal(
+        &[
+            &["contracts", "build", "--out", &out, "--proto", &proto][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert!(build.status.success(), "{}", text(&build));
+    let check = Command::new(fractal_testkit::workspace_binary("fractal-bridge"))
+        .args(["--config", bridge.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+
+    // The running hubs get a bridge carrying the new contract.
+    let _bridge = fractal_testkit::Process::spawn(
+        "bridge",
+        &fractal_testkit::workspace_binary("fractal-bridge"),
+        &["--config", bridge.to_str().unwrap()],
+        &[],
+        dir.path(),
+    );
+    let json = dir.path().join("parcel.json");
+    std::fs::write(
+        &json,
+        r#"{"parcelId": "p-1", "destination": "Lisbon", "weightGrams": 1200}"#,
+    )
+    .unwrap();
+    let json = json.display().to_string();
+    let publish = fractal(
+        &[
+            &[
+                "publish",
+                "alpha",
+                "--type",
+                "parcel.shipped",
+                "--json",
+                &json,
+            ][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert!(publish.status.success(), "{}", text(&publish));
+    assert!(text(&publish).contains("(key p-1)"), "{}", text(&publish));
+    let relayed = fractal_testkit::wait_for_events(&beta, "parcel.shipped", 1).await;
+    assert_eq!(relayed[0].payload_type, "acme.parcels.v1.Parcel");
+
+    // The tools read it with the same descriptors.
+    let tail = fractal(
+        &[
+            &[
+                "tail",
+                "beta",
+                "--type",
+                "parcel.shipped",
+                "--all",
+                "--count",
+                "1",
+            ][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert!(
+        text(&tail).contains(r#"{"parcelId":"p-1","destination":"Lisbon","weightGrams":1200}"#),
+        "{}",
+        text(&tail)
+    );
+
+    // An event of the type that is not a parcel (field 3 a string) is held as a fault.
+    let not_a_parcel = fractal::proto::Fault {
+        service: "heavy".into(),
+        ..Default::default()
+    };
+    simulate(
+        &alpha,
+        [NewEvent::external("parcel.shipped", "p-2", &not_a_parcel)],
+    )
+    .await;
+    let fault = eventually(Duration::from_secs(20), "the bridge's fault", || {
+        let alpha = alpha.clone();
+        async move { faults(&alpha).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(fault.consumer, "bridge-a-to-b-parcels");
+    assert!(
+        fault.reason.contains("acme.parcels.v1.Parcel"),
+        "{}",
+        fault.reason
+    );
 }
 
 #[test]
@@ -1491,7 +1651,7 @@ fn each_client_may_do_only_what_the_topology_grants_it() {
         }
 
         let durable = Consumer::new(&gateway, "dispatch", ConsumerConfig::default())
-            .on("order.ready", |_| async { Ok::<_, HandlerError>(()) })
+            .on_any("order.ready", |_| async { Ok::<_, HandlerError>(()) })
             .run(CancellationToken::new())
             .await
             .unwrap_err()
@@ -1727,7 +1887,7 @@ fn recording(
     buggy: Arc<AtomicBool>,
 ) -> (Handled, CancellationToken) {
     let handled: Handled = Arc::default();
-    let consumer = Consumer::new(hub, name, config).on("item.added", {
+    let consumer = Consumer::new(hub, name, config).on_any("item.added", {
         let handled = handled.clone();
         move |event| {
             let (handled, buggy) = (handled.clone(), buggy.clone());
@@ -2079,7 +2239,7 @@ fn contracts_check_reports_breaking_changes_against_a_descriptor_set() {
     ]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(
-        text(&output).contains(&format!("{garbage} is not a descriptor set")),
+        text(&output).contains(&format!("{garbage}: not a descriptor set")),
         "{}",
         text(&output)
     );
@@ -2288,7 +2448,8 @@ async fn the_catalogue_lists_and_shows_each_external_type() {
     std::fs::write(
         dir.path().join("bridge.toml"),
         format!(
-            "name = \"a-to-b\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"nats://127.0.0.1:{beta}\"] }}\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Order\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            "name = \"a-to-b\"\ncontracts = \"{}\"\nsource = {{ name = \"alpha\", urls = [\"{}\"] }}\ntarget = {{ name = \"beta\", urls = [\"nats://127.0.0.1:{beta}\"] }}\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"food.contracts.v1.Order\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            root().join("proto").display(),
             server.url()
         ),
     )
@@ -2318,4 +2479,77 @@ async fn the_catalogue_lists_and_shows_each_external_type() {
     assert!(shown.contains("carried by  a-to-b/orders"), "{shown}");
     assert!(shown.contains("latest on `alpha`:"), "{shown}");
     assert!(shown.contains("\"orderId\":\"o-7\""), "{shown}");
+}
+
+/// The AsyncAPI 3.0.0 JSON Schema, from the `@asyncapi/specs` package (6.11.1, Apache-2.0,
+/// `schemas/3.0.0-without-$id.json`).
+const ASYNCAPI_SCHEMA: &str = include_str!("asyncapi-3.0.0.json");
+
+#[test]
+fn the_asyncapi_document_of_the_system_is_valid_asyncapi_3() {
+    let output = fractal(&[
+        "contracts",
+        "list",
+        "--format",
+        "asyncapi",
+        "--topology",
+        &shipped(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(ASYNCAPI_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the AsyncAPI schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+
+    // Each hub a server, each external type on a hub a channel with its subject and message.
+    assert_eq!(document["asyncapi"], "3.0.0");
+    assert_eq!(document["servers"].as_object().unwrap().len(), 4);
+    let placed = &document["channels"]["ordering.order.placed"];
+    assert_eq!(placed["address"], "events.external.order.placed");
+    assert_eq!(
+        placed["messages"]["food.contracts.v1.Order"]["$ref"],
+        "#/components/messages/food.contracts.v1.Order"
+    );
+    // Who publishes it there, and the route that reads it; the route's write on the system hub.
+    let operations = document["operations"].as_object().unwrap();
+    for (id, action) in [
+        ("ordering_gateway.publishes.ordering.order.placed", "send"),
+        (
+            "bridge_ordering-to-system_orders.consumes.ordering.order.placed",
+            "receive",
+        ),
+        (
+            "bridge_ordering-to-system_orders.publishes.system.order.placed",
+            "send",
+        ),
+        (
+            "restaurant_gateway.consumes.restaurant.order.placed",
+            "receive",
+        ),
+    ] {
+        assert_eq!(
+            operations[id]["action"],
+            action,
+            "{id} in {:?}",
+            operations.keys()
+        );
+    }
+    // The payload is the message's JSON mapping.
+    let order = &document["components"]["schemas"]["food.contracts.v1.Order"];
+    assert_eq!(order["properties"]["orderId"]["type"], "string");
+    assert_eq!(order["properties"]["placedAt"]["format"], "date-time");
+    assert_eq!(
+        order["properties"]["lines"]["items"]["$ref"],
+        "#/components/schemas/food.contracts.v1.OrderLine"
+    );
+    assert!(
+        order["properties"]["status"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"ORDER_STATUS_DELIVERED".into())
+    );
 }

@@ -25,7 +25,7 @@ async fn catch_up(hub: &Hub, name: &str, start: &str, expected: usize) -> Durati
         start: start.parse().unwrap(),
         ..Default::default()
     };
-    let consumer = Consumer::new(hub, name, config).on("item.added", {
+    let consumer = Consumer::new(hub, name, config).on_any("item.added", {
         let handled = handled.clone();
         move |_| {
             handled.fetch_add(1, Ordering::Relaxed);

@@ -111,7 +111,7 @@ async fn platform_consume(hub: &Hub, name: &str, event_type: &str, n: usize) -> 
     let done = Arc::new(tokio::sync::Notify::new());
     let token = CancellationToken::new();
     let started = Instant::now();
-    let consumer = Consumer::new(hub, name, ConsumerConfig::default()).on(event_type, {
+    let consumer = Consumer::new(hub, name, ConsumerConfig::default()).on_any(event_type, {
         let (count, done) = (count.clone(), done.clone());
         move |_event| {
             if count.fetch_add(1, Ordering::Relaxed) + 1 == n {

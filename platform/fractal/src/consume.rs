@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::{Problems, Validate, join};
+use crate::contract::{AnyContract, Contract, ScopeKind};
 use crate::event::Event;
 use crate::fault::{FaultKind, FaultRecorder, Origin};
 use crate::metrics::{ConsumerLabels, PLATFORM, TypeLabels};
@@ -283,7 +284,7 @@ impl From<crate::publish::PublishError> for HandlerError {
     fn from(error: crate::publish::PublishError) -> Self {
         use crate::publish::PublishErrorKind as Kind;
         match error.kind() {
-            Kind::InvalidEvent | Kind::TooLarge | Kind::Forbidden => {
+            Kind::InvalidEvent | Kind::TooLarge | Kind::Forbidden | Kind::Undeclared => {
                 HandlerError::Permanent(Box::new(error))
             }
             Kind::TimedOut => HandlerError::Unavailable(Box::new(error)),
@@ -332,6 +333,7 @@ pub struct Consumer {
     service: String,
     config: ConsumerConfig,
     handlers: HashMap<String, Registered>,
+    contracts: Vec<AnyContract>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -351,8 +353,27 @@ pub struct WithState<S> {
 }
 
 impl<S: Clone + Send + Sync + 'static> WithState<S> {
-    /// Handles events of `event_type` with `handler`, given the state and the event.
-    pub fn on<F, Fut>(self, event_type: &str, handler: F) -> Self
+    /// Handles events of `contract` with `handler`, given the state, the event's message and
+    /// the event.
+    pub fn on<M, K, F, Fut>(self, contract: Contract<M, K>, handler: F) -> Self
+    where
+        M: prost::Message + prost::Name + Default + 'static,
+        K: ScopeKind,
+        F: Fn(S, M, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        WithState {
+            consumer: self.consumer.on(contract, move |message, event| {
+                handler(state.clone(), message, event)
+            }),
+            state: self.state,
+        }
+    }
+
+    /// Handles events of `event_type`, whatever they carry, with `handler`, given the state
+    /// and the event.
+    pub fn on_any<F, Fut>(self, event_type: &str, handler: F) -> Self
     where
         F: Fn(S, Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
@@ -361,7 +382,7 @@ impl<S: Clone + Send + Sync + 'static> WithState<S> {
         WithState {
             consumer: self
                 .consumer
-                .on(event_type, move |event| handler(state.clone(), event)),
+                .on_any(event_type, move |event| handler(state.clone(), event)),
             state: self.state,
         }
     }
@@ -391,11 +412,35 @@ impl Consumer {
             service: service.to_owned(),
             config,
             handlers: HashMap::new(),
+            contracts: Vec::new(),
         }
     }
 
-    /// Handles events of `event_type` (internal or external) with `handler`.
-    pub fn on<F, Fut>(mut self, event_type: &str, handler: F) -> Self
+    /// Handles events of `contract` with `handler`, given the event's message (decoded; a
+    /// payload that is not the contract's message is a permanent fault) and the event.
+    pub fn on<M, K, F, Fut>(mut self, contract: Contract<M, K>, handler: F) -> Self
+    where
+        M: prost::Message + prost::Name + Default + 'static,
+        K: ScopeKind,
+        F: Fn(M, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.contracts
+            .retain(|c| c.event_type() != contract.event_type());
+        self.contracts.push(contract.any());
+        let handler = Arc::new(handler);
+        self.on_any(contract.event_type(), move |event| {
+            let handler = handler.clone();
+            async move {
+                let message = event.payload::<M>()?;
+                handler(message, event).await
+            }
+        })
+    }
+
+    /// Handles events of `event_type` (internal or external), whatever they carry, with
+    /// `handler`: for tools that work with any contract.
+    pub fn on_any<F, Fut>(mut self, event_type: &str, handler: F) -> Self
     where
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
@@ -419,16 +464,28 @@ impl Consumer {
         !self.handlers.is_empty()
     }
 
+    /// The contracts handled through [`Consumer::on`].
+    pub fn contracts(&self) -> &[AnyContract] {
+        &self.contracts
+    }
+
+    /// The event types handled.
+    pub fn event_types(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+
     /// Registers the next handlers with `state`, which each is given (cloned) with its event.
     ///
     /// ```no_run
     /// # async fn example(service: fractal::service::Service) -> Result<(), fractal::service::ServiceError> {
     /// use fractal::proto::Header as Order;
     /// use fractal::view::{Record, View};
-    /// use fractal::{Event, HandlerError};
+    /// use fractal::{Contract, Event, HandlerError};
     ///
-    /// async fn apply(orders: View<Order>, event: Event) -> Result<(), HandlerError> {
-    ///     let order: Order = event.payload()?;
+    /// const ORDER_PLACED: Contract<Order> = Contract::external("order.placed");
+    /// const ORDER_DELIVERED: Contract<Order> = Contract::external("order.delivered");
+    ///
+    /// async fn apply(orders: View<Order>, order: Order, event: Event) -> Result<(), HandlerError> {
     ///     orders
     ///         .update(&event.key, |_| Some(Record::new(order.clone(), event.time)))
     ///         .await?;
@@ -439,8 +496,8 @@ impl Consumer {
     /// let consumer = service
     ///     .consumer()
     ///     .with_state(orders)
-    ///     .on("order.placed", apply)
-    ///     .on("order.delivered", apply);
+    ///     .on(ORDER_PLACED, apply)
+    ///     .on(ORDER_DELIVERED, apply);
     /// service.run(consumer).await
     /// # }
     /// ```
@@ -455,17 +512,21 @@ impl Consumer {
     /// edge's ingress or egress step, or a plain reaction. The published event's id is derived
     /// from the original's and its own type ([`crate::event::EventData::derived_id`]), so a
     /// redelivery publishes nothing new.
-    pub fn translate(
+    pub fn translate<M, K>(
         self,
-        event_type: &str,
+        contract: Contract<M, K>,
         publisher: &crate::Publisher,
-        translate: fn(&Event) -> Result<crate::NewEvent, HandlerError>,
-    ) -> Self {
+        translate: fn(M, &Event) -> Result<crate::NewEvent, HandlerError>,
+    ) -> Self
+    where
+        M: prost::Message + prost::Name + Default + 'static,
+        K: ScopeKind,
+    {
         let publisher = publisher.clone();
-        self.on(event_type, move |event| {
+        self.on(contract, move |message, event| {
             let publisher = publisher.clone();
             async move {
-                let translated = translate(&event)?;
+                let translated = translate(message, &event)?;
                 let id = event.derived_id(&translated.event_type);
                 publisher.publish(translated.with_id(id)).await?;
                 Ok(())

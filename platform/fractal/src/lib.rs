@@ -7,19 +7,22 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use fractal::{Consumer, ConsumerConfig, Hub, HubConfig, NewEvent, Publisher};
+//! use fractal::proto::Header as Order;
+//! use fractal::{Consumer, ConsumerConfig, Contract, Hub, HubConfig, Publisher};
 //! use tokio_util::sync::CancellationToken;
+//!
+//! /// A customer placed an order: declared once, used to publish and to consume.
+//! const ORDER_PLACED: Contract<Order> = Contract::external("order.placed");
 //!
 //! let hub = Hub::connect(&HubConfig::local("ordering", "nats://127.0.0.1:4222")).await?;
 //! hub.provision().await?;
 //! let publisher = Publisher::new(&hub, "ordering/checkout");
-//! # let order = fractal::proto::Header::default();
-//! publisher.publish(NewEvent::external("order.placed", "order-1", &order)).await?;
+//! # let order = Order::default();
+//! publisher.publish(ORDER_PLACED.event("order-1", &order)).await?;
 //!
 //! Consumer::new(&hub, "kitchen", ConsumerConfig::default())
-//!     .on("order.placed", |event| async move {
-//!         let order: fractal::proto::Header = event.payload()?;
-//!         # let _ = order;
+//!     .on(ORDER_PLACED, |order: Order, event| async move {
+//!         # let _ = (order, event);
 //!         Ok(())
 //!     })
 //!     .run(CancellationToken::new())
@@ -31,6 +34,7 @@
 pub mod admin;
 pub mod config;
 pub mod consume;
+pub mod contract;
 pub mod event;
 pub mod fault;
 pub mod grpc;
@@ -46,9 +50,14 @@ pub mod wire;
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/fractal.platform.v1.rs"));
+
+    /// The descriptor set (`FileDescriptorSet`) of these types, with their comments.
+    pub const DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/fractal.platform.v1.bin"));
 }
 
 pub use consume::{Consumer, ConsumerConfig, HandlerError};
+pub use contract::Contract;
 pub use event::{DecodeError, Event, EventView, NewEvent};
 pub use hub::{Hub, HubConfig};
 pub use publish::{Published, Publisher};

@@ -10,10 +10,11 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument as _;
 use ulid::Ulid;
 
+use crate::contract::AnyContract;
 use crate::event::NewEvent;
 use crate::hub::{Refusals, RideOut};
 use crate::metrics::{PLATFORM, TypeLabels};
-use crate::{Hub, telemetry, wire};
+use crate::{Hub, Scope, telemetry, wire};
 
 /// How many publishes `publish_all` keeps awaiting their acknowledgement at once.
 const PIPELINE_WINDOW: usize = 1024;
@@ -25,6 +26,8 @@ pub struct Publisher {
     source: String,
     /// The `published` counter of each event type, looked up once per type.
     counters: Arc<RwLock<HashMap<String, Counter>>>,
+    /// The external contracts it may publish, if its service declares them.
+    declared: Option<&'static [AnyContract]>,
 }
 
 /// An event the hub has stored.
@@ -53,6 +56,9 @@ pub enum PublishErrorKind {
     /// The hub's permissions do not let this client publish on the event's subject. Not
     /// retried: the topology grants what each service publishes.
     Forbidden,
+    /// An external event its service does not declare it publishes (or with another message):
+    /// a mistake in the code, not retried.
+    Undeclared,
 }
 
 /// The hub did not store an event.
@@ -143,7 +149,16 @@ impl Publisher {
             hub: hub.clone(),
             source: source.to_owned(),
             counters: Arc::default(),
+            declared: None,
         }
+    }
+
+    /// This publisher, refusing external events other than `contracts` (what its service
+    /// declares it publishes, which `<program> --describe` prints and `fractal check` compares
+    /// with the topology).
+    pub fn declaring(mut self, contracts: &'static [AnyContract]) -> Self {
+        self.declared = Some(contracts);
+        self
     }
 
     /// The hub this publisher writes to.
@@ -257,6 +272,31 @@ impl Publisher {
                 &subject,
                 format!("key {:?} contains a line break", event.key),
             ));
+        }
+        if let (Some(declared), Scope::External) = (self.declared, event.scope) {
+            let message = declared
+                .iter()
+                .find(|c| c.event_type() == event.event_type)
+                .map(AnyContract::message);
+            if message.as_deref() != Some(event.payload_type.as_str()) {
+                let names: Vec<String> = declared.iter().map(|c| format!("{c:?}")).collect();
+                return Err(PublishError::new(
+                    PublishErrorKind::Undeclared,
+                    id,
+                    &subject,
+                    format!(
+                        "`{}` carrying {} is not among the external contracts {} declares it publishes ({})",
+                        event.event_type,
+                        event.payload_type,
+                        self.source,
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                ));
+            }
         }
         let published = self.counter(&event.event_type);
         let span = tracing::info_span!(

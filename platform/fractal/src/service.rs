@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminConfig, Readiness};
 use crate::config::{Problems, Validate, join};
 use crate::consume::{Consumer, ConsumerConfig};
+use crate::contract::AnyContract;
 use crate::grpc::{GrpcConfig, GrpcServer};
 use crate::hub::{Hub, HubConfig};
 use crate::publish::Publisher;
@@ -84,6 +85,8 @@ pub struct Service {
     started: Arc<AtomicBool>,
     /// The gRPC server [`Service::run`] serves, if any.
     grpc: Option<GrpcServer>,
+    /// What its program declares of it, once [`Subsystem::run`] chose it.
+    declaration: Option<Declaration>,
 }
 
 impl Service {
@@ -118,12 +121,18 @@ impl Service {
             admin,
             started,
             grpc: None,
+            declaration: None,
         }))
     }
 
-    /// A publisher that records this service as the source of its events.
+    /// A publisher that records this service as the source of its events and, when its
+    /// program declares what it publishes, refuses other external events.
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(&self.hub, &self.config.source())
+        let publisher = Publisher::new(&self.hub, &self.config.source());
+        match &self.declaration {
+            Some(declaration) => publisher.declaring(declaration.publishes),
+            None => publisher,
+        }
     }
 
     /// A consumer with this service's name and consumer settings.
@@ -152,6 +161,11 @@ impl Service {
                 "service `{}` has neither handlers nor a gRPC server: nothing to run",
                 self.config.source()
             )));
+        }
+        if let Some(declaration) = &self.declaration {
+            declaration
+                .check_consumer(&consumer)
+                .map_err(|e| ServiceError::Config(format!("{}: {e}", self.config.source())))?;
         }
         let stop = self.shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
@@ -280,20 +294,124 @@ pub fn env_prefix(program: &str) -> String {
 pub type Body =
     fn(Service) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
 
+/// One service of a program: its name (a config's `service` key), what runs it, and the
+/// external contracts it publishes and consumes. The declaration is what `<program> --describe`
+/// prints and `fractal check` compares with the topology; the platform holds the code to it:
+/// the service's publisher refuses other external events, and the service does not start if
+/// its consumer handles external contracts other than those it consumes.
+#[derive(Clone, Copy)]
+pub struct Declaration {
+    /// The service's name.
+    pub name: &'static str,
+    /// What runs it.
+    pub run: Body,
+    /// The external contracts it publishes.
+    pub publishes: &'static [AnyContract],
+    /// The external contracts it consumes.
+    pub consumes: &'static [AnyContract],
+}
+
+impl std::fmt::Debug for Declaration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Declaration")
+            .field("name", &self.name)
+            .field("publishes", &self.publishes)
+            .field("consumes", &self.consumes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Declaration {
+    /// Service `name`, run by `run`, with no external contracts.
+    pub const fn service(name: &'static str, run: Body) -> Self {
+        Declaration {
+            name,
+            run,
+            publishes: &[],
+            consumes: &[],
+        }
+    }
+
+    /// The external contracts it publishes.
+    pub const fn publishes(mut self, contracts: &'static [AnyContract]) -> Self {
+        self.publishes = contracts;
+        self
+    }
+
+    /// The external contracts it consumes.
+    pub const fn consumes(mut self, contracts: &'static [AnyContract]) -> Self {
+        self.consumes = contracts;
+        self
+    }
+
+    /// As `--describe` prints it.
+    pub fn described(&self) -> DescribedService {
+        let all =
+            |contracts: &[AnyContract]| contracts.iter().map(AnyContract::described).collect();
+        DescribedService {
+            service: self.name.to_owned(),
+            publishes: all(self.publishes),
+            consumes: all(self.consumes),
+        }
+    }
+
+    /// Whether `consumer` handles exactly the external contracts the service consumes.
+    fn check_consumer(&self, consumer: &Consumer) -> Result<(), String> {
+        let handled: Vec<&str> = consumer.event_types().collect();
+        for declared in self.consumes {
+            if !handled.contains(&declared.event_type()) {
+                return Err(format!(
+                    "it declares it consumes {declared:?} but has no handler for it"
+                ));
+            }
+        }
+        for registered in consumer.contracts() {
+            let external = registered.scope() == crate::Scope::External;
+            if external && !self.consumes.contains(registered) {
+                return Err(format!(
+                    "it handles {registered:?}, which is not among the external contracts it declares it consumes"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service as its program describes it (`<program> --describe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DescribedService {
+    /// The service's name.
+    pub service: String,
+    /// The external contracts it publishes.
+    pub publishes: Vec<crate::contract::Described>,
+    /// The external contracts it consumes.
+    pub consumes: Vec<crate::contract::Described>,
+}
+
 /// A program and its services, declared once: [`main`] checks that a config's `service` is
 /// one of these names and runs the one it names, and the program's name gives its
 /// environment prefix ([`env_prefix`]).
 ///
 /// ```no_run
-/// # use fractal::service::{Service, ServiceError, Subsystem};
+/// # use fractal::service::{Declaration, Service, ServiceError, Subsystem};
+/// use fractal::Contract;
+/// use fractal::proto::Header as Order;
+///
+/// const ORDER_PLACED: Contract<Order> = Contract::external("order.placed");
+///
 /// async fn checkout(service: Service) -> Result<(), ServiceError> {
-///     let consumer = service.consumer().on("order.placed", |_event| async { Ok(()) });
+///     let consumer = service
+///         .consumer()
+///         .on(ORDER_PLACED, |_order, _event| async { Ok(()) });
 ///     service.run(consumer).await
 /// }
 ///
 /// const ORDERING: Subsystem = Subsystem {
 ///     program: "ordering",
-///     services: &[("checkout", |service| Box::pin(checkout(service)))],
+///     services: &[
+///         Declaration::service("checkout", |service| Box::pin(checkout(service)))
+///             .consumes(&[ORDER_PLACED.any()]),
+///     ],
 /// };
 ///
 /// fn main() -> std::process::ExitCode {
@@ -304,8 +422,8 @@ pub type Body =
 pub struct Subsystem {
     /// The program's name.
     pub program: &'static str,
-    /// Each service: its name (a config's `service` key) and what runs it.
-    pub services: &'static [(&'static str, Body)],
+    /// Its services.
+    pub services: &'static [Declaration],
 }
 
 impl std::fmt::Debug for Subsystem {
@@ -320,14 +438,22 @@ impl std::fmt::Debug for Subsystem {
 impl Subsystem {
     /// The services' names.
     pub fn names(&self) -> Vec<&'static str> {
-        self.services.iter().map(|(name, _)| *name).collect()
+        self.services.iter().map(|d| d.name).collect()
+    }
+
+    /// Its services as `--describe` prints them.
+    pub fn described(&self) -> Vec<DescribedService> {
+        self.services.iter().map(Declaration::described).collect()
     }
 
     /// Runs the service `service`'s configuration names until shutdown.
-    pub async fn run(self, service: Service) -> Result<(), ServiceError> {
+    pub async fn run(self, mut service: Service) -> Result<(), ServiceError> {
         let name = service.config.service.clone();
-        match self.services.iter().find(|(known, _)| *known == name) {
-            Some((_, body)) => body(service).await,
+        match self.services.iter().find(|d| d.name == name) {
+            Some(declaration) => {
+                service.declaration = Some(*declaration);
+                (declaration.run)(service).await
+            }
             None => Err(ServiceError::Config(format!(
                 "`{name}` is not a service of {}",
                 self.program
@@ -354,6 +480,16 @@ pub fn main(subsystem: Subsystem) -> std::process::ExitCode {
             services.join(", ")
         ))
         .arg(
+            clap::Arg::new("describe")
+                .long("describe")
+                .action(clap::ArgAction::SetTrue)
+                .exclusive(true)
+                .help(
+                    "Print the services and the external contracts each publishes and consumes, \
+                     as JSON, and exit.",
+                ),
+        )
+        .arg(
             clap::Arg::new("config")
                 .long("config")
                 .short('c')
@@ -368,6 +504,14 @@ pub fn main(subsystem: Subsystem) -> std::process::ExitCode {
                 .help("Validate the configuration and exit without connecting anywhere."),
         )
         .get_matches();
+    if args.get_flag("describe") {
+        let described = serde_json::json!({
+            "program": program,
+            "services": subsystem.described(),
+        });
+        println!("{described:#}");
+        return ExitCode::SUCCESS;
+    }
     let Some(file) = args.get_one::<std::path::PathBuf>("config") else {
         return ExitCode::from(2);
     };

@@ -67,25 +67,26 @@ async fn each_key_is_handled_in_order_and_keys_run_concurrently() {
     let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
     let running = Arc::new(AtomicU32::new(0));
     let peak = Arc::new(AtomicU32::new(0));
-    let consumer = Consumer::new(&hub, "orderly", ConsumerConfig::default()).on("item.added", {
-        let (seen, running, peak) = (seen.clone(), running.clone(), peak.clone());
-        move |event| {
+    let consumer =
+        Consumer::new(&hub, "orderly", ConsumerConfig::default()).on_any("item.added", {
             let (seen, running, peak) = (seen.clone(), running.clone(), peak.clone());
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                let delay = rand::rng().random_range(0..300);
-                tokio::time::sleep(Duration::from_micros(delay)).await;
-                seen.lock()
-                    .unwrap()
-                    .entry(event.key.clone())
-                    .or_default()
-                    .push(number(&event));
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok(())
+            move |event| {
+                let (seen, running, peak) = (seen.clone(), running.clone(), peak.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let delay = rand::rng().random_range(0..300);
+                    tokio::time::sleep(Duration::from_micros(delay)).await;
+                    seen.lock()
+                        .unwrap()
+                        .entry(event.key.clone())
+                        .or_default()
+                        .push(number(&event));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
             }
-        }
-    });
+        });
     let (token, handle) = spawn(consumer);
     eventually(Duration::from_secs(60), "every event handled", || async {
         let count: usize = seen.lock().unwrap().values().map(Vec::len).sum();
@@ -112,7 +113,7 @@ async fn a_retryable_failure_is_retried_until_handled() {
     let hub = server.hub("alpha").await;
     simulate(&hub, [numbered("flaky.thing", "k", 1)]).await;
     let attempts = Arc::new(AtomicU32::new(0));
-    let consumer = Consumer::new(&hub, "flaky", fast_retries()).on("flaky.thing", {
+    let consumer = Consumer::new(&hub, "flaky", fast_retries()).on_any("flaky.thing", {
         let attempts = attempts.clone();
         move |_event| {
             let attempts = attempts.clone();
@@ -147,7 +148,7 @@ async fn an_always_failing_handler_makes_exactly_one_fault() {
         max_deliveries: 3,
         ..fast_retries()
     };
-    let consumer = Consumer::new(&hub, "doomed", config).on("doomed.thing", {
+    let consumer = Consumer::new(&hub, "doomed", config).on_any("doomed.thing", {
         let attempts = attempts.clone();
         move |_event| {
             let attempts = attempts.clone();
@@ -198,7 +199,7 @@ async fn a_permanent_error_is_a_fault_at_once_and_the_key_keeps_flowing() {
     let hub = server.hub("alpha").await;
     simulate(&hub, (0..5).map(|n| numbered("picky.thing", "k", n))).await;
     let handled: Arc<Mutex<Vec<usize>>> = Arc::default();
-    let consumer = Consumer::new(&hub, "picky", fast_retries()).on("picky.thing", {
+    let consumer = Consumer::new(&hub, "picky", fast_retries()).on_any("picky.thing", {
         let handled = handled.clone();
         move |event| {
             let handled = handled.clone();
@@ -253,7 +254,7 @@ async fn an_undecodable_message_is_a_fault() {
         .expect("stored");
     simulate(&hub, [numbered("odd.thing", "k", 1)]).await;
     let handled = Arc::new(AtomicU32::new(0));
-    let consumer = Consumer::new(&hub, "strict", fast_retries()).on("odd.thing", {
+    let consumer = Consumer::new(&hub, "strict", fast_retries()).on_any("odd.thing", {
         let handled = handled.clone();
         move |_event| {
             let handled = handled.clone();
@@ -302,7 +303,7 @@ fn run_killable(url: String, seen: Arc<Mutex<Vec<String>>>) -> tokio::runtime::R
             ..Default::default()
         };
         Consumer::new(&hub, "survivor", config)
-            .on("step.done", move |event| {
+            .on_any("step.done", move |event| {
                 let seen = seen.clone();
                 async move {
                     tokio::time::sleep(Duration::from_micros(200)).await;
@@ -365,7 +366,7 @@ async fn graceful_shutdown_acknowledges_only_what_was_handled() {
             retry_max_ms: 100,
             ..Default::default()
         };
-        Consumer::new(&hub, "graceful", config).on("job.queued", {
+        Consumer::new(&hub, "graceful", config).on_any("job.queued", {
             let seen = seen.clone();
             move |event| {
                 let seen = seen.clone();
@@ -415,8 +416,8 @@ async fn the_admin_endpoint_reports_health_readiness_and_metrics() {
     let mut server = NatsServer::start();
     let hub = server.hub("alpha").await;
     simulate(&hub, [numbered("metered.thing", "k", 1)]).await;
-    let consumer =
-        Consumer::new(&hub, "metered", fast_retries()).on("metered.thing", |_e| async { Ok(()) });
+    let consumer = Consumer::new(&hub, "metered", fast_retries())
+        .on_any("metered.thing", |_e| async { Ok(()) });
     let (token, handle) = spawn(consumer);
     let admin = fractal::admin::AdminConfig {
         listen: "127.0.0.1:0".into(),
@@ -480,7 +481,7 @@ async fn a_new_consumer_started_since_a_time_gets_only_what_was_stored_from_then
         ..Default::default()
     };
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let consumer = Consumer::new(&hub, "backfilled", config).on("item.added", {
+    let consumer = Consumer::new(&hub, "backfilled", config).on_any("item.added", {
         let seen = seen.clone();
         move |event| {
             seen.lock().unwrap().push(event.key.clone());
@@ -526,7 +527,7 @@ async fn a_latest_per_key_consumer_handles_the_newest_event_of_each_key_then_eve
         ..Default::default()
     };
     let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
-    let consumer = Consumer::new(&hub, "late", config).on("item.added", {
+    let consumer = Consumer::new(&hub, "late", config).on_any("item.added", {
         let seen = seen.clone();
         move |event| {
             seen.lock()
@@ -574,16 +575,14 @@ async fn a_translation_carries_an_id_derived_from_the_original_so_a_redelivery_s
     let server = NatsServer::start();
     let hub = server.hub("alpha").await;
     let publisher = fractal::Publisher::new(&hub, "alpha/gateway");
+    const ADDED: fractal::Contract<Header, fractal::contract::Internal> =
+        fractal::Contract::internal("item.added");
+    const COUNTED: fractal::Contract<Header, fractal::contract::Internal> =
+        fractal::Contract::internal("item.counted");
     let consumer = Consumer::new(&hub, "gateway", fast_retries()).translate(
-        "item.added",
+        ADDED,
         &publisher,
-        |event| {
-            Ok(NewEvent::new(
-                "item.counted",
-                event.key.clone(),
-                &Header::default(),
-            ))
-        },
+        |_added, event| Ok(COUNTED.event(event.key.clone(), &Header::default())),
     );
     let (token, handle) = spawn(consumer);
     simulate(&hub, [numbered("item.added", "k-1", 1)]).await;

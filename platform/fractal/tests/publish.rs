@@ -155,3 +155,120 @@ async fn events_config(hub: &fractal::Hub) -> async_nats::jetstream::stream::Con
         .config
         .clone()
 }
+
+mod declared {
+    use fractal::contract::{AnyContract, Contract, Internal};
+    use fractal::proto::{Fault, Header};
+    use fractal::service::{Declaration, Service, ServiceError, Subsystem};
+
+    pub(super) const PLACED: Contract<Header> = Contract::external("order.placed");
+    pub(super) const READY: Contract<Header> = Contract::external("order.ready");
+    pub(super) const WRONG_MESSAGE: Contract<Fault> = Contract::external("order.placed");
+    pub(super) const NOTED: Contract<Header, Internal> = Contract::internal("order.noted");
+    pub(super) const PUBLISHES: &[AnyContract] = &[PLACED.any()];
+
+    /// Publishes what it declares, then what it does not: the service stops with the error.
+    async fn publisher(service: Service) -> Result<(), ServiceError> {
+        let publisher = service.publisher();
+        let header = Header::default();
+        for declared in [PLACED.event("o-1", &header), NOTED.event("o-1", &header)] {
+            publisher.publish(declared).await.expect("declared");
+        }
+        let wrong = publisher.publish(WRONG_MESSAGE.event("o-1", &Fault::default()));
+        let undeclared = publisher.publish(READY.event("o-1", &header));
+        let errors = [
+            wrong.await.expect_err("another message"),
+            undeclared.await.expect_err("another type"),
+        ];
+        Err(ServiceError::Other(
+            errors.map(|e| e.to_string()).join("\n").into(),
+        ))
+    }
+
+    /// Handles a contract it does not declare it consumes.
+    async fn consumer(service: Service) -> Result<(), ServiceError> {
+        let consumer = service
+            .consumer()
+            .on(READY, |_ready, _event| async { Ok(()) });
+        service.run(consumer).await
+    }
+
+    /// Declares a contract it has no handler for.
+    async fn forgetful(service: Service) -> Result<(), ServiceError> {
+        let consumer = service
+            .consumer()
+            .on(NOTED, |_noted, _event| async { Ok(()) });
+        service.run(consumer).await
+    }
+
+    pub(super) const SUBSYSTEM: Subsystem = Subsystem {
+        program: "alpha",
+        services: &[
+            Declaration::service("publisher", |s| Box::pin(publisher(s))).publishes(PUBLISHES),
+            Declaration::service("consumer", |s| Box::pin(consumer(s))),
+            Declaration::service("forgetful", |s| Box::pin(forgetful(s))).consumes(&[PLACED.any()]),
+        ],
+    };
+}
+
+#[tokio::test]
+async fn a_service_is_held_to_the_external_contracts_its_program_declares() {
+    let server = NatsServer::start();
+    let hub = server.hub("alpha").await;
+    let run = |service: &str| {
+        let config: fractal::service::ServiceConfig = fractal::config::from_toml(&format!(
+            "subsystem = \"alpha\"\nservice = \"{service}\"\nhub = {{ name = \"alpha\", urls = [\"{}\"] }}\nadmin = {{ listen = \"127.0.0.1:0\" }}\n",
+            server.url()
+        ))
+        .expect("a service config");
+        async move {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let service = fractal::service::Service::start(config, shutdown)
+                .await
+                .expect("starts")
+                .expect("not shut down");
+            declared::SUBSYSTEM
+                .run(service)
+                .await
+                .expect_err("stops")
+                .to_string()
+        }
+    };
+
+    // Declared external and internal events go out; another message or type does not.
+    let error = run("publisher").await;
+    assert!(
+        error.contains(
+            "`order.placed` carrying fractal.platform.v1.Fault is not among the external contracts alpha/publisher declares it publishes (external.order.placed (fractal.platform.v1.Header))"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("`order.ready` carrying"), "{error}");
+    let stored = stream_messages(&hub, "EVENTS").await;
+    let subjects: Vec<&str> = stored.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "events.external.order.placed",
+            "events.internal.order.noted"
+        ]
+    );
+
+    let error = run("consumer").await;
+    assert!(
+        error.contains("it handles external.order.ready (fractal.platform.v1.Header), which is not among the external contracts it declares it consumes"),
+        "{error}"
+    );
+    let error = run("forgetful").await;
+    assert!(
+        error.contains("it declares it consumes external.order.placed (fractal.platform.v1.Header) but has no handler for it"),
+        "{error}"
+    );
+    // What `--describe` prints.
+    let described = declared::SUBSYSTEM.described();
+    assert_eq!(described[0].publishes[0].event_type, "order.placed");
+    assert_eq!(
+        described[2].consumes[0].message,
+        "fractal.platform.v1.Header"
+    );
+}

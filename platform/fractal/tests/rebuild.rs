@@ -70,10 +70,11 @@ async fn start(hub: &Hub) -> (View<Header>, CancellationToken) {
         .expect("the view opens")
         .indexed_by(by_parity);
     let publisher = Publisher::new(hub, "test/counter");
-    let consumer = Consumer::new(hub, "counter", ConsumerConfig::default()).on("thing.counted", {
-        let view = view.clone();
-        move |event| count(view.clone(), publisher.clone(), event)
-    });
+    let consumer =
+        Consumer::new(hub, "counter", ConsumerConfig::default()).on_any("thing.counted", {
+            let view = view.clone();
+            move |event| count(view.clone(), publisher.clone(), event)
+        });
     let stop = CancellationToken::new();
     let run = consumer.run(stop.clone());
     tokio::spawn(async move { run.await.expect("the consumer runs") });

@@ -45,16 +45,17 @@ async fn the_consumer_continues_the_publishers_trace() {
 
     let seen: Arc<Mutex<Option<TraceId>>> = Arc::default();
     let token = CancellationToken::new();
-    let consumer = Consumer::new(&hub, "kitchen", ConsumerConfig::default()).on("order.placed", {
-        let seen = seen.clone();
-        move |_event| {
+    let consumer =
+        Consumer::new(&hub, "kitchen", ConsumerConfig::default()).on_any("order.placed", {
             let seen = seen.clone();
-            async move {
-                *seen.lock().unwrap() = Some(current_trace_id());
-                Ok(())
+            move |_event| {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock().unwrap() = Some(current_trace_id());
+                    Ok(())
+                }
             }
-        }
-    });
+        });
     let run = tokio::spawn(consumer.run(token.clone()));
     let handled_in = eventually(Duration::from_secs(10), "the event handled", || async {
         *seen.lock().unwrap()

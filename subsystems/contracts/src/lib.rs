@@ -1,7 +1,7 @@
 //! The food-delivery system's external contracts: the events that cross from one subsystem's
 //! hub to another's, each a full snapshot of its aggregate (`proto/food/contracts/v1`).
 //!
-//! | event | payload | produced by | consumed by |
+//! | event ([`events`]) | payload | produced by | consumed by |
 //! | --- | --- | --- | --- |
 //! | `menu.changed` | [`v1::Menu`] | restaurant | ordering |
 //! | `menu.viewed` | [`v1::MenuViewed`] | ordering | insights |
@@ -25,24 +25,31 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/food.contracts.v1.rs"));
 }
 
-/// Event types of the external contracts.
+/// The external contracts: each event type with the message it carries. Producers make their
+/// events with [`Contract::event`](fractal::Contract::event), consumers handle them with
+/// [`Consumer::on`](fractal::Consumer::on), and each service declares the ones it publishes and
+/// consumes.
 pub mod events {
-    /// A restaurant's menu changed ([`super::v1::Menu`]).
-    pub const MENU_CHANGED: &str = "menu.changed";
-    /// A customer viewed a menu ([`super::v1::MenuViewed`]).
-    pub const MENU_VIEWED: &str = "menu.viewed";
-    /// A customer placed an order ([`super::v1::Order`]).
-    pub const ORDER_PLACED: &str = "order.placed";
-    /// The restaurant accepted the order.
-    pub const ORDER_ACCEPTED: &str = "order.accepted";
-    /// The order is ready for pick-up.
-    pub const ORDER_READY: &str = "order.ready";
-    /// A driver was assigned to the order.
-    pub const ORDER_DRIVER_ASSIGNED: &str = "order.driver_assigned";
-    /// The driver picked the order up.
-    pub const ORDER_PICKED_UP: &str = "order.picked_up";
-    /// The driver delivered the order.
-    pub const ORDER_DELIVERED: &str = "order.delivered";
+    use fractal::Contract;
+
+    use super::v1::{Menu, MenuViewed, Order};
+
+    /// A restaurant's menu changed ([`Menu`]).
+    pub const MENU_CHANGED: Contract<Menu> = Contract::external("menu.changed");
+    /// A customer viewed a menu ([`MenuViewed`]).
+    pub const MENU_VIEWED: Contract<MenuViewed> = Contract::external("menu.viewed");
+    /// A customer placed an order ([`Order`]).
+    pub const ORDER_PLACED: Contract<Order> = Contract::external("order.placed");
+    /// The restaurant accepted the order ([`Order`]).
+    pub const ORDER_ACCEPTED: Contract<Order> = Contract::external("order.accepted");
+    /// The order is ready for pick-up ([`Order`]).
+    pub const ORDER_READY: Contract<Order> = Contract::external("order.ready");
+    /// A driver was assigned to the order ([`Order`]).
+    pub const ORDER_DRIVER_ASSIGNED: Contract<Order> = Contract::external("order.driver_assigned");
+    /// The driver picked the order up ([`Order`]).
+    pub const ORDER_PICKED_UP: Contract<Order> = Contract::external("order.picked_up");
+    /// The driver delivered the order ([`Order`]).
+    pub const ORDER_DELIVERED: Contract<Order> = Contract::external("order.delivered");
 }
 
 /// A protobuf timestamp for `time`.

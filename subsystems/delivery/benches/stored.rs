@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use food_contracts::events::ORDER_READY;
 use food_contracts::v1::{Order, OrderStatus};
+use food_delivery::events::{DELIVERY_ASSIGNED, DELIVERY_REQUESTED};
 use food_delivery::v1::drivers_client::DriversClient;
 use food_delivery::v1::{
     Assignment, Delivery, DeliveryRequest, DeliveryStatus, DriverStatus, ListAssignedRequest,
@@ -134,7 +136,7 @@ fn ready(order_id: &str) -> NewEvent {
         ready_at: Some(SystemTime::now().into()),
         ..Default::default()
     };
-    NewEvent::external("order.ready", order_id, &order)
+    ORDER_READY.event(order_id, &order)
 }
 
 struct Row {
@@ -278,10 +280,10 @@ async fn measure(stored: usize, orders: usize) -> Row {
             continue;
         };
         match event.event_type.as_str() {
-            "delivery.requested" => {
+            t if t == DELIVERY_REQUESTED.event_type() => {
                 requested_at.insert(event.key.clone(), event.time);
             }
-            "delivery.assigned" => {
+            t if t == DELIVERY_ASSIGNED.event_type() => {
                 if let Some(at) = requested_at.get(&event.key) {
                     assign.push(event.time.duration_since(*at).unwrap_or_default());
                 }

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use fractal::service::{Service, ServiceError};
 use fractal::view::{LiveView, Record, View, ViewError};
-use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
+use fractal::{Event, HandlerError, Publisher, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -54,15 +54,21 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         .with_state(dispatch.clone())
         .on(
             DELIVERY_REQUESTED,
-            |dispatch: Arc<Dispatch>, event| async move { dispatch.requested(event).await },
+            |dispatch: Arc<Dispatch>, delivery, event: Event| async move {
+                dispatch.requested(delivery, event.time).await
+            },
         )
         .on(
             DRIVER_STATUS_CHANGED,
-            |dispatch: Arc<Dispatch>, event| async move { dispatch.driver_changed(event).await },
+            |dispatch: Arc<Dispatch>, changed, _| async move {
+                dispatch.driver_changed(changed).await
+            },
         )
         .on(
             DELIVERY_DELIVERED,
-            |dispatch: Arc<Dispatch>, event| async move { dispatch.delivered(event).await },
+            |dispatch: Arc<Dispatch>, delivery, _| async move {
+                dispatch.delivered(delivery).await
+            },
         );
     let sweeping = tokio::spawn(sweep_every(dispatch, SWEEP_EVERY, service.shutdown.clone()));
     let ran = service.run(consumer).await;
@@ -112,9 +118,8 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    /// A ready order: queue it, then look for a free driver.
-    async fn requested(&self, event: Event) -> Result<(), HandlerError> {
-        let delivery: Delivery = event.payload()?;
+    /// A ready order, requested at `time`: queue it, then look for a free driver.
+    async fn requested(&self, delivery: Delivery, time: SystemTime) -> Result<(), HandlerError> {
         food_contracts::check_id("order_id", &delivery.order_id)
             .map_err(HandlerError::permanent)?;
         let order_id = delivery.order_id.clone();
@@ -123,7 +128,7 @@ impl Dispatch {
             return self.complete(&order_id, assignment).await;
         }
         self.waiting
-            .create(&order_id, &Record::new(delivery, event.time))
+            .create(&order_id, &Record::new(delivery, time))
             .await?;
         for driver in self.free_drivers(&order_id).await? {
             match self.try_assign(&order_id, &driver).await? {
@@ -141,8 +146,7 @@ impl Dispatch {
     }
 
     /// A driver went on or off shift: record it; a free driver takes the oldest waiting order.
-    async fn driver_changed(&self, event: Event) -> Result<(), HandlerError> {
-        let changed: DriverStatusChanged = event.payload()?;
+    async fn driver_changed(&self, changed: DriverStatusChanged) -> Result<(), HandlerError> {
         food_contracts::check_id("driver_id", &changed.driver_id)
             .map_err(HandlerError::permanent)?;
         let time = food_contracts::time(changed.changed_at.as_ref());
@@ -190,8 +194,7 @@ impl Dispatch {
     /// another order was matched by an attempt at this very event that was cut short (or by
     /// another handler since): that match is completed, so it is announced even if the attempt
     /// stopped after taking the order off the queue.
-    async fn delivered(&self, event: Event) -> Result<(), HandlerError> {
-        let delivery: Delivery = event.payload()?;
+    async fn delivered(&self, delivery: Delivery) -> Result<(), HandlerError> {
         food_contracts::check_id("driver_id", &delivery.driver_id)
             .map_err(HandlerError::permanent)?;
         let driver = self.free(&delivery.driver_id, &delivery.order_id).await?;
@@ -417,7 +420,8 @@ impl Dispatch {
         telemetry::continue_from(&span, &record.trace);
         self.publisher
             .publish(
-                NewEvent::new(DELIVERY_ASSIGNED, order_id, &delivery)
+                DELIVERY_ASSIGNED
+                    .event(order_id, &delivery)
                     .at(record.time)
                     .with_id(id),
             )

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
 use fractal::view::{Index, LiveView, Record, View, ViewError, key};
-use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
+use fractal::{Event, HandlerError, Publisher, telemetry};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -55,8 +55,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     service.serve(grpc).run(consumer).await
 }
 
-async fn apply(view: View<Delivery>, event: Event) -> Result<(), HandlerError> {
-    let delivery: Delivery = event.payload()?;
+async fn apply(view: View<Delivery>, delivery: Delivery, event: Event) -> Result<(), HandlerError> {
     for (field, id) in [
         ("order_id", &delivery.order_id),
         ("driver_id", &delivery.driver_id),
@@ -148,7 +147,7 @@ impl DriversApi {
             let now = SystemTime::now();
             let mut delivery = record.value;
             delivery.set_status(to);
-            let event_type = if to == DeliveryStatus::PickedUp {
+            let contract = if to == DeliveryStatus::PickedUp {
                 delivery.picked_up_at = Some(now.into());
                 DELIVERY_PICKED_UP
             } else {
@@ -158,12 +157,13 @@ impl DriversApi {
             // One id per delivery and step: a retry, or two taps at once, store it once.
             let id = fractal::event::stable_id(
                 food_contracts::millis(delivery.assigned_at.as_ref()),
-                &[&delivery.order_id, event_type],
+                &[&delivery.order_id, contract.event_type()],
             );
             let published = self
                 .publisher
                 .publish(
-                    NewEvent::new(event_type, &delivery.order_id, &delivery)
+                    contract
+                        .event(&delivery.order_id, &delivery)
                         .at(now)
                         .with_id(id),
                 )
@@ -210,11 +210,7 @@ impl Drivers for DriversApi {
             changed_at: Some(SystemTime::now().into()),
         };
         self.publisher
-            .publish(NewEvent::new(
-                DRIVER_STATUS_CHANGED,
-                &changed.driver_id,
-                &changed,
-            ))
+            .publish(DRIVER_STATUS_CHANGED.event(&changed.driver_id, &changed))
             .await?;
         Ok(Response::new(changed))
     }

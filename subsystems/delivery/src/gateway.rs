@@ -7,7 +7,7 @@ use food_contracts::events::{
 };
 use food_contracts::v1::{Driver, Order, OrderStatus};
 use fractal::service::{Service, ServiceError};
-use fractal::{Event, HandlerError, NewEvent};
+use fractal::{Contract, Event, HandlerError, NewEvent};
 
 use crate::events::{
     DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_PICKED_UP, DELIVERY_REQUESTED,
@@ -26,8 +26,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 }
 
 /// Ingress: an order ready at a restaurant's counter needs a driver.
-fn delivery_requested(event: &Event) -> Result<NewEvent, HandlerError> {
-    let order: Order = event.payload()?;
+fn delivery_requested(order: Order, event: &Event) -> Result<NewEvent, HandlerError> {
     food_contracts::check_id("order_id", &order.order_id).map_err(HandlerError::permanent)?;
     let delivery = Delivery {
         order_id: order.order_id.clone(),
@@ -36,28 +35,35 @@ fn delivery_requested(event: &Event) -> Result<NewEvent, HandlerError> {
         requested_at: Some(event.time.into()),
         ..Default::default()
     };
-    Ok(NewEvent::new(DELIVERY_REQUESTED, &delivery.order_id, &delivery).at(event.time))
+    Ok(DELIVERY_REQUESTED
+        .event(&delivery.order_id, &delivery)
+        .at(event.time))
 }
 
-fn order_driver_assigned(event: &Event) -> Result<NewEvent, HandlerError> {
-    order_update(event, ORDER_DRIVER_ASSIGNED, OrderStatus::DriverAssigned)
+fn order_driver_assigned(delivery: Delivery, event: &Event) -> Result<NewEvent, HandlerError> {
+    order_update(
+        delivery,
+        event,
+        ORDER_DRIVER_ASSIGNED,
+        OrderStatus::DriverAssigned,
+    )
 }
 
-fn order_picked_up(event: &Event) -> Result<NewEvent, HandlerError> {
-    order_update(event, ORDER_PICKED_UP, OrderStatus::PickedUp)
+fn order_picked_up(delivery: Delivery, event: &Event) -> Result<NewEvent, HandlerError> {
+    order_update(delivery, event, ORDER_PICKED_UP, OrderStatus::PickedUp)
 }
 
-fn order_delivered(event: &Event) -> Result<NewEvent, HandlerError> {
-    order_update(event, ORDER_DELIVERED, OrderStatus::Delivered)
+fn order_delivered(delivery: Delivery, event: &Event) -> Result<NewEvent, HandlerError> {
+    order_update(delivery, event, ORDER_DELIVERED, OrderStatus::Delivered)
 }
 
 /// Egress: the order as the restaurant handed it over, with the delivery's progress.
 fn order_update(
+    delivery: Delivery,
     event: &Event,
-    event_type: &str,
+    contract: Contract<Order>,
     status: OrderStatus,
 ) -> Result<NewEvent, HandlerError> {
-    let delivery: Delivery = event.payload()?;
     let Some(mut order) = delivery.order else {
         return Err(HandlerError::permanent(format!(
             "delivery `{}` carries no order",
@@ -72,5 +78,5 @@ fn order_update(
     order.driver_assigned_at = delivery.assigned_at;
     order.picked_up_at = delivery.picked_up_at;
     order.delivered_at = delivery.delivered_at;
-    Ok(NewEvent::external(event_type, &order.order_id, &order).at(event.time))
+    Ok(contract.event(&order.order_id, &order).at(event.time))
 }

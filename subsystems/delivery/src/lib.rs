@@ -15,7 +15,10 @@ mod dispatch;
 mod drivers;
 mod gateway;
 
-use fractal::service::Subsystem;
+use food_contracts::events::{
+    ORDER_DELIVERED, ORDER_DRIVER_ASSIGNED, ORDER_PICKED_UP, ORDER_READY,
+};
+use fractal::service::{Declaration, Subsystem};
 
 /// The subsystem's internal events and gRPC API (`food.delivery.v1`).
 #[allow(
@@ -31,26 +34,43 @@ pub mod v1 {
 /// The encoded descriptors of `food.delivery.v1`, for gRPC reflection.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// Internal event types: private to the delivery hub.
+/// Internal contracts: private to the delivery hub.
 pub mod events {
-    /// A driver went on or off shift ([`super::v1::DriverStatusChanged`]).
-    pub const DRIVER_STATUS_CHANGED: &str = "driver.status.changed";
-    /// A ready order needs a driver ([`super::v1::Delivery`]).
-    pub const DELIVERY_REQUESTED: &str = "delivery.requested";
-    /// Dispatch chose a driver for it.
-    pub const DELIVERY_ASSIGNED: &str = "delivery.assigned";
-    /// The driver has it.
-    pub const DELIVERY_PICKED_UP: &str = "delivery.picked_up";
-    /// The customer has it.
-    pub const DELIVERY_DELIVERED: &str = "delivery.delivered";
+    use fractal::Contract;
+    use fractal::contract::Internal;
+
+    use super::v1::{Delivery, DriverStatusChanged};
+
+    /// A driver went on or off shift ([`DriverStatusChanged`]).
+    pub const DRIVER_STATUS_CHANGED: Contract<DriverStatusChanged, Internal> =
+        Contract::internal("driver.status.changed");
+    /// A ready order needs a driver ([`Delivery`]).
+    pub const DELIVERY_REQUESTED: Contract<Delivery, Internal> =
+        Contract::internal("delivery.requested");
+    /// Dispatch chose a driver for it ([`Delivery`]).
+    pub const DELIVERY_ASSIGNED: Contract<Delivery, Internal> =
+        Contract::internal("delivery.assigned");
+    /// The driver has it ([`Delivery`]).
+    pub const DELIVERY_PICKED_UP: Contract<Delivery, Internal> =
+        Contract::internal("delivery.picked_up");
+    /// The customer has it ([`Delivery`]).
+    pub const DELIVERY_DELIVERED: Contract<Delivery, Internal> =
+        Contract::internal("delivery.delivered");
 }
 
-/// The program and its services, by the name a config's `service` key gives.
+/// The program and its services, by the name a config's `service` key gives, with the
+/// external contracts each publishes and consumes.
 pub const SUBSYSTEM: Subsystem = Subsystem {
     program: "delivery",
     services: &[
-        ("drivers", |service| Box::pin(drivers::run(service))),
-        ("dispatch", |service| Box::pin(dispatch::run(service))),
-        ("gateway", |service| Box::pin(gateway::run(service))),
+        Declaration::service("drivers", |service| Box::pin(drivers::run(service))),
+        Declaration::service("dispatch", |service| Box::pin(dispatch::run(service))),
+        Declaration::service("gateway", |service| Box::pin(gateway::run(service)))
+            .publishes(&[
+                ORDER_DRIVER_ASSIGNED.any(),
+                ORDER_PICKED_UP.any(),
+                ORDER_DELIVERED.any(),
+            ])
+            .consumes(&[ORDER_READY.any()]),
     ],
 };

@@ -4,7 +4,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use food_contracts::events::{
+    ORDER_DELIVERED, ORDER_DRIVER_ASSIGNED, ORDER_PICKED_UP, ORDER_READY,
+};
 use food_contracts::v1::{Order, OrderStatus};
+use food_delivery::events::{DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_REQUESTED};
 use food_delivery::v1::drivers_client::DriversClient;
 use food_delivery::v1::{
     Delivery, DeliveryRequest, DeliveryStatus, DriverStatus, ListAssignedRequest, SetStatusRequest,
@@ -56,7 +60,7 @@ fn ready(order_id: &str) -> NewEvent {
         ready_at: Some(SystemTime::now().into()),
         ..Default::default()
     };
-    NewEvent::external("order.ready", order_id, &order)
+    ORDER_READY.event(order_id, &order)
 }
 
 async fn available(client: &mut DriversClient<Channel>, driver_id: &str) {
@@ -98,9 +102,13 @@ async fn a_ready_order_waits_for_a_driver_who_picks_it_up_and_delivers_it() {
 
     // No driver on shift: the order waits.
     simulate(&hub, [ready("o-1")]).await;
-    wait_for_events(&hub, "delivery.requested", 1).await;
+    wait_for_events(&hub, DELIVERY_REQUESTED.event_type(), 1).await;
     wait_until_consumed(&hub, "dispatch").await;
-    assert!(events_of_type(&hub, "delivery.assigned").await.is_empty());
+    assert!(
+        events_of_type(&hub, DELIVERY_ASSIGNED.event_type())
+            .await
+            .is_empty()
+    );
 
     // A driver becomes available later: dispatch retries and assigns them.
     available(&mut drivers, "d-1").await;
@@ -138,14 +146,14 @@ async fn a_ready_order_waits_for_a_driver_who_picks_it_up_and_delivers_it() {
         .into_inner();
     assert_eq!(delivered.status(), DeliveryStatus::Delivered);
 
-    let out = wait_for_events(&hub, "order.delivered", 1).await;
-    let order: Order = out[0].payload().expect("an Order");
+    let out = wait_for_events(&hub, ORDER_DELIVERED.event_type(), 1).await;
+    let order = ORDER_DELIVERED.decode(&out[0]).expect("an Order");
     assert_eq!(order.status(), OrderStatus::Delivered);
     assert_eq!(order.driver.map(|d| d.name).as_deref(), Some("Driver d-1"));
     assert!(order.driver_assigned_at.is_some() && order.picked_up_at.is_some());
     assert_eq!(order.total_cents, 1234, "the full order travels on");
-    for event_type in ["order.driver_assigned", "order.picked_up"] {
-        wait_for_events(&hub, event_type, 1).await;
+    for contract in [ORDER_DRIVER_ASSIGNED, ORDER_PICKED_UP] {
+        wait_for_events(&hub, contract.event_type(), 1).await;
     }
 
     let error = drivers
@@ -203,7 +211,7 @@ async fn each_order_gets_one_driver_and_each_driver_one_order_at_a_time() {
     assert_eq!(delivered, expected);
 
     let mut assignments: HashMap<String, usize> = HashMap::new();
-    for event in events_of_type(&hub, "delivery.assigned").await {
+    for event in events_of_type(&hub, DELIVERY_ASSIGNED.event_type()).await {
         *assignments.entry(event.key.clone()).or_default() += 1;
     }
     assert!(assignments.values().all(|&n| n == 1), "{assignments:?}");
@@ -273,7 +281,7 @@ async fn fifty_drivers_and_five_hundred_orders_keep_the_dispatch_invariants() {
     all.sort();
     assert_eq!(all, orders, "every order delivered once");
 
-    let assigned_events = events_of_type(&hub, "delivery.assigned").await;
+    let assigned_events = events_of_type(&hub, DELIVERY_ASSIGNED.event_type()).await;
     let mut per_order: HashMap<String, usize> = HashMap::new();
     for event in &assigned_events {
         *per_order.entry(event.key.clone()).or_default() += 1;
@@ -293,12 +301,12 @@ async fn fifty_drivers_and_five_hundred_orders_keep_the_dispatch_invariants() {
         else {
             continue;
         };
-        let is_assignment = match event.event_type.as_str() {
-            "delivery.assigned" => true,
-            "delivery.delivered" => false,
+        let (is_assignment, contract) = match event.event_type.as_str() {
+            t if t == DELIVERY_ASSIGNED.event_type() => (true, DELIVERY_ASSIGNED),
+            t if t == DELIVERY_DELIVERED.event_type() => (false, DELIVERY_DELIVERED),
             _ => continue,
         };
-        let delivery: Delivery = event.payload().expect("a Delivery");
+        let delivery = contract.decode(&event).expect("a Delivery");
         let (driver, order) = (delivery.driver_id, event.key.clone());
         if is_assignment {
             if let Some(other) = holding.insert(driver.clone(), order.clone()) {
@@ -435,16 +443,12 @@ async fn a_match_cut_short_before_its_announcement_is_announced_when_its_event_c
     .await;
     simulate(
         &hub,
-        [NewEvent::new(
-            "delivery.delivered",
-            "o-1",
-            &delivery("o-1", DeliveryStatus::Delivered),
-        )],
+        [DELIVERY_DELIVERED.event("o-1", &delivery("o-1", DeliveryStatus::Delivered))],
     )
     .await;
-    let announced = wait_for_events(&hub, "delivery.assigned", 1).await;
+    let announced = wait_for_events(&hub, DELIVERY_ASSIGNED.event_type(), 1).await;
     assert_eq!(announced[0].key, "o-2");
-    let announced: Delivery = announced[0].payload().unwrap();
+    let announced = DELIVERY_ASSIGNED.decode(&announced[0]).unwrap();
     assert_eq!(announced.driver_id, "d-1");
 }
 
@@ -477,9 +481,9 @@ async fn a_free_driver_and_a_waiting_order_that_no_event_brought_together_are_ma
         food_delivery::SUBSYSTEM.run(s)
     })
     .await;
-    let announced = wait_for_events(&hub, "delivery.assigned", 1).await;
+    let announced = wait_for_events(&hub, DELIVERY_ASSIGNED.event_type(), 1).await;
     assert_eq!(announced[0].key, "o-1");
-    let announced: Delivery = announced[0].payload().unwrap();
+    let announced = DELIVERY_ASSIGNED.decode(&announced[0]).unwrap();
     assert_eq!(announced.driver_id, "d-1");
     assert!(waiting.get("o-1").await.unwrap().is_none(), "off the queue");
 }

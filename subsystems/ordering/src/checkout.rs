@@ -8,7 +8,7 @@ use food_contracts::v1::{Order, OrderLine, OrderStatus};
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
 use fractal::view::{Record, View, ViewError};
-use fractal::{Event, HandlerError, NewEvent, Publisher};
+use fractal::{Event, HandlerError, Publisher};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -34,8 +34,8 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
         .with_state(catalog.clone())
         .on(CATALOG_UPDATED, apply_catalog)
         .with_state(orders.clone())
-        .on(ORDER_SUBMITTED, apply_order)
-        .on(ORDER_PROGRESSED, apply_order);
+        .on(ORDER_SUBMITTED, apply_submitted)
+        .on(ORDER_PROGRESSED, apply_progressed);
     let api = CheckoutApi {
         catalog,
         orders,
@@ -48,8 +48,11 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 }
 
 /// Keeps the newest menu of each restaurant.
-async fn apply_catalog(view: View<CatalogEntry>, event: Event) -> Result<(), HandlerError> {
-    let entry: CatalogEntry = event.payload()?;
+async fn apply_catalog(
+    view: View<CatalogEntry>,
+    entry: CatalogEntry,
+    _event: Event,
+) -> Result<(), HandlerError> {
     let time = food_contracts::time(entry.changed_at.as_ref());
     let key = entry.restaurant_id.clone();
     view.update(&key, |current| match current {
@@ -60,11 +63,29 @@ async fn apply_catalog(view: View<CatalogEntry>, event: Event) -> Result<(), Han
     Ok(())
 }
 
-async fn apply_order(view: View<Order>, event: Event) -> Result<(), HandlerError> {
-    let order = match event.event_type.as_str() {
-        ORDER_SUBMITTED => event.payload::<OrderSubmitted>()?.order,
-        _ => event.payload::<OrderProgressed>()?.order,
-    };
+/// A checkout: the order as the customer placed it.
+async fn apply_submitted(
+    view: View<Order>,
+    submitted: OrderSubmitted,
+    event: Event,
+) -> Result<(), HandlerError> {
+    apply_order(view, submitted.order, event).await
+}
+
+/// Another subsystem's progress on the order.
+async fn apply_progressed(
+    view: View<Order>,
+    progressed: OrderProgressed,
+    event: Event,
+) -> Result<(), HandlerError> {
+    apply_order(view, progressed.order, event).await
+}
+
+async fn apply_order(
+    view: View<Order>,
+    order: Option<Order>,
+    event: Event,
+) -> Result<(), HandlerError> {
     let Some(order) = order else {
         return Err(HandlerError::permanent(format!(
             "{} carries no order",
@@ -139,11 +160,7 @@ impl Checkout for CheckoutApi {
             browsed_at: Some(SystemTime::now().into()),
         };
         self.publisher
-            .publish(NewEvent::new(
-                MENU_BROWSED,
-                &request.restaurant_id,
-                &browsed,
-            ))
+            .publish(MENU_BROWSED.event(&request.restaurant_id, &browsed))
             .await?;
         Ok(Response::new(entry.value))
     }
@@ -248,7 +265,7 @@ impl Checkout for CheckoutApi {
                 order: Some(order.clone()),
             };
             self.publisher
-                .publish(NewEvent::new(ORDER_SUBMITTED, &order.order_id, &submitted).at(now))
+                .publish(ORDER_SUBMITTED.event(&order.order_id, &submitted).at(now))
                 .await?;
             store_order(&self.orders, &order, now).await?;
             tracing::info!(total_cents = order.total_cents, "Order placed.");

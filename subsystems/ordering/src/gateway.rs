@@ -32,8 +32,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 }
 
 /// Ingress: a restaurant's menu becomes its catalog entry.
-fn catalog_updated(event: &Event) -> Result<NewEvent, HandlerError> {
-    let menu: Menu = event.payload()?;
+fn catalog_updated(menu: Menu, event: &Event) -> Result<NewEvent, HandlerError> {
     food_contracts::check_id("restaurant_id", &menu.restaurant_id)
         .map_err(HandlerError::permanent)?;
     let entry = CatalogEntry {
@@ -51,33 +50,36 @@ fn catalog_updated(event: &Event) -> Result<NewEvent, HandlerError> {
             .collect(),
         changed_at: menu.changed_at,
     };
-    Ok(NewEvent::new(CATALOG_UPDATED, &entry.restaurant_id, &entry).at(event.time))
+    Ok(CATALOG_UPDATED
+        .event(&entry.restaurant_id, &entry)
+        .at(event.time))
 }
 
 /// Ingress: whatever another subsystem says about an order is progress on it.
-fn order_progressed(event: &Event) -> Result<NewEvent, HandlerError> {
-    let order: Order = event.payload()?;
+fn order_progressed(order: Order, event: &Event) -> Result<NewEvent, HandlerError> {
     food_contracts::check_id("order_id", &order.order_id).map_err(HandlerError::permanent)?;
     let progressed = OrderProgressed { order: Some(order) };
-    Ok(NewEvent::new(ORDER_PROGRESSED, &event.key, &progressed).at(event.time))
+    Ok(ORDER_PROGRESSED
+        .event(&event.key, &progressed)
+        .at(event.time))
 }
 
 /// Egress: a checkout is the order placed.
-fn order_placed(event: &Event) -> Result<NewEvent, HandlerError> {
-    let submitted: OrderSubmitted = event.payload()?;
+fn order_placed(submitted: OrderSubmitted, event: &Event) -> Result<NewEvent, HandlerError> {
     let Some(order) = submitted.order else {
         return Err(HandlerError::permanent("order.submitted carries no order"));
     };
-    Ok(NewEvent::external(ORDER_PLACED, &order.order_id, &order).at(event.time))
+    Ok(ORDER_PLACED.event(&order.order_id, &order).at(event.time))
 }
 
 /// Egress: a menu opened is a menu viewed.
-fn menu_viewed(event: &Event) -> Result<NewEvent, HandlerError> {
-    let browsed: MenuBrowsed = event.payload()?;
+fn menu_viewed(browsed: MenuBrowsed, event: &Event) -> Result<NewEvent, HandlerError> {
     let viewed = MenuViewed {
         restaurant_id: browsed.restaurant_id,
         customer_id: browsed.customer_id,
         viewed_at: browsed.browsed_at,
     };
-    Ok(NewEvent::external(MENU_VIEWED, &viewed.restaurant_id, &viewed).at(event.time))
+    Ok(MENU_VIEWED
+        .event(&viewed.restaurant_id, &viewed)
+        .at(event.time))
 }

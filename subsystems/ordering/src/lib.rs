@@ -15,7 +15,11 @@
 mod checkout;
 mod gateway;
 
-use fractal::service::Subsystem;
+use food_contracts::events::{
+    MENU_CHANGED, MENU_VIEWED, ORDER_ACCEPTED, ORDER_DELIVERED, ORDER_DRIVER_ASSIGNED,
+    ORDER_PICKED_UP, ORDER_PLACED, ORDER_READY,
+};
+use fractal::service::{Declaration, Subsystem};
 
 /// The subsystem's internal events and gRPC API (`food.ordering.v1`).
 #[allow(
@@ -31,23 +35,41 @@ pub mod v1 {
 /// The encoded descriptors of `food.ordering.v1`, for gRPC reflection.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// Internal event types: private to the ordering hub.
+/// Internal contracts: private to the ordering hub.
 pub mod events {
-    /// A restaurant's menu as customers can order from it ([`super::v1::CatalogEntry`]).
-    pub const CATALOG_UPDATED: &str = "catalog.updated";
-    /// A customer opened a menu ([`super::v1::MenuBrowsed`]).
-    pub const MENU_BROWSED: &str = "menu.browsed";
-    /// A customer checked out ([`super::v1::OrderSubmitted`]).
-    pub const ORDER_SUBMITTED: &str = "order.submitted";
-    /// Another subsystem moved the order on ([`super::v1::OrderProgressed`]).
-    pub const ORDER_PROGRESSED: &str = "order.progressed";
+    use fractal::Contract;
+    use fractal::contract::Internal;
+
+    use super::v1::{CatalogEntry, MenuBrowsed, OrderProgressed, OrderSubmitted};
+
+    /// A restaurant's menu as customers can order from it ([`CatalogEntry`]).
+    pub const CATALOG_UPDATED: Contract<CatalogEntry, Internal> =
+        Contract::internal("catalog.updated");
+    /// A customer opened a menu ([`MenuBrowsed`]).
+    pub const MENU_BROWSED: Contract<MenuBrowsed, Internal> = Contract::internal("menu.browsed");
+    /// A customer checked out ([`OrderSubmitted`]).
+    pub const ORDER_SUBMITTED: Contract<OrderSubmitted, Internal> =
+        Contract::internal("order.submitted");
+    /// Another subsystem moved the order on ([`OrderProgressed`]).
+    pub const ORDER_PROGRESSED: Contract<OrderProgressed, Internal> =
+        Contract::internal("order.progressed");
 }
 
-/// The program and its services, by the name a config's `service` key gives.
+/// The program and its services, by the name a config's `service` key gives, with the
+/// external contracts each publishes and consumes.
 pub const SUBSYSTEM: Subsystem = Subsystem {
     program: "ordering",
     services: &[
-        ("checkout", |service| Box::pin(checkout::run(service))),
-        ("gateway", |service| Box::pin(gateway::run(service))),
+        Declaration::service("checkout", |service| Box::pin(checkout::run(service))),
+        Declaration::service("gateway", |service| Box::pin(gateway::run(service)))
+            .publishes(&[MENU_VIEWED.any(), ORDER_PLACED.any()])
+            .consumes(&[
+                MENU_CHANGED.any(),
+                ORDER_ACCEPTED.any(),
+                ORDER_READY.any(),
+                ORDER_DRIVER_ASSIGNED.any(),
+                ORDER_PICKED_UP.any(),
+                ORDER_DELIVERED.any(),
+            ]),
     ],
 };

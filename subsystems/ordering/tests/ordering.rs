@@ -3,13 +3,18 @@
 
 use std::time::{Duration, SystemTime};
 
-use food_contracts::v1::{Address, Driver, Menu, MenuItem, MenuViewed, Order, OrderStatus};
+use food_contracts::events::{
+    MENU_CHANGED, MENU_VIEWED, ORDER_ACCEPTED, ORDER_DELIVERED, ORDER_DRIVER_ASSIGNED,
+    ORDER_PICKED_UP, ORDER_PLACED, ORDER_READY,
+};
+use food_contracts::v1::{Address, Driver, Menu, MenuItem, Order, OrderStatus};
+use food_ordering::events::{ORDER_PROGRESSED, ORDER_SUBMITTED};
 use food_ordering::v1::checkout_client::CheckoutClient;
 use food_ordering::v1::{
     GetMenuRequest, GetOrderRequest, LineRequest, ListMenusRequest, OrderProgressed,
     OrderStatusResponse, OrderSubmitted, PlaceOrderRequest,
 };
-use fractal::NewEvent;
+use fractal::Contract;
 use fractal_testkit::{
     NatsServer, RunningService, eventually, simulate, wait_for_events, wait_until_consumed,
 };
@@ -67,12 +72,12 @@ fn progressed(placed: &Order, status: OrderStatus) -> Order {
     order
 }
 
-const PROGRESS: [(&str, OrderStatus); 5] = [
-    ("order.accepted", OrderStatus::Accepted),
-    ("order.ready", OrderStatus::Ready),
-    ("order.driver_assigned", OrderStatus::DriverAssigned),
-    ("order.picked_up", OrderStatus::PickedUp),
-    ("order.delivered", OrderStatus::Delivered),
+const PROGRESS: [(Contract<Order>, OrderStatus); 5] = [
+    (ORDER_ACCEPTED, OrderStatus::Accepted),
+    (ORDER_READY, OrderStatus::Ready),
+    (ORDER_DRIVER_ASSIGNED, OrderStatus::DriverAssigned),
+    (ORDER_PICKED_UP, OrderStatus::PickedUp),
+    (ORDER_DELIVERED, OrderStatus::Delivered),
 ];
 
 async fn order_status(
@@ -108,7 +113,7 @@ async fn a_customer_browses_orders_and_follows_the_order() {
     let _gateway = start(&server, "gateway").await;
     let mut client = CheckoutClient::new(checkout.channel().await);
 
-    simulate(&hub, [NewEvent::external("menu.changed", "r-1", &menu())]).await;
+    simulate(&hub, [MENU_CHANGED.event("r-1", &menu())]).await;
     eventually(Duration::from_secs(20), "the menu listed", || {
         let mut client = client.clone();
         async move {
@@ -131,8 +136,8 @@ async fn a_customer_browses_orders_and_follows_the_order() {
         .expect("menu")
         .into_inner();
     assert_eq!(seen.restaurant_name, "Trattoria");
-    let viewed = wait_for_events(&hub, "menu.viewed", 1).await;
-    let viewed: MenuViewed = viewed[0].payload().expect("a MenuViewed");
+    let viewed = wait_for_events(&hub, MENU_VIEWED.event_type(), 1).await;
+    let viewed = MENU_VIEWED.decode(&viewed[0]).expect("a MenuViewed");
     assert_eq!(
         (viewed.restaurant_id.as_str(), viewed.customer_id.as_str()),
         ("r-1", "c-1")
@@ -218,15 +223,15 @@ async fn a_customer_browses_orders_and_follows_the_order() {
         .expect("placed")
         .into_inner();
     assert_eq!((placed.subtotal_cents, placed.total_cents), (2500, 2799));
-    let published = wait_for_events(&hub, "order.placed", 1).await;
-    let published: Order = published[0].payload().expect("an Order");
+    let published = wait_for_events(&hub, ORDER_PLACED.event_type(), 1).await;
+    let published = ORDER_PLACED.decode(&published[0]).expect("an Order");
     assert_eq!(published, placed, "the contract carries the whole order");
 
     // The other subsystems move it on (simulated), and the customer sees every step in order.
     simulate(
         &hub,
-        PROGRESS.map(|(event_type, status)| {
-            NewEvent::external(event_type, &placed.order_id, &progressed(&placed, status))
+        PROGRESS.map(|(contract, status)| {
+            contract.event(&placed.order_id, &progressed(&placed, status))
         }),
     )
     .await;
@@ -254,7 +259,7 @@ async fn a_customer_browses_orders_and_follows_the_order() {
 }
 
 async fn submitted(hub: &fractal::Hub) -> Vec<fractal::Event> {
-    fractal_testkit::events_of_type(hub, "order.submitted").await
+    fractal_testkit::events_of_type(hub, ORDER_SUBMITTED.event_type()).await
 }
 
 /// The customer's view of the same events, delivered in order once, or shuffled and twice.
@@ -270,15 +275,13 @@ async fn the_orders_view_ignores_repeats_and_arrival_order() {
         ..Default::default()
     };
     let event = |i: usize| match i {
-        0 => NewEvent::new(
-            "order.submitted",
+        0 => ORDER_SUBMITTED.event(
             "o-1",
             &OrderSubmitted {
                 order: Some(placed.clone()),
             },
         ),
-        i => NewEvent::new(
-            "order.progressed",
+        i => ORDER_PROGRESSED.event(
             "o-1",
             &OrderProgressed {
                 order: Some(progressed(&placed, PROGRESS[i - 1].1)),

@@ -6,7 +6,7 @@
 use food_contracts::events::{MENU_CHANGED, ORDER_ACCEPTED, ORDER_PLACED, ORDER_READY};
 use food_contracts::v1::{Menu, MenuItem, Order, OrderStatus};
 use fractal::service::{Service, ServiceError};
-use fractal::{Event, HandlerError, NewEvent};
+use fractal::{Contract, Event, HandlerError, NewEvent};
 
 use crate::events::{MENU_SAVED, TICKET_ACCEPTED, TICKET_READY, TICKET_RECEIVED};
 use crate::v1::{MenuSaved, Ticket, TicketLine, TicketStatus};
@@ -23,8 +23,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 }
 
 /// Ingress: an order placed with any restaurant becomes a ticket in its kitchen.
-fn ticket_received(event: &Event) -> Result<NewEvent, HandlerError> {
-    let order: Order = event.payload()?;
+fn ticket_received(order: Order, event: &Event) -> Result<NewEvent, HandlerError> {
     for (field, id) in [
         ("order_id", &order.order_id),
         ("restaurant_id", &order.restaurant_id),
@@ -48,12 +47,13 @@ fn ticket_received(event: &Event) -> Result<NewEvent, HandlerError> {
         ready_at: None,
         order: Some(order),
     };
-    Ok(NewEvent::new(TICKET_RECEIVED, &ticket.order_id, &ticket).at(event.time))
+    Ok(TICKET_RECEIVED
+        .event(&ticket.order_id, &ticket)
+        .at(event.time))
 }
 
 /// Egress: customers see the dishes the kitchen can make now.
-fn menu_changed(event: &Event) -> Result<NewEvent, HandlerError> {
-    let saved: MenuSaved = event.payload()?;
+fn menu_changed(saved: MenuSaved, event: &Event) -> Result<NewEvent, HandlerError> {
     let menu = Menu {
         restaurant_id: saved.restaurant_id,
         restaurant_name: saved.restaurant_name,
@@ -70,24 +70,26 @@ fn menu_changed(event: &Event) -> Result<NewEvent, HandlerError> {
             .collect(),
         changed_at: saved.saved_at,
     };
-    Ok(NewEvent::external(MENU_CHANGED, &menu.restaurant_id, &menu).at(event.time))
+    Ok(MENU_CHANGED
+        .event(&menu.restaurant_id, &menu)
+        .at(event.time))
 }
 
-fn order_accepted(event: &Event) -> Result<NewEvent, HandlerError> {
-    order_update(event, ORDER_ACCEPTED, OrderStatus::Accepted)
+fn order_accepted(ticket: Ticket, event: &Event) -> Result<NewEvent, HandlerError> {
+    order_update(ticket, event, ORDER_ACCEPTED, OrderStatus::Accepted)
 }
 
-fn order_ready(event: &Event) -> Result<NewEvent, HandlerError> {
-    order_update(event, ORDER_READY, OrderStatus::Ready)
+fn order_ready(ticket: Ticket, event: &Event) -> Result<NewEvent, HandlerError> {
+    order_update(ticket, event, ORDER_READY, OrderStatus::Ready)
 }
 
 /// Egress: the order as the customer placed it, with the kitchen's progress.
 fn order_update(
+    ticket: Ticket,
     event: &Event,
-    event_type: &str,
+    contract: Contract<Order>,
     status: OrderStatus,
 ) -> Result<NewEvent, HandlerError> {
-    let ticket: Ticket = event.payload()?;
     let Some(mut order) = ticket.order else {
         return Err(HandlerError::permanent(format!(
             "ticket `{}` carries no order",
@@ -97,5 +99,5 @@ fn order_update(
     order.set_status(status);
     order.accepted_at = ticket.accepted_at;
     order.ready_at = ticket.ready_at;
-    Ok(NewEvent::external(event_type, &order.order_id, &order).at(event.time))
+    Ok(contract.event(&order.order_id, &order).at(event.time))
 }

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
 use fractal::view::{Index, LiveView, Record, View, ViewError, key};
-use fractal::{Event, HandlerError, NewEvent, Publisher, telemetry};
+use fractal::{Event, HandlerError, Publisher, telemetry};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -49,8 +49,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
     service.serve(grpc).run(consumer).await
 }
 
-async fn apply(view: View<Ticket>, event: Event) -> Result<(), HandlerError> {
-    let ticket: Ticket = event.payload()?;
+async fn apply(view: View<Ticket>, ticket: Ticket, event: Event) -> Result<(), HandlerError> {
     for (field, id) in [
         ("order_id", &ticket.order_id),
         ("restaurant_id", &ticket.restaurant_id),
@@ -126,7 +125,7 @@ impl KitchenApi {
             let now = SystemTime::now();
             let mut ticket = record.value;
             ticket.set_status(to);
-            let event_type = match to {
+            let contract = match to {
                 TicketStatus::Accepted => {
                     ticket.accepted_at = Some(now.into());
                     TICKET_ACCEPTED
@@ -139,11 +138,12 @@ impl KitchenApi {
             // One id per ticket and step: a retry, or two clicks at once, store it once.
             let id = fractal::event::stable_id(
                 food_contracts::millis(ticket.received_at.as_ref()),
-                &[&ticket.order_id, event_type],
+                &[&ticket.order_id, contract.event_type()],
             );
             self.publisher
                 .publish(
-                    NewEvent::new(event_type, &ticket.order_id, &ticket)
+                    contract
+                        .event(&ticket.order_id, &ticket)
                         .at(now)
                         .with_id(id),
                 )

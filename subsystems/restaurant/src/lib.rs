@@ -16,7 +16,8 @@ mod gateway;
 mod kitchen;
 mod menus;
 
-use fractal::service::Subsystem;
+use food_contracts::events::{MENU_CHANGED, ORDER_ACCEPTED, ORDER_PLACED, ORDER_READY};
+use fractal::service::{Declaration, Subsystem};
 
 /// The subsystem's internal events and gRPC APIs (`food.restaurant.v1`).
 #[allow(
@@ -32,24 +33,32 @@ pub mod v1 {
 /// The encoded descriptors of `food.restaurant.v1`, for gRPC reflection.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// Internal event types: private to the restaurant hub.
+/// Internal contracts: private to the restaurant hub.
 pub mod events {
-    /// A restaurant saved its menu ([`super::v1::MenuSaved`]).
-    pub const MENU_SAVED: &str = "menu.saved";
-    /// An order reached the kitchen ([`super::v1::Ticket`]).
-    pub const TICKET_RECEIVED: &str = "ticket.received";
-    /// The kitchen accepted it.
-    pub const TICKET_ACCEPTED: &str = "ticket.accepted";
-    /// It is ready for pick-up.
-    pub const TICKET_READY: &str = "ticket.ready";
+    use fractal::Contract;
+    use fractal::contract::Internal;
+
+    use super::v1::{MenuSaved, Ticket};
+
+    /// A restaurant saved its menu ([`MenuSaved`]).
+    pub const MENU_SAVED: Contract<MenuSaved, Internal> = Contract::internal("menu.saved");
+    /// An order reached the kitchen ([`Ticket`]).
+    pub const TICKET_RECEIVED: Contract<Ticket, Internal> = Contract::internal("ticket.received");
+    /// The kitchen accepted it ([`Ticket`]).
+    pub const TICKET_ACCEPTED: Contract<Ticket, Internal> = Contract::internal("ticket.accepted");
+    /// It is ready for pick-up ([`Ticket`]).
+    pub const TICKET_READY: Contract<Ticket, Internal> = Contract::internal("ticket.ready");
 }
 
-/// The program and its services, by the name a config's `service` key gives.
+/// The program and its services, by the name a config's `service` key gives, with the
+/// external contracts each publishes and consumes.
 pub const SUBSYSTEM: Subsystem = Subsystem {
     program: "restaurant",
     services: &[
-        ("menus", |service| Box::pin(menus::run(service))),
-        ("kitchen", |service| Box::pin(kitchen::run(service))),
-        ("gateway", |service| Box::pin(gateway::run(service))),
+        Declaration::service("menus", |service| Box::pin(menus::run(service))),
+        Declaration::service("kitchen", |service| Box::pin(kitchen::run(service))),
+        Declaration::service("gateway", |service| Box::pin(gateway::run(service)))
+            .publishes(&[MENU_CHANGED.any(), ORDER_ACCEPTED.any(), ORDER_READY.any()])
+            .consumes(&[ORDER_PLACED.any()]),
     ],
 };

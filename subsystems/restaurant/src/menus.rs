@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use fractal::grpc::GrpcServer;
 use fractal::service::{Service, ServiceError};
 use fractal::view::{Record, View};
-use fractal::{Event, HandlerError, NewEvent, Publisher};
+use fractal::{Event, HandlerError, Publisher};
 use tonic::{Request, Response, Status};
 
 use crate::events::MENU_SAVED;
@@ -34,8 +34,7 @@ pub(crate) async fn run(service: Service) -> Result<(), ServiceError> {
 }
 
 /// Keeps the newest menu of each restaurant, by the time it was saved.
-async fn apply(view: View<MenuSaved>, event: Event) -> Result<(), HandlerError> {
-    let menu: MenuSaved = event.payload()?;
+async fn apply(view: View<MenuSaved>, menu: MenuSaved, _event: Event) -> Result<(), HandlerError> {
     store(&view, menu).await?;
     Ok(())
 }
@@ -70,7 +69,7 @@ impl Menus for MenusApi {
             dishes: request.dishes,
             saved_at: Some(SystemTime::now().into()),
         };
-        let event = NewEvent::new(MENU_SAVED, &menu.restaurant_id, &menu);
+        let event = MENU_SAVED.event(&menu.restaurant_id, &menu);
         let published = self.publisher.publish(event).await?;
         store(&self.view, menu).await?;
         Ok(Response::new(SaveMenuResponse {

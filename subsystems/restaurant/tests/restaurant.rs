@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use food_contracts::events::{MENU_CHANGED, ORDER_ACCEPTED, ORDER_PLACED, ORDER_READY};
 use food_contracts::v1::{Address, Menu, Order, OrderLine, OrderStatus};
+use food_restaurant::events::{TICKET_ACCEPTED, TICKET_READY, TICKET_RECEIVED};
 use food_restaurant::v1::kitchen_client::KitchenClient;
 use food_restaurant::v1::menus_client::MenusClient;
 use food_restaurant::v1::{
@@ -101,8 +103,8 @@ async fn a_saved_menu_is_published_with_the_dishes_customers_can_order() {
         .into_inner();
     assert_eq!(saved.dishes.len(), 2);
 
-    let changed = wait_for_events(&hub, "menu.changed", 1).await;
-    let menu: Menu = changed[0].payload().expect("a Menu");
+    let changed = wait_for_events(&hub, MENU_CHANGED.event_type(), 1).await;
+    let menu = MENU_CHANGED.decode(&changed[0]).expect("a Menu");
     assert_eq!(changed[0].scope, fractal::Scope::External);
     assert_eq!(menu.restaurant_name, "Trattoria");
     let items: Vec<&str> = menu.items.iter().map(|i| i.item_id.as_str()).collect();
@@ -146,12 +148,13 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
     let _gateway = start(&server, "gateway").await;
     let mut client = KitchenClient::new(kitchen.channel().await);
 
-    // Simulated upstream: ordering placed an order, and one malformed event came along.
+    // Simulated upstream: ordering placed an order, and one malformed event (off the contract,
+    // so built by hand) came along.
     simulate(
         &hub,
         [
-            NewEvent::external("order.placed", "bad", &Menu::default()),
-            NewEvent::external("order.placed", "o-1", &order("o-1", "r-1")),
+            NewEvent::external(ORDER_PLACED.event_type(), "bad", &Menu::default()),
+            ORDER_PLACED.event("o-1", &order("o-1", "r-1")),
         ],
     )
     .await;
@@ -210,12 +213,12 @@ async fn a_placed_order_is_accepted_and_made_ready_in_the_kitchen() {
         .expect_err("another restaurant's order");
     assert_eq!(error.code(), Code::NotFound);
 
-    let ready = wait_for_events(&hub, "order.ready", 1).await;
-    let ready: Order = ready[0].payload().expect("an Order");
+    let ready = wait_for_events(&hub, ORDER_READY.event_type(), 1).await;
+    let ready = ORDER_READY.decode(&ready[0]).expect("an Order");
     assert_eq!(ready.status(), OrderStatus::Ready);
     assert!(ready.accepted_at.is_some() && ready.ready_at.is_some());
     assert_eq!(ready.total_cents, 2099, "the full order travels on");
-    wait_for_events(&hub, "order.accepted", 1).await;
+    wait_for_events(&hub, ORDER_ACCEPTED.event_type(), 1).await;
 
     // The malformed event became a fault of the gateway, not a crash or a silent drop.
     let faults = eventually(Duration::from_secs(20), "the fault", || {
@@ -251,13 +254,13 @@ async fn the_tickets_view_ignores_repeats_and_arrival_order() {
         ..Default::default()
     };
     let events = [
-        ("ticket.received", ticket(TicketStatus::Received, 1)),
-        ("ticket.accepted", ticket(TicketStatus::Accepted, 2)),
-        ("ticket.ready", ticket(TicketStatus::Ready, 3)),
+        (TICKET_RECEIVED, ticket(TicketStatus::Received, 1)),
+        (TICKET_ACCEPTED, ticket(TicketStatus::Accepted, 2)),
+        (TICKET_READY, ticket(TicketStatus::Ready, 3)),
     ];
     let make = |i: usize| {
-        let (event_type, ticket) = &events[i];
-        NewEvent::new(event_type, "o-1", ticket)
+        let (contract, ticket) = &events[i];
+        contract.event("o-1", ticket)
     };
     let mut views = Vec::new();
     for order in [vec![0, 1, 2], vec![2, 0, 2, 1, 0, 1]] {

@@ -167,7 +167,8 @@ pub async fn run(running: &Path, options: &ChaosOptions) -> Result<(), DemoError
 /// How many `order.delivered` events the ordering hub's lake holds for each order.
 async fn delivered_per_order(system: &RunningSystem) -> Result<HashMap<String, usize>, DemoError> {
     let mut counts = HashMap::new();
-    for event in lake(system, "ordering", &["order.delivered"]).await? {
+    let types = [food_contracts::events::ORDER_DELIVERED.event_type()];
+    for event in lake(system, "ordering", &types).await? {
         *counts.entry(event.key.clone()).or_insert(0) += 1;
     }
     Ok(counts)
@@ -212,17 +213,19 @@ async fn lake(
 /// delivered. Returns one line per entry that differs, is missing or should not be there.
 async fn views_against_lake(system: &RunningSystem) -> Result<Vec<String>, DemoError> {
     use food_contracts::v1::Order;
+    use food_delivery::events::{DELIVERY_ASSIGNED, DELIVERY_DELIVERED, DELIVERY_PICKED_UP};
     use food_delivery::v1::{Delivery, DeliveryStatus};
     use food_ordering::events::{ORDER_PROGRESSED, ORDER_SUBMITTED};
-    use food_ordering::v1::{OrderProgressed, OrderSubmitted};
 
     let mut differences = Vec::new();
 
     let mut orders: BTreeMap<String, Order> = BTreeMap::new();
-    for event in lake(system, "ordering", &[ORDER_SUBMITTED, ORDER_PROGRESSED]).await? {
-        let order = match event.event_type.as_str() {
-            ORDER_SUBMITTED => event.payload::<OrderSubmitted>()?.order,
-            _ => event.payload::<OrderProgressed>()?.order,
+    let types = [ORDER_SUBMITTED.event_type(), ORDER_PROGRESSED.event_type()];
+    for event in lake(system, "ordering", &types).await? {
+        let order = if event.event_type == ORDER_SUBMITTED.event_type() {
+            ORDER_SUBMITTED.decode(&event)?.order
+        } else {
+            ORDER_PROGRESSED.decode(&event)?.order
         };
         if let Some(order) = order {
             orders
@@ -237,9 +240,9 @@ async fn views_against_lake(system: &RunningSystem) -> Result<Vec<String>, DemoE
 
     let mut deliveries: BTreeMap<String, Delivery> = BTreeMap::new();
     let types = [
-        food_delivery::events::DELIVERY_ASSIGNED,
-        food_delivery::events::DELIVERY_PICKED_UP,
-        food_delivery::events::DELIVERY_DELIVERED,
+        DELIVERY_ASSIGNED.event_type(),
+        DELIVERY_PICKED_UP.event_type(),
+        DELIVERY_DELIVERED.event_type(),
     ];
     for event in lake(system, "delivery", &types).await? {
         let delivery: Delivery = event.payload()?;

@@ -76,8 +76,7 @@ struct Counts {
 }
 
 /// Counts a menu view for its restaurant.
-async fn menu_viewed(counts: Counts, event: Event) -> Result<(), HandlerError> {
-    let viewed: MenuViewed = event.payload()?;
+async fn menu_viewed(counts: Counts, viewed: MenuViewed, event: Event) -> Result<(), HandlerError> {
     food_contracts::check_id("restaurant_id", &viewed.restaurant_id)
         .map_err(HandlerError::permanent)?;
     if count(&counts.menu_views, &viewed.restaurant_id, &event).await? {
@@ -93,8 +92,7 @@ async fn menu_viewed(counts: Counts, event: Event) -> Result<(), HandlerError> {
 }
 
 /// Counts an order placed in the minute it was placed.
-async fn order_placed(counts: Counts, event: Event) -> Result<(), HandlerError> {
-    let order: Order = event.payload()?;
+async fn order_placed(counts: Counts, order: Order, event: Event) -> Result<(), HandlerError> {
     let Some(placed_at) = order.placed_at.as_ref() else {
         return Err(HandlerError::permanent(format!(
             "order `{}` was placed at no time",

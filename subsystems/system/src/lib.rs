@@ -13,7 +13,8 @@ pub mod demo;
 mod insights;
 pub mod load;
 
-use fractal::service::Subsystem;
+use food_contracts::events::{MENU_VIEWED, ORDER_PLACED};
+use fractal::service::{Declaration, Subsystem};
 
 /// The insights API (`food.insights.v1`).
 #[allow(
@@ -29,9 +30,12 @@ pub mod v1 {
 /// The encoded descriptors of `food.insights.v1`, for gRPC reflection.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// The system hub's services, by the name a config's `service` key gives.
-/// The program and its services, by the name a config's `service` key gives.
+/// The program and the system hub's services, by the name a config's `service` key gives,
+/// with the external contracts each publishes and consumes.
 pub const SUBSYSTEM: Subsystem = Subsystem {
     program: "system",
-    services: &[("insights", |service| Box::pin(insights::run(service)))],
+    services: &[
+        Declaration::service("insights", |service| Box::pin(insights::run(service)))
+            .consumes(&[MENU_VIEWED.any(), ORDER_PLACED.any()]),
+    ],
 };

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use food_contracts::events::ORDER_DELIVERED;
 use food_contracts::v1::Order;
 use food_delivery::v1::drivers_client::DriversClient;
 use food_delivery::v1::{
@@ -296,7 +297,10 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<Outcom
         .get_stream(hub.events_stream())
         .await?
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: "events.external.order.delivered".into(),
+            filter_subject: fractal::wire::event_subject(
+                ORDER_DELIVERED.scope(),
+                ORDER_DELIVERED.event_type(),
+            ),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
             ..Default::default()
         })
@@ -318,7 +322,7 @@ pub async fn run(system: &RunningSystem, options: &LoadOptions) -> Result<Outcom
                 ) else {
                     continue;
                 };
-                let Ok(order) = event.payload::<Order>() else {
+                let Ok(order) = ORDER_DELIVERED.decode(&event) else {
                     continue;
                 };
                 if !tally.delivered(&order, start.elapsed()) {
