@@ -72,9 +72,7 @@ pub enum ContractsError {
 impl Contracts {
     /// The platform's own messages (`fractal.platform.v1`) only.
     pub fn builtin() -> Contracts {
-        let set = FileDescriptorSet::decode(fractal::proto::DESCRIPTOR_SET)
-            .unwrap_or_else(|e| panic!("the platform's descriptor set is invalid: {e}"));
-        let pool = DescriptorPool::from_file_descriptor_set(set)
+        let pool = DescriptorPool::from_file_descriptor_set(platform_files())
             .unwrap_or_else(|e| panic!("the platform's descriptor set is incomplete: {e}"));
         Contracts { pool, source: None }
     }
@@ -101,19 +99,24 @@ impl Contracts {
                 path: path.to_owned(),
             });
         };
-        let inconsistent = |error| ContractsError::Inconsistent {
-            path: path.to_owned(),
-            error,
-        };
-        let mut pool = DescriptorPool::from_file_descriptor_set(set).map_err(inconsistent)?;
-        let builtin = Contracts::builtin().pool;
+        // The platform's files the set does not have join it, so that its files may import
+        // them (and the well-known types) without carrying them.
+        let mut set = set;
+        let builtin = platform_files();
+        let named: std::collections::HashSet<Option<String>> =
+            set.file.iter().map(|f| f.name.clone()).collect();
         let missing: Vec<_> = builtin
-            .files()
-            .filter(|f| pool.get_file_by_name(f.name()).is_none())
-            .map(|f| f.file_descriptor_proto().clone())
+            .file
+            .into_iter()
+            .filter(|f| !named.contains(&f.name))
             .collect();
-        pool.add_file_descriptor_protos(missing)
-            .map_err(inconsistent)?;
+        set.file.splice(0..0, missing);
+        let pool = DescriptorPool::from_file_descriptor_set(set).map_err(|error| {
+            ContractsError::Inconsistent {
+                path: path.to_owned(),
+                error,
+            }
+        })?;
         Ok(Contracts {
             pool,
             source: Some(path.to_owned()),
@@ -173,6 +176,12 @@ impl Contracts {
             )
         }
     }
+}
+
+/// The platform's own files (`fractal/platform/v1`, and the well-known types they import).
+fn platform_files() -> FileDescriptorSet {
+    FileDescriptorSet::decode(fractal::proto::DESCRIPTOR_SET)
+        .unwrap_or_else(|e| panic!("the platform's descriptor set is invalid: {e}"))
 }
 
 /// Compiles every `.proto` file under `folder`, with `folder` as the include path (and the

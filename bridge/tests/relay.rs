@@ -28,7 +28,15 @@ async fn selected_events_arrive_and_others_do_not() {
             numbered("order.placed", "o1", 1),
             numbered("order.accepted", "o1", 2),
             numbered("menu.viewed", "r1", 3),
-            numbered("order.placed", "o2", 4).scope(Scope::Internal),
+            // The same type, internal: never relayed.
+            NewEvent::new(
+                "order.placed",
+                "o2",
+                &Header {
+                    name: "o2".into(),
+                    value: "4".into(),
+                },
+            ),
             numbered("driver.assigned", "o1", 5),
         ],
     )

@@ -1,6 +1,6 @@
 //! Writes valid inputs for every fuzz target into `<corpus>/<target>/seed-*`, from which the
-//! fuzzer starts: event messages as a publisher sends them, a payload of each contract the
-//! bridge embeds, and the repository's own config files. Run by `scripts/fuzz`.
+//! fuzzer starts: event messages as a publisher sends them, a payload of each contract compiled
+//! from the repository's `proto/`, and its own config files. Run by `scripts/fuzz`.
 //!
 //! Usage: `cargo run --example seeds -- <corpus folder>`
 

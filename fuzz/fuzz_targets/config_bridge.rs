@@ -1,7 +1,6 @@
 //! Loads a bridge's configuration from arbitrary TOML text, as the bridge does at start and at
-//! `--check`: defaults, then the text, then validation (which looks each route's contract up
-//! among those the bridge embeds). Any text gives a config or a list of problems, never a panic
-//! or a hang.
+//! `--check`: defaults, then the text, then validation (the contracts, read from files, are
+//! loaded after it). Any text gives a config or a list of problems, never a panic or a hang.
 
 #![no_main]
 

@@ -19,6 +19,9 @@ values). The config is the bridge's `config`, or the chart file its `configFile`
 {{- $cas := compact (list $bridge.source.caSecretName $bridge.target.caSecretName) -}}
 {{- $ctx := dict "root" $root "component" "bridge" "name" $name "subsystem" $level.subsystem "hub" $bridge.source.hub "clientOf" (list $bridge.source.hub $bridge.target.hub | uniq) -}}
 {{- $contracts := include "fractal.contractsConfigMap" (dict "root" $root "level" $level) -}}
+{{- if not $contracts -}}
+{{- fail (printf "bridges[%s]: a bridge checks events against contracts: set `contracts.file` (a descriptor set among the chart's files) or `contracts.configMap`" $bridge.name) -}}
+{{- end -}}
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -49,7 +52,7 @@ spec:
         {{- include "fractal.labels" $ctx | nindent 8 }}
       annotations:
         checksum/config: {{ include "fractal.checksum" $config }}
-        {{- if $contracts }}
+        {{- if and $root.Values.contracts $root.Values.contracts.file }}
         checksum/contracts: {{ include "fractal.checksum" (include "fractal.contractsData" $root) }}
         {{- end }}
     spec:
@@ -176,6 +179,9 @@ Context: dict with root and level.
 */}}
 {{- define "fractal.contractsConfigMap" -}}
 {{- $contracts := .root.Values.contracts -}}
+{{- if and $contracts $contracts.file $contracts.configMap -}}
+{{- fail "contracts: give `file` or `configMap`, not both" -}}
+{{- end -}}
 {{- if $contracts -}}
 {{- if $contracts.file -}}
 {{- printf "%s-contracts" .level.subsystem | include "fractal.dnsName" -}}

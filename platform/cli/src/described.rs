@@ -57,10 +57,10 @@ fn describe(program: &str, programs: &Path) -> Result<Description, String> {
 pub(crate) fn compare(topology: &Topology, programs: &Path) -> Problems {
     let mut problems = Problems::default();
     let mut descriptions: BTreeMap<&str, Result<Description, String>> = BTreeMap::new();
-    // The message each external type is declared with, and by whom.
-    let mut declared: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-    for (i, service) in topology.services.iter().enumerate() {
-        let at = format!("services[{i}] ({})", service.spec.config.display());
+    // The message each external type is declared with on each hub, and by whom.
+    let mut declared: BTreeMap<(String, String), BTreeSet<(String, String)>> = BTreeMap::new();
+    for service in &topology.services {
+        let at = &service.at;
         let program = service.spec.program.as_str();
         let description = descriptions
             .entry(program)
@@ -102,28 +102,26 @@ pub(crate) fn compare(topology: &Topology, programs: &Path) -> Problems {
         }
         for contract in &described.publishes {
             declared
-                .entry(contract.event_type.clone())
+                .entry((service.hub().to_owned(), contract.event_type.clone()))
                 .or_default()
                 .insert((service.name(), contract.message.clone()));
         }
     }
-    for (i, bridge) in topology.bridges.iter().enumerate() {
+    for bridge in &topology.bridges {
         for (j, route) in bridge.config.routes.iter().enumerate() {
-            for (event_type, producers) in &declared {
-                if !route
-                    .types
-                    .iter()
-                    .any(|p| crate::topology::matches(p, event_type))
-                {
+            for ((hub, event_type), producers) in &declared {
+                let read = *hub == bridge.config.source.name
+                    && route
+                        .types
+                        .iter()
+                        .any(|p| crate::topology::matches(p, event_type));
+                if !read {
                     continue;
                 }
                 for (producer, message) in producers {
                     if *message != route.contract {
                         problems.add(
-                            format!(
-                                "bridges[{i}] ({}): routes[{j}].contract",
-                                bridge.config_path.display()
-                            ),
+                            format!("{}: routes[{j}].contract", bridge.at),
                             format!(
                                 "`{}`, but {producer} publishes `{event_type}` carrying `{message}`",
                                 route.contract

@@ -539,21 +539,48 @@ pub(crate) fn published_at(
             repository.display()
         )
     })?;
+    // `./`: the path is from the folder git runs in, not from the repository's root.
+    let at = format!("{against}:./{}", relative.display());
+    let exists = std::process::Command::new("git")
+        .current_dir(repository)
+        .args(["cat-file", "-e", &at])
+        .status()
+        .context("cannot run git")?;
+    if !exists.success() {
+        // No topology there then: nothing was published.
+        return Ok(Some(BTreeSet::new()));
+    }
     let shown = std::process::Command::new("git")
         .current_dir(repository)
-        .arg("show")
-        .arg(format!("{against}:{}", relative.display()))
+        .args(["show", &at])
         .output()
         .context("cannot run git")?;
     if !shown.status.success() {
-        // The topology did not exist then: nothing was published.
-        return Ok(Some(BTreeSet::new()));
+        bail!(
+            "cannot read {} at `{against}`: {}",
+            relative.display(),
+            String::from_utf8_lossy(&shown.stderr).trim()
+        );
     }
+    /// What is read of a topology as it was: only what its services publish, so that a key
+    /// added or renamed since does not stop the comparison.
+    #[derive(serde::Deserialize)]
+    struct Then {
+        #[serde(default)]
+        services: Vec<Publishes>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Publishes {
+        #[serde(default)]
+        publishes: Vec<String>,
+    }
+    use figment::providers::Format as _;
     let text = String::from_utf8_lossy(&shown.stdout);
-    let file: crate::topology::TopologyFile = fractal::config::from_toml(&text)
+    let then: Then = figment::Figment::from(figment::providers::Toml::string(&text))
+        .extract()
         .map_err(|e| anyhow::anyhow!("{} at `{against}`: {e}", relative.display()))?;
     Ok(Some(
-        file.services
+        then.services
             .into_iter()
             .flat_map(|s| s.publishes)
             .collect(),
@@ -571,10 +598,18 @@ pub(crate) fn compare_event_types(
         .path
         .file_name()
         .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    // Published now: by a service, or under a new name by a route's `target_type`.
     let now: BTreeSet<&str> = topology
         .services
         .iter()
         .flat_map(|s| s.spec.publishes.iter().map(String::as_str))
+        .chain(
+            topology
+                .bridges
+                .iter()
+                .flat_map(|b| &b.config.routes)
+                .filter_map(|r| r.target_type.as_deref()),
+        )
         .collect();
     let mut changes = Vec::new();
     for event_type in old.iter().filter(|t| !now.contains(t.as_str())) {
@@ -586,11 +621,8 @@ pub(crate) fn compare_event_types(
             .collect();
         for bridge in &topology.bridges {
             for route in &bridge.config.routes {
-                if route
-                    .types
-                    .iter()
-                    .any(|p| crate::topology::matches(p, event_type))
-                {
+                // A route naming the type; a pattern (`order.*`) reads what there is.
+                if route.types.iter().any(|p| p == event_type) {
                     readers.push(format!("route {}/{}", bridge.config.name, route.name));
                 }
             }

@@ -71,15 +71,58 @@ pub(crate) fn join(set: &BTreeSet<String>) -> String {
     }
 }
 
-/// The topology as indented text.
-pub(crate) fn text(topology: &Topology) -> String {
-    let mut out = format!("System `{}`\n\nHubs and their services:\n", topology.name);
-    for (hub, spec) in &topology.hubs {
-        let _ = writeln!(out, "  {hub} (port {})", spec.port);
-        for service in topology.services.iter().filter(|s| s.hub() == hub) {
-            let _ = writeln!(out, "    {} [{}]", service.name(), service.spec.program);
+/// The systems a topology includes, by path (`north`, `north.city`): every hub name's
+/// prefixes.
+fn systems(topology: &Topology) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for hub in topology.hubs.keys() {
+        let mut path = String::new();
+        let tokens: Vec<&str> = hub.split('.').collect();
+        for token in &tokens[..tokens.len() - 1] {
+            path = if path.is_empty() {
+                (*token).to_owned()
+            } else {
+                format!("{path}.{token}")
+            };
+            found.insert(path.clone());
         }
     }
+    found
+}
+
+/// The system a hub or a system belongs to: its path without the last token (`` at the root).
+fn parent(path: &str) -> &str {
+    path.rsplit_once('.').map_or("", |(parent, _)| parent)
+}
+
+/// The topology as indented text: the tree of systems, each with its hubs and their services.
+pub(crate) fn text(topology: &Topology) -> String {
+    let mut out = format!("System `{}`\n\nHubs and their services:\n", topology.name);
+    fn level(
+        topology: &Topology,
+        systems: &BTreeSet<String>,
+        at: &str,
+        depth: usize,
+        out: &mut String,
+    ) {
+        let indent = "  ".repeat(depth + 1);
+        for (hub, spec) in topology.hubs.iter().filter(|(h, _)| parent(h) == at) {
+            let _ = writeln!(out, "{indent}{hub} (port {})", spec.port);
+            for service in topology.services.iter().filter(|s| s.hub() == hub) {
+                let _ = writeln!(
+                    out,
+                    "{indent}  {} [{}]",
+                    service.name(),
+                    service.spec.program
+                );
+            }
+        }
+        for system in systems.iter().filter(|s| parent(s) == at) {
+            let _ = writeln!(out, "{indent}system {system}:");
+            level(topology, systems, system, depth + 1, out);
+        }
+    }
+    level(topology, &systems(topology), "", 0, &mut out);
     out.push_str("\nBridges:\n");
     for bridge in &topology.bridges {
         let c = &bridge.config;
@@ -122,19 +165,43 @@ fn id(name: &str) -> String {
     name.replace(['/', '-', '.'], "_")
 }
 
-/// The topology as a Mermaid flowchart.
+/// The topology as a Mermaid flowchart: a subgraph per hub, inside one per included system.
 pub(crate) fn mermaid(topology: &Topology) -> String {
-    let mut out = String::from("flowchart LR\n");
-    for hub in topology.hubs.keys() {
-        let _ = writeln!(out, "  subgraph hub_{} [hub {hub}]", id(hub));
-        for service in topology.services.iter().filter(|s| s.hub() == hub) {
-            let _ = writeln!(out, "    {}[\"{}\"]", id(&service.name()), service.name());
+    fn level(
+        topology: &Topology,
+        systems: &BTreeSet<String>,
+        at: &str,
+        depth: usize,
+        out: &mut String,
+    ) {
+        let indent = "  ".repeat(depth + 1);
+        for hub in topology.hubs.keys().filter(|h| parent(h) == at) {
+            let _ = writeln!(out, "{indent}subgraph hub_{} [hub {hub}]", id(hub));
+            for service in topology.services.iter().filter(|s| s.hub() == hub) {
+                let _ = writeln!(
+                    out,
+                    "{indent}  {}[\"{}\"]",
+                    id(&service.name()),
+                    service.name()
+                );
+            }
+            if !topology.services.iter().any(|s| s.hub() == hub) {
+                let _ = writeln!(out, "{indent}  hub_{}_events((events))", id(hub));
+            }
+            let _ = writeln!(out, "{indent}end");
         }
-        if !topology.services.iter().any(|s| s.hub() == hub) {
-            let _ = writeln!(out, "    hub_{}_events((events))", id(hub));
+        for system in systems.iter().filter(|s| parent(s) == at) {
+            let _ = writeln!(
+                out,
+                "{indent}subgraph system_{} [system {system}]",
+                id(system)
+            );
+            level(topology, systems, system, depth + 1, out);
+            let _ = writeln!(out, "{indent}end");
         }
-        out.push_str("  end\n");
     }
+    let mut out = String::from("flowchart LR\n");
+    level(topology, &systems(topology), "", 0, &mut out);
     for bridge in &topology.bridges {
         let c = &bridge.config;
         let _ = writeln!(
@@ -155,27 +222,46 @@ pub(crate) fn dot(topology: &Topology) -> String {
         "digraph \"{}\" {{\n  rankdir=LR;\n  compound=true;\n",
         topology.name
     );
-    for hub in topology.hubs.keys() {
-        let _ = writeln!(
-            out,
-            "  subgraph cluster_{} {{\n    label=\"hub {hub}\";",
-            id(hub)
-        );
-        let _ = writeln!(
-            out,
-            "    hub_{} [label=\"{hub} events\", shape=cylinder];",
-            id(hub)
-        );
-        for service in topology.services.iter().filter(|s| s.hub() == hub) {
+    fn level(
+        topology: &Topology,
+        systems: &BTreeSet<String>,
+        at: &str,
+        depth: usize,
+        out: &mut String,
+    ) {
+        let indent = "  ".repeat(depth + 1);
+        for hub in topology.hubs.keys().filter(|h| parent(h) == at) {
             let _ = writeln!(
                 out,
-                "    {} [label=\"{}\", shape=box];",
-                id(&service.name()),
-                service.name()
+                "{indent}subgraph cluster_{} {{\n{indent}  label=\"hub {hub}\";",
+                id(hub)
             );
+            let _ = writeln!(
+                out,
+                "{indent}  hub_{} [label=\"{hub} events\", shape=cylinder];",
+                id(hub)
+            );
+            for service in topology.services.iter().filter(|s| s.hub() == hub) {
+                let _ = writeln!(
+                    out,
+                    "{indent}  {} [label=\"{}\", shape=box];",
+                    id(&service.name()),
+                    service.name()
+                );
+            }
+            let _ = writeln!(out, "{indent}}}");
         }
-        out.push_str("  }\n");
+        for system in systems.iter().filter(|s| parent(s) == at) {
+            let _ = writeln!(
+                out,
+                "{indent}subgraph cluster_system_{} {{\n{indent}  label=\"system {system}\";\n{indent}  style=dashed;",
+                id(system)
+            );
+            level(topology, systems, system, depth + 1, out);
+            let _ = writeln!(out, "{indent}}}");
+        }
     }
+    level(topology, &systems(topology), "", 0, &mut out);
     for bridge in &topology.bridges {
         let c = &bridge.config;
 

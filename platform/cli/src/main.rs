@@ -153,8 +153,9 @@ enum Command {
         #[command(subcommand)]
         action: FaultAction,
     },
-    /// Validate the topology and every config it names, starting nothing, and compare each
-    /// service's `publishes` and `consumes` with what its program declares (`--describe`).
+    /// Validate the topology and every config it names, and compare each service's
+    /// `publishes` and `consumes` with what its program declares (`<program> --describe`,
+    /// the one thing it runs).
     Check,
     /// A hub's servers as the topology defines them.
     Hub {
@@ -702,6 +703,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("no folder {}", folder.display()))?,
                 None => contracts_path(&load(&topology_path)?, None)?,
             };
+            if !proto.is_dir() {
+                bail!(
+                    "{} is a descriptor set already, not a folder of .proto files; name the folder with --proto",
+                    proto.display()
+                );
+            }
             let set = fractal_bridge::contracts::compile_folder(&proto)?;
             let bytes = prost::Message::encode_to_vec(&set);
             if check {

@@ -24,6 +24,9 @@ pub(crate) struct TopologyFile {
     /// Its bridges.
     #[serde(default)]
     pub(crate) bridges: Vec<BridgeSpec>,
+    /// Whole systems included as subsystems of this one, each from its own topology file.
+    #[serde(default)]
+    pub(crate) systems: Vec<SystemSpec>,
     /// The program `fractal demo` runs against the running system.
     #[serde(default)]
     pub(crate) demo: Option<DemoSpec>,
@@ -128,6 +131,20 @@ pub(crate) struct ServiceSpec {
     pub(crate) views: Vec<String>,
 }
 
+/// A system included whole as a subsystem: its hubs, services and bridges take its name as
+/// a prefix (`north.ordering`), and its ports shift by its offset.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct SystemSpec {
+    /// Its name here, a single token: the first part of its hubs' and services' paths.
+    pub(crate) name: String,
+    /// Its topology file, relative to this one: the same file it runs with on its own.
+    pub(crate) topology: PathBuf,
+    /// What its ports (hubs, services, bridges) are shifted by. Default: 1000 for the first
+    /// system included here, 2000 for the second, and so on, added to this system's own.
+    #[serde(default)]
+    pub(crate) port_offset: Option<u16>,
+}
+
 /// A bridge.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct BridgeSpec {
@@ -223,6 +240,20 @@ impl Validate for TopologyFile {
                 }
             }
         }
+        let mut systems = BTreeSet::new();
+        for (i, system) in self.systems.iter().enumerate() {
+            let at = format!("systems[{i}].name");
+            problems.check(&at, wire::check_token(&system.name));
+            if self.hubs.contains_key(&system.name) {
+                problems.add(
+                    &at,
+                    format!("`{}` is both a hub and a system here", system.name),
+                );
+            }
+            if !systems.insert(&system.name) {
+                problems.add(&at, format!("system `{}` is included twice", system.name));
+            }
+        }
         if let Some(demo) = &self.demo {
             problems.check("demo.program", wire::check_token(&demo.program));
         }
@@ -232,6 +263,9 @@ impl Validate for TopologyFile {
 /// A service with its configuration read.
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
+    /// Where the topology names it (`services[2] (…/gateway.toml)`, under its system's entry
+    /// when included).
+    pub(crate) at: String,
     /// As the topology names it.
     pub(crate) spec: ServiceSpec,
     /// Its config file, resolved.
@@ -255,6 +289,8 @@ impl Service {
 /// A bridge with its configuration read.
 #[derive(Debug, Clone)]
 pub(crate) struct Bridge {
+    /// Where the topology names it.
+    pub(crate) at: String,
     /// Its config file, resolved.
     pub(crate) config_path: PathBuf,
     /// Its configuration.
@@ -342,101 +378,26 @@ impl Topology {
             })
     }
 
-    /// Reads and checks the topology at `path` and every config it names; reports every
-    /// problem found, each with where it is.
+    /// Reads and checks the topology at `path`, every config it names and every system it
+    /// includes, recursively; reports every problem found, each with where it is. An included
+    /// system's hubs, services and bridges are named by their path (`north.ordering`,
+    /// `north.ordering/gateway`, bridge `north-ordering-to-system`) and their ports shifted by
+    /// its offset: the whole tree is one topology.
     pub(crate) fn load(path: &Path) -> Result<Topology, ConfigError> {
         let mut problems = Problems::default();
-        let fail = |problems: Problems| Err(ConfigError { problems });
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) => {
-                problems.add("", format!("cannot read `{}`: {e}", path.display()));
-                return fail(problems);
-            }
+        let Some(topology) = read_system(path, &Nesting::default(), &mut problems) else {
+            return Err(ConfigError { problems });
         };
-        let file: TopologyFile = fractal::config::from_toml(&text)?;
-        let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-
-        let mut services = Vec::new();
-        for (i, spec) in file.services.iter().enumerate() {
-            let at = format!("services[{i}]");
-            let config_path = root.join(&spec.config);
-            match read(&config_path).and_then(|text| {
-                fractal::config::from_toml::<ServiceConfig>(&text).map_err(|e| e.problems)
-            }) {
-                Ok(config) => services.push(Service {
-                    spec: spec.clone(),
-                    config_path,
-                    config,
-                }),
-                Err(found) => nest(&mut problems, &at, &spec.config, found),
-            }
-        }
-        let mut bridges = Vec::new();
-        for (i, spec) in file.bridges.iter().enumerate() {
-            let at = format!("bridges[{i}]");
-            let config_path = root.join(&spec.config);
-            match read(&config_path).and_then(|text| {
-                fractal::config::from_toml::<BridgeConfig>(&text).map_err(|e| e.problems)
-            }) {
-                Ok(config) => {
-                    let folder = config_path.parent().unwrap_or(Path::new("."));
-                    if let Err(e) = config.load_contracts(folder) {
-                        nest(&mut problems, &at, &spec.config, e.problems);
-                    }
-                    bridges.push(Bridge {
-                        config_path,
-                        config,
-                    })
-                }
-                Err(found) => nest(&mut problems, &at, &spec.config, found),
-            }
-        }
-        let contracts_path = root.join(file.contracts.as_deref().unwrap_or(Path::new("proto")));
-        let contracts = if file.contracts.is_none() && !contracts_path.exists() {
-            Contracts::builtin()
-        } else {
-            Contracts::load(&contracts_path).unwrap_or_else(|e| {
-                problems.add("contracts", e.to_string());
-                Contracts::builtin()
-            })
-        };
-        let topology = Topology {
-            path: path.to_path_buf(),
-            name: file.name,
-            hubs: file.hubs.clone(),
-            services,
-            bridges,
-            demo: file.demo,
-            contracts,
-        };
-        topology.check(&file.services, &file.bridges, &mut problems);
+        topology.check(&mut problems);
         problems.into_result().map(|()| topology)
     }
 
     /// Checks across files: hubs named exist and agree on ports, nothing shares a port, and
     /// every contract a bridge carries or a service consumes has a producer.
-    fn check(
-        &self,
-        service_specs: &[ServiceSpec],
-        bridge_specs: &[BridgeSpec],
-        problems: &mut Problems,
-    ) {
+    fn check(&self, problems: &mut Problems) {
         let hub_port = |name: &str| self.hubs.get(name).map(|h| h.port);
-        let service_at = |s: &Service| {
-            let i = service_specs
-                .iter()
-                .position(|spec| spec.config == s.spec.config)
-                .unwrap_or(0);
-            format!("services[{i}] ({})", s.spec.config.display())
-        };
-        let bridge_at = |b: &Bridge| {
-            let i = bridge_specs
-                .iter()
-                .position(|spec| b.config_path.ends_with(&spec.config))
-                .unwrap_or(0);
-            format!("bridges[{i}] ({})", bridge_specs[i].config.display())
-        };
+        let service_at = |s: &Service| s.at.clone();
+        let bridge_at = |b: &Bridge| b.at.clone();
         let check_hub =
             |problems: &mut Problems, at: String, key: &str, hub: &fractal::HubConfig| {
                 match hub_port(&hub.name) {
@@ -621,22 +582,48 @@ impl Topology {
         Some(config)
     }
 
-    /// The part of the topology that runs `subsystems` (hub names) alone: their hubs, their
+    /// The part of the topology that runs `subsystems` alone: each a hub (`ordering`,
+    /// `north.ordering`) or an included system (`north`, every hub under it); their hubs, their
     /// services, and the bridges between two of them. Empty means everything.
     pub(crate) fn select(&self, subsystems: &[String]) -> Result<Topology, String> {
         if subsystems.is_empty() {
             return Ok(self.clone());
         }
+        let under = |name: &str, hub: &str| {
+            hub == name
+                || hub
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
         for name in subsystems {
-            if !self.hubs.contains_key(name) {
+            if !self.hubs.keys().any(|hub| under(name, hub)) {
+                let mut choices: BTreeSet<String> = self.hubs.keys().cloned().collect();
+                for hub in self.hubs.keys() {
+                    let mut path = String::new();
+                    for token in hub
+                        .split('.')
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .rev()
+                        .skip(1)
+                        .rev()
+                    {
+                        path = if path.is_empty() {
+                            (*token).to_owned()
+                        } else {
+                            format!("{path}.{token}")
+                        };
+                        choices.insert(path.clone());
+                    }
+                }
                 return Err(format!(
                     "`{name}` is not a subsystem of `{}`; choose from {}",
                     self.name,
-                    self.hubs.keys().cloned().collect::<Vec<_>>().join(", ")
+                    choices.into_iter().collect::<Vec<_>>().join(", ")
                 ));
             }
         }
-        let chosen = |hub: &str| subsystems.iter().any(|s| s == hub);
+        let chosen = |hub: &str| subsystems.iter().any(|s| under(s, hub));
         let mut part = self.clone();
         part.hubs.retain(|name, _| chosen(name));
         part.services.retain(|s| chosen(s.hub()));
@@ -663,6 +650,217 @@ fn nest(problems: &mut Problems, at: &str, file: &Path, found: Problems) {
             format!("{at} ({}): {}", file.display(), problem.path)
         };
         problems.add(path, problem.message.clone());
+    }
+}
+
+/// Where a system sits in the tree being read.
+#[derive(Debug, Default, Clone)]
+struct Nesting {
+    /// Its path with a trailing dot (`north.`), empty at the root.
+    prefix: String,
+    /// How problems in it are named (`systems[0] (north: …/fractal.toml): `).
+    label: String,
+    /// What its ports are shifted by.
+    offset: u16,
+    /// The topology files from the root to it, to refuse a cycle.
+    files: Vec<PathBuf>,
+}
+
+impl Nesting {
+    /// A path under this system: `north.ordering` for `ordering`.
+    fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// A single-token name under this system: `north-ordering-to-system`.
+    fn token(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix.replace('.', "-"))
+    }
+}
+
+/// Reads the system at `path` as `nesting` places it, with the systems it includes, into one
+/// topology (not yet checked across files); `None` if its own file cannot be read.
+fn read_system(path: &Path, nesting: &Nesting, problems: &mut Problems) -> Option<Topology> {
+    let label = &nesting.label;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            problems.add(
+                label.trim_end_matches(": "),
+                format!("cannot read `{}`: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    let file: TopologyFile = match fractal::config::from_toml(&text) {
+        Ok(file) => file,
+        Err(e) => {
+            for problem in e.problems.iter() {
+                problems.add(format!("{label}{}", problem.path), problem.message.clone());
+            }
+            return None;
+        }
+    };
+    let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let offset = nesting.offset;
+
+    let mut services = Vec::new();
+    for (i, spec) in file.services.iter().enumerate() {
+        let at = format!("{label}services[{i}]");
+        let config_path = root.join(&spec.config);
+        match read(&config_path).and_then(|text| {
+            fractal::config::from_toml::<ServiceConfig>(&text).map_err(|e| e.problems)
+        }) {
+            Ok(mut config) => {
+                if !nesting.prefix.is_empty() {
+                    config.subsystem = nesting.path(&config.subsystem);
+                    place_hub(&mut config.hub, nesting);
+                    config.admin.listen = shift_listen(&config.admin.listen, offset);
+                    if let Some(grpc) = &mut config.grpc {
+                        grpc.listen = shift_listen(&grpc.listen, offset);
+                    }
+                }
+                services.push(Service {
+                    at: format!("{at} ({})", spec.config.display()),
+                    spec: spec.clone(),
+                    config_path,
+                    config,
+                })
+            }
+            Err(found) => nest(problems, &at, &spec.config, found),
+        }
+    }
+    let mut bridges = Vec::new();
+    for (i, spec) in file.bridges.iter().enumerate() {
+        let at = format!("{label}bridges[{i}]");
+        let config_path = root.join(&spec.config);
+        match read(&config_path).and_then(|text| {
+            fractal::config::from_toml::<BridgeConfig>(&text).map_err(|e| e.problems)
+        }) {
+            Ok(mut config) => {
+                let folder = config_path.parent().unwrap_or(Path::new("."));
+                if let Err(e) = config.load_contracts(folder) {
+                    nest(problems, &at, &spec.config, e.problems);
+                }
+                if !nesting.prefix.is_empty() {
+                    config.name = nesting.token(&config.name);
+                    place_hub(&mut config.source, nesting);
+                    place_hub(&mut config.target, nesting);
+                    config.admin.listen = shift_listen(&config.admin.listen, offset);
+                }
+                bridges.push(Bridge {
+                    at: format!("{at} ({})", spec.config.display()),
+                    config_path,
+                    config,
+                })
+            }
+            Err(found) => nest(problems, &at, &spec.config, found),
+        }
+    }
+    let hubs = file
+        .hubs
+        .iter()
+        .map(|(name, spec)| (nesting.path(name), shift_hub(spec, offset)))
+        .collect();
+    let contracts_path = root.join(file.contracts.as_deref().unwrap_or(Path::new("proto")));
+    let contracts = if file.contracts.is_none() && !contracts_path.exists() {
+        Contracts::builtin()
+    } else {
+        Contracts::load(&contracts_path).unwrap_or_else(|e| {
+            problems.add(format!("{label}contracts"), e.to_string());
+            Contracts::builtin()
+        })
+    };
+    let mut topology = Topology {
+        path: path.to_path_buf(),
+        name: file.name,
+        hubs,
+        services,
+        bridges,
+        demo: file.demo,
+        contracts,
+    };
+
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for (i, system) in file.systems.iter().enumerate() {
+        let included = root.join(&system.topology);
+        let at = format!("{label}systems[{i}]");
+        let child_canonical = std::fs::canonicalize(&included).unwrap_or_else(|_| included.clone());
+        let chain: Vec<&PathBuf> = nesting.files.iter().chain([&canonical]).collect();
+        if let Some(first) = chain.iter().position(|f| **f == child_canonical) {
+            let cycle: Vec<String> = chain[first..]
+                .iter()
+                .chain([&&child_canonical])
+                .map(|f| f.display().to_string())
+                .collect();
+            problems.add(
+                format!("{at}.topology"),
+                format!("includes itself: {}", cycle.join(" → ")),
+            );
+            continue;
+        }
+        let own = system
+            .port_offset
+            .unwrap_or(1000 * u16::try_from(i + 1).unwrap_or(u16::MAX));
+        let Some(shifted) = offset.checked_add(own) else {
+            problems.add(
+                format!("{at}.port_offset"),
+                format!("{own} on top of {offset} is past 65535"),
+            );
+            continue;
+        };
+        let child = Nesting {
+            prefix: nesting.path(&format!("{}.", system.name)),
+            label: format!(
+                "{at} ({}: {}): ",
+                nesting.path(&system.name),
+                system.topology.display()
+            ),
+            offset: shifted,
+            files: chain.into_iter().cloned().collect(),
+        };
+        if let Some(included) = read_system(&included, &child, problems) {
+            topology.hubs.extend(included.hubs);
+            topology.services.extend(included.services);
+            topology.bridges.extend(included.bridges);
+        }
+    }
+    Some(topology)
+}
+
+/// A client's view of a hub of an included system: its path name, its URLs' ports shifted.
+fn place_hub(hub: &mut fractal::HubConfig, nesting: &Nesting) {
+    hub.name = nesting.path(&hub.name);
+    for url in &mut hub.urls {
+        if let Ok(mut parsed) = url::Url::parse(url)
+            && let Some(port) = parsed.port_or_known_default().or(Some(4222))
+            && parsed.set_port(port.checked_add(nesting.offset)).is_ok()
+        {
+            *url = parsed.to_string().trim_end_matches('/').to_owned();
+        }
+    }
+}
+
+/// A hub's ports (client, monitoring, cluster) shifted by `offset`.
+fn shift_hub(spec: &HubSpec, offset: u16) -> HubSpec {
+    if offset == 0 {
+        return spec.clone();
+    }
+    HubSpec {
+        port: spec.port.saturating_add(offset),
+        monitor: Some(spec.monitor().saturating_add(offset)),
+        cluster: Some(spec.cluster().saturating_add(offset)),
+        ..spec.clone()
+    }
+}
+
+/// A listen address with its port shifted by `offset` (port 0 stays: any free port).
+fn shift_listen(listen: &str, offset: u16) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => {
+            std::net::SocketAddr::new(addr.ip(), addr.port().saturating_add(offset)).to_string()
+        }
+        _ => listen.to_owned(),
     }
 }
 

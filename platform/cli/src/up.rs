@@ -174,7 +174,11 @@ fn bridge_client(bridge: &str) -> String {
 /// and the client's own certificate, credential and inbox if it has them.
 fn hub_env(key: &str, hub: &fractal::HubConfig) -> Vec<(String, String)> {
     let urls: Vec<String> = hub.urls.iter().map(|u| format!("{u:?}")).collect();
-    let mut env = vec![(format!("{key}URLS"), format!("[{}]", urls.join(",")))];
+    let mut env = vec![
+        // The hub's name in the tree (`north.ordering` for a system's `ordering`).
+        (format!("{key}NAME"), hub.name.clone()),
+        (format!("{key}URLS"), format!("[{}]", urls.join(","))),
+    ];
     if let Some(tls) = &hub.tls {
         for (setting, file) in [
             ("CA_FILE", &tls.ca_file),
@@ -422,6 +426,10 @@ impl Up {
                 &access::service_id(&service.name()),
             );
             let mut env = hub_env(&format!("{prefix}HUB__"), &client);
+            env.push((
+                format!("{prefix}SUBSYSTEM"),
+                service.config.subsystem.clone(),
+            ));
             env.push((format!("{prefix}ADMIN__LISTEN"), admin.clone()));
             let grpc = match &service.config.grpc {
                 Some(grpc) => {
@@ -473,6 +481,7 @@ impl Up {
                 "BRIDGE_TARGET__",
                 &side(&config.target.name, "target"),
             ));
+            env.push(("BRIDGE_NAME".to_owned(), config.name.clone()));
             env.push(("BRIDGE_ADMIN__LISTEN".to_owned(), admin.clone()));
             let name = format!("bridge {}", config.name);
             let log = logs.join(format!("bridge-{}.log", config.name));

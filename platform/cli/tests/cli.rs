@@ -2553,3 +2553,109 @@ fn the_asyncapi_document_of_the_system_is_valid_asyncapi_3() {
             .contains(&"ORDER_STATUS_DELIVERED".into())
     );
 }
+
+fn group() -> String {
+    root()
+        .join("subsystems/group/fractal.toml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_system_includes_whole_systems_as_subsystems_named_by_their_path() {
+    let output = fractal(&["check", "--topology", &group()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output)
+            .contains("system `food-group` with 9 hubs, 19 services and 14 bridges is valid"),
+        "{}",
+        text(&output)
+    );
+    let tree = fractal(&["topology", "--topology", &group()]);
+    let tree = text(&tree);
+    for expected in [
+        "  group (port 4300)\n    group/revenue [group]\n",
+        "  system north:\n    north.delivery (port 5225)\n",
+        "      north.ordering/checkout [ordering]\n",
+        "    south.system (port 6222)\n",
+        "  north-to-group: north.system -> group\n",
+        "  north-ordering-to-system: north.ordering -> north.system\n",
+    ] {
+        assert!(tree.contains(expected), "`{expected}` not in:\n{tree}");
+    }
+    let mermaid = text(&fractal(&[
+        "topology",
+        "--format",
+        "mermaid",
+        "--topology",
+        &group(),
+    ]));
+    assert!(
+        mermaid.contains("  subgraph system_north [system north]\n    subgraph hub_north_delivery [hub north.delivery]"),
+        "{mermaid}"
+    );
+    let dot = text(&fractal(&[
+        "topology",
+        "--format",
+        "dot",
+        "--topology",
+        &group(),
+    ]));
+    assert!(dot.contains("subgraph cluster_system_south {"), "{dot}");
+}
+
+#[test]
+fn include_errors_name_their_file_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &str| std::fs::write(dir.path().join(name), content).unwrap();
+    let city = root().join("fractal.toml").display().to_string();
+    write(
+        "group.toml",
+        &format!(
+            "name = \"group\"\n[hubs.group]\nport = 4300\n[[systems]]\nname = \"north\"\ntopology = \"{city}\"\n[[systems]]\nname = \"north\"\ntopology = \"{city}\"\n"
+        ),
+    );
+    let topology = dir.path().join("group.toml").display().to_string();
+    let output = fractal(&["check", "--topology", &topology]);
+    assert!(!output.status.success());
+    // The same path twice.
+    assert!(
+        text(&output).contains("systems[1].name: system `north` is included twice"),
+        "{}",
+        text(&output)
+    );
+    write(
+        "group.toml",
+        &format!(
+            "name = \"group\"\n[hubs.group]\nport = 4300\n[[systems]]\nname = \"north\"\ntopology = \"{city}\"\n[[systems]]\nname = \"lost\"\ntopology = \"nowhere.toml\"\n[[systems]]\nname = \"loop\"\ntopology = \"a.toml\"\n[[bridges]]\nconfig = \"up.toml\"\n"
+        ),
+    );
+    write(
+        "a.toml",
+        "name = \"a\"\n[hubs.a]\nport = 4400\n[[systems]]\nname = \"b\"\ntopology = \"b.toml\"\n",
+    );
+    write(
+        "b.toml",
+        "name = \"b\"\n[hubs.b]\nport = 4500\n[[systems]]\nname = \"a\"\ntopology = \"a.toml\"\n",
+    );
+    write(
+        "up.toml",
+        "name = \"up\"\nsource = { name = \"north.nothing\", urls = [\"nats://127.0.0.1:5222\"] }\ntarget = { name = \"group\", urls = [\"nats://127.0.0.1:4300\"] }\nadmin = { listen = \"127.0.0.1:9499\" }\n[[routes]]\nname = \"orders\"\ntypes = [\"order.placed\"]\ncontract = \"fractal.platform.v1.Header\"\n",
+    );
+    let output = fractal(&["check", "--topology", &topology]);
+    assert!(!output.status.success());
+    let report = text(&output);
+    for problem in [
+        // a file that is not there
+        "systems[1] (lost: nowhere.toml): cannot read `",
+        // a cycle, through the files that make it
+        "systems[2] (loop: a.toml): systems[0] (loop.b: b.toml): systems[0].topology: includes itself: ",
+        // a hub outside the tree
+        "bridges[0] (up.toml): source.name: hub `north.nothing` is not in the topology",
+    ] {
+        assert!(
+            report.contains(problem),
+            "missing `{problem}` in:\n{report}"
+        );
+    }
+}

@@ -418,24 +418,32 @@ impl Consumer {
 
     /// Handles events of `contract` with `handler`, given the event's message (decoded; a
     /// payload that is not the contract's message is a permanent fault) and the event.
-    pub fn on<M, K, F, Fut>(mut self, contract: Contract<M, K>, handler: F) -> Self
+    pub fn on<M, K, F, Fut>(self, contract: Contract<M, K>, handler: F) -> Self
     where
         M: prost::Message + prost::Name + Default + 'static,
         K: ScopeKind,
         F: Fn(M, Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.contracts
-            .retain(|c| c.event_type() != contract.event_type());
-        self.contracts.push(contract.any());
         let handler = Arc::new(handler);
-        self.on_any(contract.event_type(), move |event| {
-            let handler = handler.clone();
+        let named = format!("{contract:?}");
+        let mut consumer = self.on_any(contract.event_type(), move |event| {
+            let (handler, named) = (handler.clone(), named.clone());
             async move {
+                // Handlers are found by type: an event of the same type in the other scope is
+                // not this contract's.
+                if event.scope != K::SCOPE {
+                    return Err(HandlerError::permanent(format!(
+                        "a handler of {named} was given an {} `{}` event",
+                        event.scope, event.event_type
+                    )));
+                }
                 let message = event.payload::<M>()?;
                 handler(message, event).await
             }
-        })
+        });
+        consumer.contracts.push(contract.any());
+        consumer
     }
 
     /// Handles events of `event_type` (internal or external), whatever they carry, with
@@ -445,6 +453,7 @@ impl Consumer {
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
+        self.contracts.retain(|c| c.event_type() != event_type);
         let labels = TypeLabels {
             service: self.service.clone(),
             event_type: event_type.to_owned(),
@@ -465,12 +474,12 @@ impl Consumer {
     }
 
     /// The contracts handled through [`Consumer::on`].
-    pub fn contracts(&self) -> &[AnyContract] {
+    pub(crate) fn contracts(&self) -> &[AnyContract] {
         &self.contracts
     }
 
     /// The event types handled.
-    pub fn event_types(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn event_types(&self) -> impl Iterator<Item = &str> {
         self.handlers.keys().map(String::as_str)
     }
 
@@ -508,7 +517,7 @@ impl Consumer {
         }
     }
 
-    /// Handles events of `event_type` by publishing the event `translate` makes of each: an
+    /// Handles events of `contract` by publishing the event `translate` makes of each: an
     /// edge's ingress or egress step, or a plain reaction. The published event's id is derived
     /// from the original's and its own type ([`crate::event::EventData::derived_id`]), so a
     /// redelivery publishes nothing new.

@@ -103,8 +103,8 @@ impl NewEvent {
         }
     }
 
-    /// Sets the scope.
-    pub fn scope(mut self, scope: Scope) -> Self {
+    /// Sets the scope: only the platform does, so that an event's scope is its contract's.
+    pub(crate) fn scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
         self
     }

@@ -20,8 +20,9 @@ use crate::wire;
 /// How to reach a hub and what its streams look like.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HubConfig {
-    /// Name of the hub, a single lower-case token (`ordering`). It is recorded in the
-    /// provenance of every event published to it.
+    /// Name of the hub, a lower-case token (`ordering`), or its path when its system is part
+    /// of a larger one (`north.ordering`). It is recorded in the provenance of every event
+    /// published to it.
     pub name: String,
     /// Server URLs (`nats://host:4222`, or `tls://...`); more than one for a cluster.
     #[serde(default = "default_urls")]
@@ -139,7 +140,8 @@ impl HubConfig {
 
 impl Validate for HubConfig {
     fn validate(&self, path: &str, problems: &mut Problems) {
-        problems.check(join(path, "name"), wire::check_token(&self.name));
+        // A hub of a system included in a larger one is named by its path (`north.ordering`).
+        problems.check(join(path, "name"), wire::check_name(&self.name));
         if self.urls.is_empty() {
             problems.add(join(path, "urls"), "at least one server URL is needed");
         }

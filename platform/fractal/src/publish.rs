@@ -26,8 +26,8 @@ pub struct Publisher {
     source: String,
     /// The `published` counter of each event type, looked up once per type.
     counters: Arc<RwLock<HashMap<String, Counter>>>,
-    /// The external contracts it may publish, if its service declares them.
-    declared: Option<&'static [AnyContract]>,
+    /// The external contracts it may publish (type, message), if its service declares them.
+    declared: Option<Arc<[(&'static str, String)]>>,
 }
 
 /// An event the hub has stored.
@@ -156,8 +156,14 @@ impl Publisher {
     /// This publisher, refusing external events other than `contracts` (what its service
     /// declares it publishes, which `<program> --describe` prints and `fractal check` compares
     /// with the topology).
-    pub fn declaring(mut self, contracts: &'static [AnyContract]) -> Self {
-        self.declared = Some(contracts);
+    pub fn declaring(mut self, contracts: &[AnyContract]) -> Self {
+        self.declared = Some(
+            contracts
+                .iter()
+                .filter(|c| c.scope() == Scope::External)
+                .map(|c| (c.event_type(), c.message()))
+                .collect(),
+        );
         self
     }
 
@@ -273,13 +279,16 @@ impl Publisher {
                 format!("key {:?} contains a line break", event.key),
             ));
         }
-        if let (Some(declared), Scope::External) = (self.declared, event.scope) {
+        if let (Some(declared), Scope::External) = (&self.declared, event.scope) {
             let message = declared
                 .iter()
-                .find(|c| c.event_type() == event.event_type)
-                .map(AnyContract::message);
-            if message.as_deref() != Some(event.payload_type.as_str()) {
-                let names: Vec<String> = declared.iter().map(|c| format!("{c:?}")).collect();
+                .find(|(event_type, _)| *event_type == event.event_type)
+                .map(|(_, message)| message.as_str());
+            if message != Some(event.payload_type.as_str()) {
+                let names: Vec<String> = declared
+                    .iter()
+                    .map(|(event_type, message)| format!("external.{event_type} ({message})"))
+                    .collect();
                 return Err(PublishError::new(
                     PublishErrorKind::Undeclared,
                     id,

@@ -22,7 +22,8 @@ use crate::wire;
 /// Configuration of one service process.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceConfig {
-    /// The subsystem the service belongs to (`ordering`).
+    /// The subsystem the service belongs to (`ordering`), or its path in a larger system
+    /// (`north.ordering`).
     pub subsystem: String,
     /// The service's name within it (`checkout`); also its durable consumer's default name.
     pub service: String,
@@ -57,7 +58,7 @@ impl ServiceConfig {
 
 impl Validate for ServiceConfig {
     fn validate(&self, path: &str, problems: &mut Problems) {
-        problems.check(join(path, "subsystem"), wire::check_token(&self.subsystem));
+        problems.check(join(path, "subsystem"), wire::check_name(&self.subsystem));
         problems.check(join(path, "service"), wire::check_token(&self.service));
         self.hub.validate(&join(path, "hub"), problems);
         self.consumer.validate(&join(path, "consumer"), problems);
@@ -355,15 +356,27 @@ impl Declaration {
         }
     }
 
-    /// Whether `consumer` handles exactly the external contracts the service consumes.
+    /// Whether `consumer` handles exactly the external contracts the service consumes: each
+    /// declared one with a typed handler of that contract, no other external contract, and
+    /// nothing untyped.
     fn check_consumer(&self, consumer: &Consumer) -> Result<(), String> {
-        let handled: Vec<&str> = consumer.event_types().collect();
         for declared in self.consumes {
-            if !handled.contains(&declared.event_type()) {
+            if !consumer.contracts().contains(declared) {
                 return Err(format!(
                     "it declares it consumes {declared:?} but has no handler for it"
                 ));
             }
+        }
+        let typed: Vec<&str> = consumer
+            .contracts()
+            .iter()
+            .map(|c| c.event_type())
+            .collect();
+        if let Some(untyped) = consumer.event_types().find(|t| !typed.contains(t)) {
+            return Err(format!(
+                "it handles `{untyped}` untyped (`on_any`); a service its program declares \
+                 handles each contract with `on`"
+            ));
         }
         for registered in consumer.contracts() {
             let external = registered.scope() == crate::Scope::External;

@@ -21,6 +21,18 @@ use fractal_cli::running::RunningSystem;
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// The cities of a running system: the prefix of each food-delivery system in it (`north.`,
+/// `south.` when a group includes them; one empty prefix for a food-delivery system on its
+/// own), found by their `ordering/checkout` service.
+pub fn cities(system: &RunningSystem) -> Vec<String> {
+    system
+        .services
+        .keys()
+        .filter_map(|name| name.strip_suffix("ordering/checkout"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The restaurant the demo orders from.
 pub const RESTAURANT: &str = "r-1";
 
@@ -89,11 +101,25 @@ impl Actors {
     /// Connects to the BFFs of `system`, waiting up to `timeout` for each (and for each step of
     /// an order later).
     pub async fn connect(system: &RunningSystem, timeout: Duration) -> Result<Actors, DemoError> {
+        Self::connect_in(system, "", timeout).await
+    }
+
+    /// [`Actors::connect`] to the city whose services' names start with `city` (`north.`;
+    /// empty for a food-delivery system on its own).
+    pub async fn connect_in(
+        system: &RunningSystem,
+        city: &str,
+        timeout: Duration,
+    ) -> Result<Actors, DemoError> {
+        let channel = |service: &str| {
+            let name = format!("{city}{service}");
+            async move { connect(system, &name, timeout).await }
+        };
         Ok(Actors {
-            menus: MenusClient::new(connect(system, "restaurant/menus", timeout).await?),
-            kitchen: KitchenClient::new(connect(system, "restaurant/kitchen", timeout).await?),
-            checkout: CheckoutClient::new(connect(system, "ordering/checkout", timeout).await?),
-            drivers: DriversClient::new(connect(system, "delivery/drivers", timeout).await?),
+            menus: MenusClient::new(channel("restaurant/menus").await?),
+            kitchen: KitchenClient::new(channel("restaurant/kitchen").await?),
+            checkout: CheckoutClient::new(channel("ordering/checkout").await?),
+            drivers: DriversClient::new(channel("delivery/drivers").await?),
             timeout,
         })
     }
