@@ -66,8 +66,13 @@ spec:
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: ["/usr/local/bin/fractal-bridge", "--config", "/etc/fractal/bridge.toml"]
           env:
-            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_SOURCE__" "urls" $bridge.source.urls "client" $bridge.source.credential "tls" $bridge.source.caSecretName "replicas" $bridge.source.replicas) | nindent 12 }}
-            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_TARGET__" "urls" $bridge.target.urls "client" $bridge.target.credential "tls" $bridge.target.caSecretName "replicas" $bridge.target.replicas) | nindent 12 }}
+            {{- $named := not (empty $root.Values.path) }}
+            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_SOURCE__" "name" (ternary (include "fractal.pathName" (dict "root" $root "name" $bridge.source.hub)) "" $named) "urls" $bridge.source.urls "client" $bridge.source.credential "tls" $bridge.source.caSecretName "replicas" $bridge.source.replicas) | nindent 12 }}
+            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_TARGET__" "name" (ternary (include "fractal.pathName" (dict "root" $root "name" $bridge.target.hub)) "" $named) "urls" $bridge.target.urls "client" $bridge.target.credential "tls" $bridge.target.caSecretName "replicas" $bridge.target.replicas) | nindent 12 }}
+            {{- if $named }}
+            - name: BRIDGE_NAME
+              value: {{ printf "%s-%s" (replace "." "-" $root.Values.path) $bridge.name | quote }}
+            {{- end }}
             - name: BRIDGE_ADMIN__LISTEN
               value: {{ printf "0.0.0.0:%d" (int $bridge.admin.port) | quote }}
             - name: BRIDGE_LOG__FORMAT

@@ -125,6 +125,10 @@ streams' replicas. Context: dict with prefix, urls (list), client (the credentia
 for none), tls (the Secret holding the hub's `ca.crt`, or empty), replicas.
 */}}
 {{- define "fractal.hubEnv" -}}
+{{- if .name -}}
+- name: {{ printf "%sNAME" .prefix }}
+  value: {{ .name | quote }}
+{{ end -}}
 - name: {{ printf "%sURLS" .prefix }}
   value: {{ printf "[%s]" (include "fractal.quotedList" .urls) | quote }}
 {{- if .client }}
@@ -143,6 +147,19 @@ for none), tls (the Secret holding the hub's `ca.crt`, or empty), replicas.
   value: {{ .replicas | toString | quote }}
 - name: {{ printf "%sFAULTS__REPLICAS" .prefix }}
   value: {{ .replicas | toString | quote }}
+{{- end -}}
+
+{{/*
+A name under the system's `path` (`north.ordering` for `ordering` in `north`), as `fractal up`
+names a hub or subsystem of an included system; the name itself without a path. Context: dict
+with root and name.
+*/}}
+{{- define "fractal.pathName" -}}
+{{- if .root.Values.path -}}
+{{- printf "%s.%s" .root.Values.path .name -}}
+{{- else -}}
+{{- .name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* `"a","b"` from a list. */}}

@@ -62,7 +62,12 @@ spec:
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: [{{ printf "/usr/local/bin/%s" $svc.program | quote }}, "--config", "/etc/fractal/config.toml"]
           env:
-            {{- include "fractal.hubEnv" (dict "prefix" (printf "%sHUB__" $prefix) "urls" $urls "client" $svc.credential "tls" $ca "replicas" $hub.streamReplicas) | nindent 12 }}
+            {{- $path := dict "root" $root "name" $hub.name }}
+            {{- include "fractal.hubEnv" (dict "prefix" (printf "%sHUB__" $prefix) "name" (ternary (include "fractal.pathName" $path) "" (not (empty $root.Values.path))) "urls" $urls "client" $svc.credential "tls" $ca "replicas" $hub.streamReplicas) | nindent 12 }}
+            {{- if $root.Values.path }}
+            - name: {{ printf "%sSUBSYSTEM" $prefix }}
+              value: {{ include "fractal.pathName" (dict "root" $root "name" $level.subsystem) | quote }}
+            {{- end }}
             - name: {{ printf "%sADMIN__LISTEN" $prefix }}
               value: {{ printf "0.0.0.0:%d" (int $svc.admin.port) | quote }}
             {{- with $svc.grpc }}

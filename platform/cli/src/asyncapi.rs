@@ -3,7 +3,8 @@
 //! subject there); each service publishing or consuming it, and each bridge route reading or
 //! writing it, is an operation; each message's payload is the JSON Schema of its protobuf
 //! message in the canonical JSON mapping (what `fractal publish` takes and `fractal tail`
-//! prints), with the envelope's headers.
+//! prints), with the envelope's headers. Of the well-known types, `Timestamp` has its JSON
+//! form (an RFC 3339 string); the others are described as the messages they are.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,12 +16,22 @@ use crate::topology::{Topology, matches};
 
 /// The AsyncAPI document of `topology`'s external events, with messages from `pool`.
 pub(crate) fn document(topology: &Topology, pool: &DescriptorPool) -> Value {
-    let flows = flows(topology);
-    let external: BTreeSet<&str> = flows
-        .iter()
+    // The message of each external type: what the routes carrying it name, and what a route
+    // renaming a type (`target_type`) delivers under the new name.
+    let mut carried: BTreeMap<String, BTreeSet<String>> = flows(topology)
+        .into_iter()
         .filter(|(_, flow)| !flow.contract.is_empty())
-        .map(|(t, _)| t.as_str())
+        .map(|(t, flow)| (t, flow.contract))
         .collect();
+    for route in topology.bridges.iter().flat_map(|b| &b.config.routes) {
+        if let Some(renamed) = &route.target_type {
+            carried
+                .entry(renamed.clone())
+                .or_default()
+                .insert(route.contract.clone());
+        }
+    }
+    let external: BTreeSet<&str> = carried.keys().map(String::as_str).collect();
 
     let mut servers = Map::new();
     for (name, hub) in &topology.hubs {
@@ -91,8 +102,7 @@ pub(crate) fn document(topology: &Topology, pool: &DescriptorPool) -> Value {
     for (hub, event_type) in on_hub {
         let channel = id(&format!("{hub}.{event_type}"));
         let mut channel_messages = Map::new();
-        let carried = flows.get(event_type).map(|f| &f.contract);
-        for message in carried.into_iter().flatten() {
+        for message in carried.get(event_type).into_iter().flatten() {
             let key = id(message);
             channel_messages.insert(
                 key.clone(),

@@ -95,34 +95,59 @@ fn parent(path: &str) -> &str {
     path.rsplit_once('.').map_or("", |(parent, _)| parent)
 }
 
-/// The topology as indented text: the tree of systems, each with its hubs and their services.
-pub(crate) fn text(topology: &Topology) -> String {
-    let mut out = format!("System `{}`\n\nHubs and their services:\n", topology.name);
+/// A step of a walk through the tree of systems: a hub, or entering or leaving a system.
+enum Step<'a> {
+    Hub(&'a str),
+    Enter(&'a str),
+    Leave,
+}
+
+/// Walks the tree of systems: at each level its hubs, then each system it includes, entered
+/// and left; `visit` is given each step and its depth (0 at the top).
+fn walk(topology: &Topology, visit: &mut dyn FnMut(Step<'_>, usize)) {
     fn level(
         topology: &Topology,
         systems: &BTreeSet<String>,
         at: &str,
         depth: usize,
-        out: &mut String,
+        visit: &mut dyn FnMut(Step<'_>, usize),
     ) {
-        let indent = "  ".repeat(depth + 1);
-        for (hub, spec) in topology.hubs.iter().filter(|(h, _)| parent(h) == at) {
-            let _ = writeln!(out, "{indent}{hub} (port {})", spec.port);
-            for service in topology.services.iter().filter(|s| s.hub() == hub) {
-                let _ = writeln!(
-                    out,
-                    "{indent}  {} [{}]",
-                    service.name(),
-                    service.spec.program
-                );
-            }
+        for hub in topology.hubs.keys().filter(|h| parent(h) == at) {
+            visit(Step::Hub(hub), depth);
         }
         for system in systems.iter().filter(|s| parent(s) == at) {
-            let _ = writeln!(out, "{indent}system {system}:");
-            level(topology, systems, system, depth + 1, out);
+            visit(Step::Enter(system), depth);
+            level(topology, systems, system, depth + 1, visit);
+            visit(Step::Leave, depth);
         }
     }
-    level(topology, &systems(topology), "", 0, &mut out);
+    level(topology, &systems(topology), "", 0, visit);
+}
+
+/// The topology as indented text: the tree of systems, each with its hubs and their services.
+pub(crate) fn text(topology: &Topology) -> String {
+    let mut out = format!("System `{}`\n\nHubs and their services:\n", topology.name);
+    walk(topology, &mut |step, depth| {
+        let indent = "  ".repeat(depth + 1);
+        match step {
+            Step::Hub(hub) => {
+                let port = topology.hubs.get(hub).map_or(0, |h| h.port);
+                let _ = writeln!(out, "{indent}{hub} (port {port})");
+                for service in topology.services.iter().filter(|s| s.hub() == hub) {
+                    let _ = writeln!(
+                        out,
+                        "{indent}  {} [{}]",
+                        service.name(),
+                        service.spec.program
+                    );
+                }
+            }
+            Step::Enter(system) => {
+                let _ = writeln!(out, "{indent}system {system}:");
+            }
+            Step::Leave => {}
+        }
+    });
     out.push_str("\nBridges:\n");
     for bridge in &topology.bridges {
         let c = &bridge.config;
@@ -167,41 +192,42 @@ fn id(name: &str) -> String {
 
 /// The topology as a Mermaid flowchart: a subgraph per hub, inside one per included system.
 pub(crate) fn mermaid(topology: &Topology) -> String {
-    fn level(
-        topology: &Topology,
-        systems: &BTreeSet<String>,
-        at: &str,
-        depth: usize,
-        out: &mut String,
-    ) {
+    let mut out = String::from("flowchart LR\n");
+    walk(topology, &mut |step, depth| {
         let indent = "  ".repeat(depth + 1);
-        for hub in topology.hubs.keys().filter(|h| parent(h) == at) {
-            let _ = writeln!(out, "{indent}subgraph hub_{} [hub {hub}]", id(hub));
-            for service in topology.services.iter().filter(|s| s.hub() == hub) {
+        match step {
+            Step::Hub(hub) => {
+                let _ = writeln!(out, "{indent}subgraph hub_{} [hub {hub}]", id(hub));
+                let services: Vec<_> = topology
+                    .services
+                    .iter()
+                    .filter(|s| s.hub() == hub)
+                    .collect();
+                for service in &services {
+                    let _ = writeln!(
+                        out,
+                        "{indent}  {}[\"{}\"]",
+                        id(&service.name()),
+                        service.name()
+                    );
+                }
+                if services.is_empty() {
+                    let _ = writeln!(out, "{indent}  hub_{}_events((events))", id(hub));
+                }
+                let _ = writeln!(out, "{indent}end");
+            }
+            Step::Enter(system) => {
                 let _ = writeln!(
                     out,
-                    "{indent}  {}[\"{}\"]",
-                    id(&service.name()),
-                    service.name()
+                    "{indent}subgraph system_{} [system {system}]",
+                    id(system)
                 );
             }
-            if !topology.services.iter().any(|s| s.hub() == hub) {
-                let _ = writeln!(out, "{indent}  hub_{}_events((events))", id(hub));
+            Step::Leave => {
+                let _ = writeln!(out, "{indent}end");
             }
-            let _ = writeln!(out, "{indent}end");
         }
-        for system in systems.iter().filter(|s| parent(s) == at) {
-            let _ = writeln!(
-                out,
-                "{indent}subgraph system_{} [system {system}]",
-                id(system)
-            );
-            level(topology, systems, system, depth + 1, out);
-            let _ = writeln!(out, "{indent}end");
-        }
-    }
-    let mut out = String::from("flowchart LR\n");
-    level(topology, &systems(topology), "", 0, &mut out);
+    });
     for bridge in &topology.bridges {
         let c = &bridge.config;
         let _ = writeln!(
@@ -222,46 +248,42 @@ pub(crate) fn dot(topology: &Topology) -> String {
         "digraph \"{}\" {{\n  rankdir=LR;\n  compound=true;\n",
         topology.name
     );
-    fn level(
-        topology: &Topology,
-        systems: &BTreeSet<String>,
-        at: &str,
-        depth: usize,
-        out: &mut String,
-    ) {
+    walk(topology, &mut |step, depth| {
         let indent = "  ".repeat(depth + 1);
-        for hub in topology.hubs.keys().filter(|h| parent(h) == at) {
-            let _ = writeln!(
-                out,
-                "{indent}subgraph cluster_{} {{\n{indent}  label=\"hub {hub}\";",
-                id(hub)
-            );
-            let _ = writeln!(
-                out,
-                "{indent}  hub_{} [label=\"{hub} events\", shape=cylinder];",
-                id(hub)
-            );
-            for service in topology.services.iter().filter(|s| s.hub() == hub) {
+        match step {
+            Step::Hub(hub) => {
                 let _ = writeln!(
                     out,
-                    "{indent}  {} [label=\"{}\", shape=box];",
-                    id(&service.name()),
-                    service.name()
+                    "{indent}subgraph cluster_{} {{\n{indent}  label=\"hub {hub}\";",
+                    id(hub)
+                );
+                let _ = writeln!(
+                    out,
+                    "{indent}  hub_{} [label=\"{hub} events\", shape=cylinder];",
+                    id(hub)
+                );
+                for service in topology.services.iter().filter(|s| s.hub() == hub) {
+                    let _ = writeln!(
+                        out,
+                        "{indent}  {} [label=\"{}\", shape=box];",
+                        id(&service.name()),
+                        service.name()
+                    );
+                }
+                let _ = writeln!(out, "{indent}}}");
+            }
+            Step::Enter(system) => {
+                let _ = writeln!(
+                    out,
+                    "{indent}subgraph cluster_system_{} {{\n{indent}  label=\"system {system}\";\n{indent}  style=dashed;",
+                    id(system)
                 );
             }
-            let _ = writeln!(out, "{indent}}}");
+            Step::Leave => {
+                let _ = writeln!(out, "{indent}}}");
+            }
         }
-        for system in systems.iter().filter(|s| parent(s) == at) {
-            let _ = writeln!(
-                out,
-                "{indent}subgraph cluster_system_{} {{\n{indent}  label=\"system {system}\";\n{indent}  style=dashed;",
-                id(system)
-            );
-            level(topology, systems, system, depth + 1, out);
-            let _ = writeln!(out, "{indent}}}");
-        }
-    }
-    level(topology, &systems(topology), "", 0, &mut out);
+    });
     for bridge in &topology.bridges {
         let c = &bridge.config;
 

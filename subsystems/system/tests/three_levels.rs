@@ -54,6 +54,7 @@ impl Tree {
     fn up(args: &[&str], otlp: &str) -> Tree {
         let state = tempfile::tempdir().expect("a state folder");
         let offset = free_offset().to_string();
+        let log = std::fs::File::create(state.path().join("up.log")).expect("a log file");
         let up = Command::new(workspace_binary("fractal"))
             .arg("up")
             .args(args)
@@ -64,8 +65,8 @@ impl Tree {
             .env("NATS_SERVER_BIN", nats_server_binary())
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("the log")))
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("fractal up starts");
         let mut tree = Tree { up, state };
@@ -73,12 +74,22 @@ impl Tree {
         while !tree.state.path().join("running.json").is_file() {
             assert!(
                 tree.up.try_wait().expect("waits").is_none(),
-                "fractal up stopped"
+                "fractal up stopped:\n{}",
+                tree.log()
             );
-            assert!(Instant::now() < deadline, "the tree did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "the tree did not come up:\n{}",
+                tree.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         tree
+    }
+
+    /// What `fractal up` said.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("up.log")).unwrap_or_default()
     }
 
     fn running(&self) -> RunningSystem {
