@@ -67,8 +67,11 @@ spec:
           command: ["/usr/local/bin/fractal-bridge", "--config", "/etc/fractal/bridge.toml"]
           env:
             {{- $named := not (empty $root.Values.path) }}
-            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_SOURCE__" "name" (ternary (include "fractal.pathName" (dict "root" $root "name" $bridge.source.hub)) "" $named) "urls" $bridge.source.urls "client" $bridge.source.credential "tls" $bridge.source.caSecretName "replicas" $bridge.source.replicas) | nindent 12 }}
-            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_TARGET__" "name" (ternary (include "fractal.pathName" (dict "root" $root "name" $bridge.target.hub)) "" $named) "urls" $bridge.target.urls "client" $bridge.target.credential "tls" $bridge.target.caSecretName "replicas" $bridge.target.replicas) | nindent 12 }}
+            {{- $sides := fromToml $config }}
+            {{- $source := include "fractal.pathName" (dict "root" $root "name" (dig "source" "name" $bridge.source.hub $sides)) }}
+            {{- $target := include "fractal.pathName" (dict "root" $root "name" (dig "target" "name" $bridge.target.hub $sides)) }}
+            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_SOURCE__" "name" (ternary $source "" $named) "urls" $bridge.source.urls "client" $bridge.source.credential "tls" $bridge.source.caSecretName "replicas" $bridge.source.replicas) | nindent 12 }}
+            {{- include "fractal.hubEnv" (dict "prefix" "BRIDGE_TARGET__" "name" (ternary $target "" $named) "urls" $bridge.target.urls "client" $bridge.target.credential "tls" $bridge.target.caSecretName "replicas" $bridge.target.replicas) | nindent 12 }}
             {{- if $named }}
             - name: BRIDGE_NAME
               value: {{ printf "%s-%s" (replace "." "-" $root.Values.path) $bridge.name | quote }}
@@ -77,7 +80,8 @@ spec:
               value: {{ printf "0.0.0.0:%d" (int $bridge.admin.port) | quote }}
             - name: BRIDGE_LOG__FORMAT
               value: json
-            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $bridge.source.hub "serviceName" $name) | nindent 12 }}
+            {{- $traced := ternary (printf "bridge-%s-%s" (replace "." "-" ($root.Values.path | default "")) $bridge.name) $name $named }}
+            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" (include "fractal.pathName" (dict "root" $root "name" $level.subsystem)) "hub" $source "serviceName" $traced) | nindent 12 }}
             {{- if $contracts }}
             - name: BRIDGE_CONTRACTS
               value: /etc/fractal/contracts/contracts.pb

@@ -76,7 +76,8 @@ spec:
             {{- end }}
             - name: {{ printf "%sLOG__FORMAT" $prefix }}
               value: json
-            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $level.subsystem "hub" $hub.name "serviceName" (printf "%s-%s" $level.subsystem $svc.name)) | nindent 12 }}
+            {{- $subsystem := include "fractal.pathName" (dict "root" $root "name" $level.subsystem) }}
+            {{- include "fractal.telemetryEnv" (dict "root" $root "subsystem" $subsystem "hub" (include "fractal.pathName" $path) "serviceName" (printf "%s-%s" $subsystem $svc.name)) | nindent 12 }}
           ports:
             - name: admin
               containerPort: {{ $svc.admin.port }}

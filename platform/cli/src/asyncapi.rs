@@ -36,7 +36,7 @@ pub(crate) fn document(topology: &Topology, pool: &DescriptorPool) -> Value {
     let mut servers = Map::new();
     for (name, hub) in &topology.hubs {
         servers.insert(
-            name.clone(),
+            server(name),
             json!({
                 "host": format!("127.0.0.1:{}", hub.port),
                 "protocol": "nats",
@@ -121,7 +121,7 @@ pub(crate) fn document(topology: &Topology, pool: &DescriptorPool) -> Value {
             json!({
                 "address": fractal::wire::event_subject(fractal::Scope::External, event_type),
                 "title": format!("{event_type} on {hub}"),
-                "servers": [{"$ref": format!("#/servers/{hub}")}],
+                "servers": [{"$ref": format!("#/servers/{}", server(hub))}],
                 "messages": channel_messages,
             }),
         );
@@ -162,6 +162,11 @@ pub(crate) fn document(topology: &Topology, pool: &DescriptorPool) -> Value {
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
     })
+}
+
+/// A hub's server key: AsyncAPI's server names take no dots (`north_ordering`).
+fn server(hub: &str) -> String {
+    hub.replace('.', "_")
 }
 
 /// An identifier AsyncAPI accepts as a key: letters, digits, `.`, `-` and `_`.

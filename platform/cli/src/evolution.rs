@@ -598,10 +598,12 @@ pub(crate) fn compare_event_types(
         .path
         .file_name()
         .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
-    // Published now: by a service, or under a new name by a route's `target_type`.
+    // Published now, by the top's own services as `old` reads them (an included system's are
+    // its own file's), or under a new name by a route's `target_type`.
     let now: BTreeSet<&str> = topology
         .services
         .iter()
+        .filter(|s| s.system.is_empty())
         .flat_map(|s| s.spec.publishes.iter().map(String::as_str))
         .chain(
             topology

@@ -263,6 +263,8 @@ impl Validate for TopologyFile {
 /// A service with its configuration read.
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
+    /// The path of the system it belongs to (`north`), empty at the top.
+    pub(crate) system: String,
     /// Where the topology names it (`services[2] (…/gateway.toml)`, under its system's entry
     /// when included).
     pub(crate) at: String,
@@ -714,13 +716,19 @@ fn read_system(path: &Path, nesting: &Nesting, problems: &mut Problems) -> Optio
             Ok(mut config) => {
                 if !nesting.prefix.is_empty() {
                     config.subsystem = nesting.path(&config.subsystem);
-                    place_hub(&mut config.hub, nesting);
-                    config.admin.listen = shift_listen(&config.admin.listen, offset);
-                    if let Some(grpc) = &mut config.grpc {
-                        grpc.listen = shift_listen(&grpc.listen, offset);
+                    let placed = place_hub(&mut config.hub, nesting).and_then(|()| {
+                        config.admin.listen = shift_listen(&config.admin.listen, offset)?;
+                        if let Some(grpc) = &mut config.grpc {
+                            grpc.listen = shift_listen(&grpc.listen, offset)?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = placed {
+                        problems.add(format!("{at} ({})", spec.config.display()), e);
                     }
                 }
                 services.push(Service {
+                    system: nesting.prefix.trim_end_matches('.').to_owned(),
                     at: format!("{at} ({})", spec.config.display()),
                     spec: spec.clone(),
                     config_path,
@@ -744,9 +752,15 @@ fn read_system(path: &Path, nesting: &Nesting, problems: &mut Problems) -> Optio
                 }
                 if !nesting.prefix.is_empty() {
                     config.name = nesting.token(&config.name);
-                    place_hub(&mut config.source, nesting);
-                    place_hub(&mut config.target, nesting);
-                    config.admin.listen = shift_listen(&config.admin.listen, offset);
+                    let placed = place_hub(&mut config.source, nesting)
+                        .and_then(|()| place_hub(&mut config.target, nesting))
+                        .and_then(|()| {
+                            config.admin.listen = shift_listen(&config.admin.listen, offset)?;
+                            Ok(())
+                        });
+                    if let Err(e) = placed {
+                        problems.add(format!("{at} ({})", spec.config.display()), e);
+                    }
                 }
                 bridges.push(Bridge {
                     at: format!("{at} ({})", spec.config.display()),
@@ -757,20 +771,27 @@ fn read_system(path: &Path, nesting: &Nesting, problems: &mut Problems) -> Optio
             Err(found) => nest(problems, &at, &spec.config, found),
         }
     }
-    let hubs = file
-        .hubs
-        .iter()
-        .map(|(name, spec)| (nesting.path(name), shift_hub(spec, offset)))
-        .collect();
+    let mut hubs = BTreeMap::new();
+    for (name, spec) in &file.hubs {
+        match shift_hub(spec, offset) {
+            Ok(spec) => {
+                hubs.insert(nesting.path(name), spec);
+            }
+            Err(e) => problems.add(format!("{label}hubs.{name}"), e),
+        }
+    }
     let contracts_path = root.join(file.contracts.as_deref().unwrap_or(Path::new("proto")));
-    let contracts = if file.contracts.is_none() && !contracts_path.exists() {
-        Contracts::builtin()
-    } else {
-        Contracts::load(&contracts_path).unwrap_or_else(|e| {
-            problems.add(format!("{label}contracts"), e.to_string());
+    // Tools read payloads with the top's contracts: an included system's are not loaded (its
+    // bridges load their own).
+    let contracts =
+        if !nesting.prefix.is_empty() || (file.contracts.is_none() && !contracts_path.exists()) {
             Contracts::builtin()
-        })
-    };
+        } else {
+            Contracts::load(&contracts_path).unwrap_or_else(|e| {
+                problems.add(format!("{label}contracts"), e.to_string());
+                Contracts::builtin()
+            })
+        };
     let mut topology = Topology {
         path: path.to_path_buf(),
         name: file.name,
@@ -799,13 +820,15 @@ fn read_system(path: &Path, nesting: &Nesting, problems: &mut Problems) -> Optio
             );
             continue;
         }
-        let own = system
-            .port_offset
-            .unwrap_or(1000 * u16::try_from(i + 1).unwrap_or(u16::MAX));
-        let Some(shifted) = offset.checked_add(own) else {
+        let own = system.port_offset.or_else(|| {
+            u16::try_from(i + 1)
+                .ok()
+                .and_then(|place| place.checked_mul(1000))
+        });
+        let Some(shifted) = own.and_then(|own| offset.checked_add(own)) else {
             problems.add(
                 format!("{at}.port_offset"),
-                format!("{own} on top of {offset} is past 65535"),
+                format!("{own:?} on top of {offset} is past 65535"),
             );
             continue;
         };
@@ -828,39 +851,47 @@ fn read_system(path: &Path, nesting: &Nesting, problems: &mut Problems) -> Optio
     Some(topology)
 }
 
+/// `port` shifted by `offset`, or why it cannot be.
+fn shift(port: u16, offset: u16) -> Result<u16, String> {
+    port.checked_add(offset)
+        .ok_or_else(|| format!("port {port} shifted by {offset} is past 65535"))
+}
+
 /// A client's view of a hub of an included system: its path name, its URLs' ports shifted.
-fn place_hub(hub: &mut fractal::HubConfig, nesting: &Nesting) {
+fn place_hub(hub: &mut fractal::HubConfig, nesting: &Nesting) -> Result<(), String> {
     hub.name = nesting.path(&hub.name);
     for url in &mut hub.urls {
-        if let Ok(mut parsed) = url::Url::parse(url)
-            && let Some(port) = parsed.port_or_known_default().or(Some(4222))
-            && parsed.set_port(port.checked_add(nesting.offset)).is_ok()
-        {
-            *url = parsed.to_string().trim_end_matches('/').to_owned();
+        if let Ok(mut parsed) = url::Url::parse(url) {
+            // A URL without a port is NATS's 4222, as `port_of` reads it.
+            let port = shift(parsed.port().unwrap_or(4222), nesting.offset)?;
+            if parsed.set_port(Some(port)).is_ok() {
+                *url = parsed.to_string().trim_end_matches('/').to_owned();
+            }
         }
     }
+    Ok(())
 }
 
 /// A hub's ports (client, monitoring, cluster) shifted by `offset`.
-fn shift_hub(spec: &HubSpec, offset: u16) -> HubSpec {
+fn shift_hub(spec: &HubSpec, offset: u16) -> Result<HubSpec, String> {
     if offset == 0 {
-        return spec.clone();
+        return Ok(spec.clone());
     }
-    HubSpec {
-        port: spec.port.saturating_add(offset),
-        monitor: Some(spec.monitor().saturating_add(offset)),
-        cluster: Some(spec.cluster().saturating_add(offset)),
+    Ok(HubSpec {
+        port: shift(spec.port, offset)?,
+        monitor: Some(shift(spec.monitor(), offset)?),
+        cluster: Some(shift(spec.cluster(), offset)?),
         ..spec.clone()
-    }
+    })
 }
 
 /// A listen address with its port shifted by `offset` (port 0 stays: any free port).
-fn shift_listen(listen: &str, offset: u16) -> String {
+fn shift_listen(listen: &str, offset: u16) -> Result<String, String> {
     match listen.parse::<std::net::SocketAddr>() {
         Ok(addr) if addr.port() != 0 => {
-            std::net::SocketAddr::new(addr.ip(), addr.port().saturating_add(offset)).to_string()
+            Ok(std::net::SocketAddr::new(addr.ip(), shift(addr.port(), offset)?).to_string())
         }
-        _ => listen.to_owned(),
+        _ => Ok(listen.to_owned()),
     }
 }
 

@@ -25,8 +25,6 @@ pub mod v1 {
 /// The encoded descriptors of `food.group.v1`, for gRPC reflection.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-pub use revenue::city_of;
-
 /// The program and the group hub's services, with the external contracts each consumes.
 pub const SUBSYSTEM: Subsystem = Subsystem {
     program: "group",

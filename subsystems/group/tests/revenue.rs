@@ -1,5 +1,6 @@
 //! The group level alone, on its own hub: the orders each city's system hub would bridge up
-//! are simulated, published as if from each city's own hubs; no city runs.
+//! are simulated, published as if from each city's hubs (a publisher names the hub it writes
+//! to, which becomes the events' path); no city runs.
 
 use std::time::Duration;
 
@@ -100,10 +101,7 @@ async fn each_citys_orders_are_counted_once_by_where_they_were_placed() {
             )
         })
         .collect();
-    // The city is the origin hub's system: `north.delivery` counts for `north` too.
+    // The city is the system of the hub the event comes from: `north.delivery` counts for
+    // `north` too.
     assert_eq!(summary, [("north", 3, 1, 2099), ("south", 2, 0, 0)]);
-    assert!(
-        totals.iter().all(|c| c.recent.is_empty()),
-        "ids stay inside"
-    );
 }

@@ -239,6 +239,52 @@ async fn orders_in_both_cities_reach_the_group_once_each_in_one_trace_per_order(
         "a north order stays in north: {services:?}"
     );
 
+    // At the group level, an event shows its whole way: the city's subsystem, the city's
+    // system hub, the group. The tools take path names.
+    let export = tokio::task::block_in_place(|| {
+        Command::new(workspace_binary("fractal"))
+            .args(["lake", "export", "group", "--topology"])
+            .arg(group())
+            .arg("--state")
+            .arg(tree.state.path())
+            .output()
+            .expect("fractal lake export runs")
+    });
+    assert!(export.status.success(), "{export:?}");
+    let first: serde_json::Value = serde_json::from_slice(
+        export
+            .stdout
+            .split(|b| *b == b'\n')
+            .next()
+            .expect("an event"),
+    )
+    .expect("a JSON line");
+    let origin = first["origin"].as_str().unwrap_or_default();
+    let city = origin.split('.').next().unwrap_or_default();
+    assert_eq!(
+        first["path"],
+        serde_json::json!([
+            format!("{city}.ordering"),
+            format!("{city}.system"),
+            "group"
+        ]),
+        "{first}"
+    );
+    let tail = tokio::task::block_in_place(|| {
+        Command::new(workspace_binary("fractal"))
+            .args(["tail", "north.ordering", "--type", "order.placed", "--all"])
+            .args(["--count", "1", "--topology"])
+            .arg(group())
+            .arg("--state")
+            .arg(tree.state.path())
+            .output()
+            .expect("fractal tail runs")
+    });
+    assert!(
+        String::from_utf8_lossy(&tail.stdout).contains("origin=north.ordering"),
+        "{tail:?}"
+    );
+
     // The demo program drives orders in every city at once, and shows what the group saw.
     let demo = tokio::task::block_in_place(|| {
         Command::new(workspace_binary("fractal"))

@@ -230,8 +230,8 @@ async fn group_summary(
         let totals = seen.iter().find(|c| &c.city == city);
         let counted = totals.map(|t| {
             (
-                t.orders_placed - had.orders_placed,
-                t.orders_delivered - had.orders_delivered,
+                t.orders_placed.saturating_sub(had.orders_placed),
+                t.orders_delivered.saturating_sub(had.orders_delivered),
                 t.revenue_cents - had.revenue_cents,
             )
         });
