@@ -34,18 +34,28 @@ pub fn nats_server_binary() -> &'static Path {
 /// the local end of an outgoing connection: a port the system handed out (`bind` to port 0)
 /// could be taken by one of the many connections the tests open between choosing it and the
 /// process listening on it, and a client would then reach the wrong server.
+///
+/// A port is handed out once per test process: two servers asking at once (a cluster's nodes,
+/// which list each other's ports) never get the same one.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher as _, RandomState};
     use std::sync::atomic::{AtomicU64, Ordering};
     static DRAWS: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for _ in 0..1000 {
         let draw = RandomState::new()
             .hash_one((DRAWS.fetch_add(1, Ordering::Relaxed), std::process::id()));
         let port = 10_000 + (draw % 22_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
+    drop(given);
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
